@@ -1,0 +1,133 @@
+"""One settings object, read from (later wins): defaults, a TOML file,
+``TEMSEG_*`` environment variables, command-line flags.
+
+TOML keys are the field names below (top level or under a ``[temseg]``
+table); environment variables are ``TEMSEG_`` + the upper-case field name,
+e.g. ``TEMSEG_PUBLISH=tcp://127.0.0.1:6000``. List fields take comma-separated
+values in the environment. ``folder_rules`` maps glob patterns relative to the
+watched folder to materials, e.g. ``{"CdSe/**" = "CdSe"}`` (TOML only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "TEMSEG_"
+DEFAULT_CONFIG_PATH = Path("/etc/temseg/temseg.toml")
+
+
+class ConfigError(ValueError):
+    """A configuration file, variable or flag has an invalid value."""
+
+
+@dataclass
+class Settings:
+    """Everything the daemon and the offline commands can be configured with."""
+
+    watch: Path | None = None
+    db: str = "sqlite:///temseg.db"
+    publish: str = "tcp://127.0.0.1:5557"
+    material: str = "Au"
+    model: str | None = None  # bundle directory; None = active model in db, else the bundled one
+    backend: str = "auto"  # auto | torch | onnxruntime | tensorrt
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # CPU inference threads; 0 = all cores
+    polling: bool = False
+    poll_interval_s: float = 1.0
+    stable_s: float = 1.0  # polling: size and mtime unchanged this long = complete
+    patterns: list[str] = field(default_factory=lambda: ["*.tif", "*.tiff"])
+    recursive: bool = True
+    follow_symlinks: bool = False
+    masks: Path | None = None  # optional output folder for mask TIFFs
+    folder_rules: dict[str, str] = field(default_factory=dict)
+    send_hwm: int = 100
+    send_probability: bool = False
+    mask_encoding: str = "raw"  # raw | packbits
+    curve_keys: Path | None = None
+    engine_cache: Path | None = None
+    tile: int = 2048  # pixels; frames larger than this are tiled
+    tile_overlap: int = 64  # pixels
+    queue_size: int = 16  # frames waiting for inference
+    batch_size: int = 4  # frames that arrived together are batched up to this many
+    log_level: str = "INFO"
+
+
+def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    text = str(kind)
+    if raw is None:
+        return None
+    try:
+        if "dict" in text:
+            if not isinstance(raw, Mapping):
+                raise TypeError("expected a table")
+            return {str(k): str(v) for k, v in raw.items()}
+        if "list" in text:
+            if isinstance(raw, str):
+                return [part.strip() for part in raw.split(",") if part.strip()]
+            return [str(item) for item in raw]
+        if "bool" in text:
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {raw!r}")
+        if "Path" in text:
+            return Path(str(raw)).expanduser()
+        if "float" in text:
+            return float(raw)
+        if "int" in text:
+            return int(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: {exc}") from exc
+
+
+def _apply(settings: Settings, values: Mapping[str, Any], origin: str) -> None:
+    hints = get_type_hints(Settings)
+    for key, raw in values.items():
+        name = key.replace("-", "_")
+        if name not in hints:
+            raise ConfigError(f"{origin}: unknown setting {key!r}")
+        setattr(settings, name, _coerce(name, raw, hints[name]))
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from defaults < TOML file < environment < ``overrides`` (CLI flags).
+
+    ``config_file`` None reads ``TEMSEG_CONFIG`` if set, else
+    ``/etc/temseg/temseg.toml`` if it exists. ``overrides`` entries that are
+    None are ignored, so unset CLI flags do not clobber the file.
+    """
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    path = config_file or env.get(ENV_PREFIX + "CONFIG")
+    if path is None and DEFAULT_CONFIG_PATH.is_file():
+        path = DEFAULT_CONFIG_PATH
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        _apply(settings, data.get("temseg", data), str(path))
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    from_env = {
+        name: env[ENV_PREFIX + name.upper()]
+        for name in fields
+        if ENV_PREFIX + name.upper() in env and name != "folder_rules"
+    }
+    _apply(settings, from_env, "environment")
+    _apply(settings, {k: v for k, v in (overrides or {}).items() if v is not None}, "flags")
+    return settings

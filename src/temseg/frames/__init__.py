@@ -1,0 +1,1 @@
+"""Reading frames (tifffile), normalisation, pixel-size resampling and tiling."""

@@ -1,0 +1,137 @@
+"""The U-Net of Groschner, Choi & Scott (2021) and configurable variants.
+
+The paper's network ("groschner2021") has encoder filters 4-8-16-32, a centre
+block of 32 filters, batch normalisation after every 3x3 convolution and a
+2-class softmax output. Input height and width must be multiples of
+``2 ** depth`` pixels, where ``depth = len(filters)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "groschner2021": {"filters": (4, 8, 16, 32), "centre": 32},
+    "wide": {"filters": (8, 16, 32, 64), "centre": 64},
+}
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of a U-Net; JSON-serialisable through :meth:`to_dict`."""
+
+    filters: tuple[int, ...] = (4, 8, 16, 32)
+    centre: int = 32
+    batch_norm: bool = True
+    in_channels: int = 1
+    n_classes: int = 2
+    preset: str | None = "groschner2021"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int:
+        """Number of 2x down-sampling steps."""
+        return len(self.filters)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this many pixels."""
+        return 2**self.depth
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["filters"] = list(self.filters)
+        data["kind"] = "unet"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "filters" in known:
+            known["filters"] = tuple(int(f) for f in known["filters"])
+        return cls(**known)
+
+    @classmethod
+    def from_preset(cls, name: str) -> UNetConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown U-Net preset {name!r}; known: {', '.join(PRESETS)}")
+        return cls(preset=name, **PRESETS[name])
+
+
+def _conv_block(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for c in (c_in, c_out):
+        layers.append(nn.Conv2d(c, c_out, kernel_size=3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(c_out))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """U-Net returning per-class logits of shape (N, n_classes, H, W)."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        bn = config.batch_norm
+        self.down = nn.ModuleList()
+        c_prev = config.in_channels
+        for c in config.filters:
+            self.down.append(_conv_block(c_prev, c, bn))
+            c_prev = c
+        self.pool = nn.MaxPool2d(2)
+        self.centre = _conv_block(c_prev, config.centre, bn)
+        self.up = nn.ModuleList()
+        self.decode = nn.ModuleList()
+        c_prev = config.centre
+        for c in reversed(config.filters):
+            self.up.append(nn.ConvTranspose2d(c_prev, c, kernel_size=2, stride=2))
+            self.decode.append(_conv_block(2 * c, c, bn))
+            c_prev = c
+        self.head = nn.Conv2d(c_prev, config.n_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.centre(x)
+        for up, block, skip in zip(self.up, self.decode, reversed(skips), strict=True):
+            x = block(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        """Particle probability (softmax of the last class), shape (N, 1, H, W)."""
+        return torch.softmax(self.forward(x), dim=1)[:, -1:]
+
+
+class ProbabilityModel(nn.Module):
+    """Wraps a :class:`UNet` so that ``forward`` returns the particle probability.
+
+    This is the graph every inference engine runs and the one exported to ONNX.
+    """
+
+    def __init__(self, unet: UNet) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unet.probability(x)
+
+
+def build_unet(config: UNetConfig | str = "groschner2021") -> UNet:
+    """Build a freshly initialised U-Net from a config or a preset name."""
+    if isinstance(config, str):
+        config = UNetConfig.from_preset(config)
+    return UNet(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

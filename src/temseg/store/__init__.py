@@ -1,0 +1,1 @@
+"""temseg.store"""
