@@ -1,0 +1,134 @@
+"""Padding to the network's size multiple and overlapping-tile inference.
+
+Large frames are processed as overlapping tiles so that the network never
+holds more than one batch of tiles. Tile origins are multiples of the
+network's ``size_multiple``, so every tile sees the same pooling grid as the
+whole frame would; each output pixel is taken from the tile in which it lies
+farthest from a tile edge (the overlap is split at its middle). When half the
+overlap covers the network's receptive-field radius, the tiled result equals
+whole-frame inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import pairwise
+
+import numpy as np
+
+
+def pad_to_multiple(
+    image: np.ndarray, multiple: int, mode: str = "reflect"
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pad the bottom and right of a 2-D image up to multiples of ``multiple`` pixels.
+
+    Returns the padded image (the input itself when no padding is needed) and
+    the original ``(height, width)`` to crop back with ``out[:height, :width]``.
+    Reflection falls back to edge padding along axes of a single pixel.
+    """
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    h, w = image.shape[:2]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h == 0 and pad_w == 0:
+        return image, (h, w)
+    if mode == "reflect" and min(h, w) < 2:
+        mode = "edge"
+    padded = np.pad(image, ((0, pad_h), (0, pad_w)), mode=mode)  # type: ignore[call-overload]
+    return padded, (h, w)
+
+
+def _starts(length: int, tile: int, step: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def _effective_tile(tile: int, overlap: int, multiple: int) -> tuple[int, int]:
+    if overlap < 0:
+        raise ValueError(f"overlap must be >= 0, got {overlap}")
+    size = max(multiple, tile // multiple * multiple)
+    step = (size - overlap) // multiple * multiple
+    if step < multiple:
+        raise ValueError(
+            f"overlap {overlap} px leaves no step inside a {size} px tile "
+            f"(size multiple {multiple} px)"
+        )
+    return size, step
+
+
+def tile_windows(
+    shape: tuple[int, int], tile: int, overlap: int, multiple: int
+) -> list[tuple[slice, slice]]:
+    """Overlapping windows of at most ``tile`` x ``tile`` pixels covering ``shape``.
+
+    ``shape`` must be multiples of ``multiple``; ``tile`` is rounded down to a
+    multiple. All windows have the same size, start on multiples of
+    ``multiple`` and overlap their neighbours by at least ``overlap`` pixels.
+    """
+    h, w = int(shape[0]), int(shape[1])
+    if h % multiple or w % multiple:
+        raise ValueError(f"shape {shape} is not a multiple of {multiple} pixels; pad it first")
+    size, step = _effective_tile(tile, overlap, multiple)
+    th, tw = min(size, h), min(size, w)
+    return [
+        (slice(y, y + th), slice(x, x + tw))
+        for y in _starts(h, th, step)
+        for x in _starts(w, tw, step)
+    ]
+
+
+def _owned(starts: list[int], size: int, length: int) -> list[tuple[int, int]]:
+    """Per tile, the [begin, end) range it writes: overlaps are split at their middle."""
+    bounds = [0]
+    for prev, nxt in pairwise(starts):
+        bounds.append((nxt + prev + size) // 2)
+    bounds.append(length)
+    return list(pairwise(bounds))
+
+
+def predict_tiled(
+    image: np.ndarray,
+    predict: Callable[[np.ndarray], np.ndarray],
+    *,
+    tile: int,
+    overlap: int,
+    multiple: int,
+    batch_size: int = 1,
+) -> np.ndarray:
+    """Run ``predict`` over overlapping tiles of a 2-D image; float32 result of the same shape.
+
+    ``predict`` takes float32 (N, 1, h, w) and returns (N, h, w), like
+    :meth:`temseg.engine.Engine.predict`. The image is padded to ``multiple``
+    pixels (reflection) and cropped back. At most ``batch_size`` tiles are
+    passed per call; a frame within ``tile`` pixels is one call.
+    """
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    padded, (h, w) = pad_to_multiple(image, multiple)
+    ph, pw = padded.shape
+    size, step = _effective_tile(tile, overlap, multiple)
+    th, tw = min(size, ph), min(size, pw)
+    ys, xs = _starts(ph, th, step), _starts(pw, tw, step)
+    own_y, own_x = _owned(ys, th, ph), _owned(xs, tw, pw)
+    jobs = [
+        (y, x, oy, ox)
+        for y, oy in zip(ys, own_y, strict=True)
+        for x, ox in zip(xs, own_x, strict=True)
+    ]
+    out = np.empty((ph, pw), dtype=np.float32)
+    for first in range(0, len(jobs), batch_size):
+        group = jobs[first : first + batch_size]
+        batch = np.stack([padded[y : y + th, x : x + tw] for y, x, _, _ in group])
+        result = np.asarray(predict(batch[:, None].astype(np.float32, copy=False)))
+        if result.shape != (len(group), th, tw):
+            raise ValueError(
+                f"predict returned shape {result.shape}, expected {(len(group), th, tw)}"
+            )
+        for tile_out, (y, x, (y0, y1), (x0, x1)) in zip(result, group, strict=True):
+            out[y0:y1, x0:x1] = tile_out[y0 - y : y1 - y, x0 - x : x1 - x]
+    return out[:h, :w]
