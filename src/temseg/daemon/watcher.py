@@ -80,9 +80,7 @@ def scan_backlog(
         if not recursive:
             dirnames.clear()
         if follow_symlinks:  # never descend into a linked folder outside the root
-            dirnames[:] = [
-                d for d in dirnames if Path(dirpath, d).resolve().is_relative_to(root)
-            ]
+            dirnames[:] = [d for d in dirnames if Path(dirpath, d).resolve().is_relative_to(root)]
         for name in filenames:
             if not matches(name, patterns):
                 continue
@@ -241,7 +239,7 @@ class FrameWatcher:
         )
 
     def stop(self) -> None:
-        """Stop watching; pending not-yet-stable files are forgotten (a restart's backlog finds them)."""
+        """Stop watching; files not yet stable are forgotten (the next backlog scan finds them)."""
         self._tracker.stop()
         self._observer.stop()
         if self._observer.is_alive():
