@@ -1,1 +1,80 @@
-"""temseg.store"""
+"""temseg.store: the results database (SQLAlchemy 2; SQLite by default).
+
+Plain functions taking a :class:`sqlalchemy.Engine`; each opens its own short
+transaction and returns frozen dataclasses, never live ORM objects. All
+timestamps are timezone-aware UTC. A SQLite database stays locked for longer
+than ``busy_timeout_ms`` -> :class:`sqlalchemy.exc.OperationalError` (retry).
+
+Connect::
+
+    connect(url, *, create=True, busy_timeout_ms=5000) -> Engine
+        url: "sqlite:///path.db", a bare file path, or any SQLAlchemy URL.
+        Creates the parent folder and the schema, sets WAL + busy_timeout,
+        upgrades an older schema, raises SchemaError on a newer/unknown one.
+        create=False: FileNotFoundError instead of creating a missing file.
+    SCHEMA_VERSION: int ; SchemaError(RuntimeError)
+
+Frames (idempotent on (source_path, sha256))::
+
+    record_frame(engine, *, source_path, sha256, size_bytes, status,  # "done" | "failed"
+                 material=None, error=None, model_id=None, threshold=None,
+                 n_particles=None, area_fraction=None, mask_path=None,
+                 height=None, width=None, pixel_nm=None, seq=None,
+                 received_at=None,  # aware datetime
+                 latency_ms=None, backend=None,
+                 particles: Sequence[temseg.segment.Particle] = ()) -> int  # frame id
+    is_recorded(engine, source_path, sha256) -> bool
+    recorded_paths(engine) -> set[tuple[str, str]]      # (source_path, sha256)
+    get_frame(engine, frame_id) -> FrameRecord | None   # .particles: tuple[Particle, ...]
+
+Models (at most one active)::
+
+    register_model(engine, model_id, name, path, metadata: Mapping) -> None  # idempotent
+    promote_model(engine, model_id) -> None    # unknown id -> KeyError
+    active_model(engine) -> ModelRecord | None
+    list_models(engine) -> list[ModelRecord]
+
+Calibrations::
+
+    record_calibration(engine, *, material, model_id, threshold, precision, recall,
+                       dice, n_images, curve: Mapping, plot_path, criterion) -> int
+    latest_calibration(engine, material, model_id) -> CalibrationRecord | None
+
+Status::
+
+    status_summary(engine, window_minutes=10, now=None) -> dict  # JSON-ready
+
+Tables and the migration mechanism are described in ``docs/database.md``.
+"""
+
+from temseg.store.calibrations import CalibrationRecord, latest_calibration, record_calibration
+from temseg.store.frames import FrameRecord, get_frame, is_recorded, record_frame, recorded_paths
+from temseg.store.models import (
+    ModelRecord,
+    active_model,
+    list_models,
+    promote_model,
+    register_model,
+)
+from temseg.store.schema import SCHEMA_VERSION, SchemaError, connect
+from temseg.store.summary import status_summary
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CalibrationRecord",
+    "FrameRecord",
+    "ModelRecord",
+    "SchemaError",
+    "active_model",
+    "connect",
+    "get_frame",
+    "is_recorded",
+    "latest_calibration",
+    "list_models",
+    "promote_model",
+    "record_calibration",
+    "record_frame",
+    "recorded_paths",
+    "register_model",
+    "status_summary",
+]

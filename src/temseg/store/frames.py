@@ -1,0 +1,211 @@
+"""Record processed frames and their particles; idempotent on (source_path, sha256)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
+
+from temseg.segment import Particle
+from temseg.store.schema import read_session, write_session
+from temseg.store.tables import FRAME_STATUSES, FrameRow, ParticleRow, utc_now
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """A recorded frame. Sizes in pixels, ``pixel_nm`` in nm per pixel,
+    ``latency_ms`` from arrival to result, timestamps timezone-aware UTC."""
+
+    id: int
+    source_path: str
+    sha256: str
+    size_bytes: int
+    status: str
+    material: str | None
+    error: str | None
+    model_id: str | None
+    threshold: float | None
+    n_particles: int | None
+    area_fraction: float | None
+    mask_path: str | None
+    height: int | None
+    width: int | None
+    pixel_nm: float | None
+    seq: int | None
+    received_at: datetime | None
+    processed_at: datetime
+    latency_ms: float | None
+    backend: str | None
+    particles: tuple[Particle, ...]
+
+
+def is_recorded(engine: Engine, source_path: str, sha256: str) -> bool:
+    """Whether a frame with this path and content hash is already recorded."""
+    return _find_id(engine, source_path, sha256) is not None
+
+
+def _find_id(engine: Engine, source_path: str, sha256: str) -> int | None:
+    with read_session(engine) as session:
+        return session.scalar(
+            select(FrameRow.id).where(FrameRow.source_path == source_path, FrameRow.sha256 == sha256)
+        )
+
+
+def record_frame(
+    engine: Engine,
+    *,
+    source_path: str,
+    sha256: str,
+    size_bytes: int,
+    status: str,
+    material: str | None = None,
+    error: str | None = None,
+    model_id: str | None = None,
+    threshold: float | None = None,
+    n_particles: int | None = None,
+    area_fraction: float | None = None,
+    mask_path: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    pixel_nm: float | None = None,
+    seq: int | None = None,
+    received_at: datetime | None = None,
+    latency_ms: float | None = None,
+    backend: str | None = None,
+    particles: Sequence[Particle] = (),
+) -> int:
+    """Record one frame with its particles and return its id.
+
+    Idempotent: if (``source_path``, ``sha256``) is already recorded, nothing
+    is written and the existing id is returned. ``status`` is ``"done"`` or
+    ``"failed"``; ``received_at`` must be timezone-aware; ``processed_at`` is
+    set to now (UTC).
+    """
+    if status not in FRAME_STATUSES:
+        raise ValueError(f"status must be one of {FRAME_STATUSES}, got {status!r}")
+    if received_at is not None and received_at.tzinfo is None:
+        raise ValueError("received_at must be timezone-aware")
+    row = FrameRow(
+        source_path=source_path,
+        sha256=sha256,
+        size_bytes=int(size_bytes),
+        status=status,
+        material=material,
+        error=error,
+        model_id=model_id,
+        threshold=_opt_float(threshold),
+        n_particles=None if n_particles is None else int(n_particles),
+        area_fraction=_opt_float(area_fraction),
+        mask_path=mask_path,
+        height=None if height is None else int(height),
+        width=None if width is None else int(width),
+        pixel_nm=_opt_float(pixel_nm),
+        seq=None if seq is None else int(seq),
+        received_at=received_at,
+        processed_at=utc_now(),
+        latency_ms=_opt_float(latency_ms),
+        backend=backend,
+    )
+    try:
+        with write_session(engine) as session:
+            existing = session.scalar(
+                select(FrameRow.id).where(
+                    FrameRow.source_path == source_path, FrameRow.sha256 == sha256
+                )
+            )
+            if existing is not None:
+                return existing
+            session.add(row)
+            session.flush()
+            if particles:
+                session.execute(insert(ParticleRow), [_particle_row(row.id, p) for p in particles])
+            return row.id
+    except IntegrityError:
+        # Another writer recorded the same frame between our check and insert.
+        found = _find_id(engine, source_path, sha256)
+        if found is None:
+            raise
+        return found
+
+
+def recorded_paths(engine: Engine) -> set[tuple[str, str]]:
+    """All recorded (source_path, sha256) pairs, to skip a backlog already done."""
+    with read_session(engine) as session:
+        rows = session.execute(select(FrameRow.source_path, FrameRow.sha256)).all()
+    return {(path, digest) for path, digest in rows}
+
+
+def get_frame(engine: Engine, frame_id: int) -> FrameRecord | None:
+    """The recorded frame ``frame_id`` with its particles, or ``None``."""
+    with read_session(engine) as session:
+        row = session.scalar(
+            select(FrameRow).options(selectinload(FrameRow.particles)).where(FrameRow.id == frame_id)
+        )
+        return None if row is None else _frame_record(row)
+
+
+def _frame_record(row: FrameRow) -> FrameRecord:
+    """Plain copy of a loaded :class:`FrameRow` (particles must be loaded)."""
+    return FrameRecord(
+        id=row.id,
+        source_path=row.source_path,
+        sha256=row.sha256,
+        size_bytes=row.size_bytes,
+        status=row.status,
+        material=row.material,
+        error=row.error,
+        model_id=row.model_id,
+        threshold=row.threshold,
+        n_particles=row.n_particles,
+        area_fraction=row.area_fraction,
+        mask_path=row.mask_path,
+        height=row.height,
+        width=row.width,
+        pixel_nm=row.pixel_nm,
+        seq=row.seq,
+        received_at=row.received_at,
+        processed_at=row.processed_at,
+        latency_ms=row.latency_ms,
+        backend=row.backend,
+        particles=tuple(_particle(p) for p in row.particles),
+    )
+
+
+def _opt_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _particle_row(frame_id: int, p: Particle) -> dict[str, object]:
+    y0, x0, y1, x1 = p.bbox
+    return {
+        "frame_id": frame_id,
+        "label": int(p.label),
+        "area_px": int(p.area_px),
+        "equiv_diameter_px": float(p.equiv_diameter_px),
+        "equiv_diameter_nm": _opt_float(p.equiv_diameter_nm),
+        "area_nm2": _opt_float(p.area_nm2),
+        "centroid_y": float(p.centroid[0]),
+        "centroid_x": float(p.centroid[1]),
+        "bbox_y0": int(y0),
+        "bbox_x0": int(x0),
+        "bbox_y1": int(y1),
+        "bbox_x1": int(x1),
+        "touches_border": bool(p.touches_border),
+    }
+
+
+def _particle(row: ParticleRow) -> Particle:
+    return Particle(
+        label=row.label,
+        area_px=row.area_px,
+        centroid=(row.centroid_y, row.centroid_x),
+        bbox=(row.bbox_y0, row.bbox_x0, row.bbox_y1, row.bbox_x1),
+        equiv_diameter_px=row.equiv_diameter_px,
+        touches_border=row.touches_border,
+        area_nm2=row.area_nm2,
+        equiv_diameter_nm=row.equiv_diameter_nm,
+    )
