@@ -51,7 +51,9 @@ def is_recorded(engine: Engine, source_path: str, sha256: str) -> bool:
 def _find_id(engine: Engine, source_path: str, sha256: str) -> int | None:
     with read_session(engine) as session:
         return session.scalar(
-            select(FrameRow.id).where(FrameRow.source_path == source_path, FrameRow.sha256 == sha256)
+            select(FrameRow.id).where(
+                FrameRow.source_path == source_path, FrameRow.sha256 == sha256
+            )
         )
 
 
@@ -143,7 +145,9 @@ def get_frame(engine: Engine, frame_id: int) -> FrameRecord | None:
     """The recorded frame ``frame_id`` with its particles, or ``None``."""
     with read_session(engine) as session:
         row = session.scalar(
-            select(FrameRow).options(selectinload(FrameRow.particles)).where(FrameRow.id == frame_id)
+            select(FrameRow)
+            .options(selectinload(FrameRow.particles))
+            .where(FrameRow.id == frame_id)
         )
         return None if row is None else _frame_record(row)
 

@@ -16,7 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -167,9 +177,9 @@ def _ensure_schema(engine: Engine) -> None:
         version = schema_version(conn)
         if version is None:
             Base.metadata.create_all(conn)
-            conn.execute(SchemaInfo.__table__.insert().values(version=SCHEMA_VERSION))
+            conn.execute(insert(SchemaInfo).values(version=SCHEMA_VERSION))
             return
         _check_known(version)
         for step in range(version, SCHEMA_VERSION):
             MIGRATIONS[step](conn)
-        conn.execute(SchemaInfo.__table__.update().values(version=SCHEMA_VERSION))
+        conn.execute(update(SchemaInfo).values(version=SCHEMA_VERSION))

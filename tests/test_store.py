@@ -1,0 +1,320 @@
+"""The results database on a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from temseg import store
+from temseg.segment import find_particles
+
+SHA = "ab" * 32
+
+# The first layout of the database (schema version 1), as an older temseg wrote it.
+V1_DDL = """
+CREATE TABLE schema_info (version INTEGER PRIMARY KEY);
+INSERT INTO schema_info (version) VALUES (1);
+CREATE TABLE frames (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source_path TEXT NOT NULL, sha256 VARCHAR(64) NOT NULL,
+    size_bytes INTEGER NOT NULL, material VARCHAR(64), status VARCHAR(16) NOT NULL, error TEXT,
+    model_id VARCHAR(128), threshold FLOAT, n_particles INTEGER, area_fraction FLOAT,
+    mask_path TEXT, height INTEGER, width INTEGER, pixel_nm FLOAT, seq INTEGER,
+    received_at DATETIME, processed_at DATETIME NOT NULL,
+    CONSTRAINT uq_frames_source_sha256 UNIQUE (source_path, sha256),
+    CONSTRAINT ck_frames_status CHECK (status IN ('done', 'failed'))
+);
+CREATE TABLE particles (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    frame_id INTEGER NOT NULL REFERENCES frames (id) ON DELETE CASCADE,
+    label INTEGER NOT NULL, area_px INTEGER NOT NULL, equiv_diameter_px FLOAT NOT NULL,
+    equiv_diameter_nm FLOAT, area_nm2 FLOAT, centroid_y FLOAT NOT NULL, centroid_x FLOAT NOT NULL,
+    bbox_y0 INTEGER NOT NULL, bbox_x0 INTEGER NOT NULL, bbox_y1 INTEGER NOT NULL,
+    bbox_x1 INTEGER NOT NULL, touches_border BOOLEAN NOT NULL
+);
+CREATE INDEX ix_particles_frame_id ON particles (frame_id);
+CREATE TABLE models (
+    id VARCHAR(128) PRIMARY KEY, name VARCHAR(256) NOT NULL, path TEXT NOT NULL,
+    created_at DATETIME NOT NULL, metadata JSON NOT NULL, active BOOLEAN NOT NULL
+);
+CREATE UNIQUE INDEX uq_models_one_active ON models (active) WHERE active;
+CREATE TABLE calibrations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, material VARCHAR(64) NOT NULL,
+    model_id VARCHAR(128) NOT NULL, threshold FLOAT NOT NULL, precision FLOAT NOT NULL,
+    recall FLOAT NOT NULL, dice FLOAT NOT NULL, n_images INTEGER NOT NULL,
+    created_at DATETIME NOT NULL, curve JSON NOT NULL, plot_path TEXT
+);
+CREATE INDEX ix_calibrations_material_model ON calibrations (material, model_id);
+INSERT INTO frames (source_path, sha256, size_bytes, material, status, processed_at)
+    VALUES ('/acq/old.tif', 'cd', 123, 'Au', 'done', '2024-05-01 10:00:00.000000');
+INSERT INTO calibrations (material, model_id, threshold, precision, recall, dice, n_images,
+    created_at, curve) VALUES ('Au', 'm0', 0.4, 0.9, 0.8, 0.85, 12,
+    '2024-05-01 10:00:00.000000', '{}');
+"""
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    eng = store.connect(tmp_path / "db" / "temseg.db")
+    yield eng
+    eng.dispose()
+
+
+def _particles():
+    mask = np.zeros((64, 64), np.uint8)
+    mask[4:10, 5:12] = 1
+    mask[40:64, 50:60] = 1
+    return find_particles(mask, pixel_nm=0.05)
+
+
+def test_connect_creates_schema_with_wal_and_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "t.db"
+    eng = store.connect(f"sqlite:///{path}", busy_timeout_ms=1234)
+    try:
+        assert path.is_file()
+        with eng.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1234
+            tables = set(inspect(conn).get_table_names())
+            version = conn.execute(text("SELECT version FROM schema_info")).scalars().all()
+        assert {"frames", "particles", "models", "calibrations", "schema_info"} <= tables
+        assert version == [store.SCHEMA_VERSION]
+    finally:
+        eng.dispose()
+    # Reopening an existing current database changes nothing.
+    store.connect(path).dispose()
+
+
+def test_connect_without_create_refuses_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no temseg database"):
+        store.connect(tmp_path / "missing.db", create=False)
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_record_frame_is_idempotent_and_keeps_particles(engine) -> None:
+    particles = _particles()
+    received = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    fields = dict(source_path="/acq/a.tif", sha256=SHA, size_bytes=4096, status="done")
+    frame_id = store.record_frame(
+        engine,
+        **fields,
+        material="Au",
+        model_id="m1",
+        threshold=0.5,
+        n_particles=len(particles),
+        area_fraction=0.1,
+        height=64,
+        width=64,
+        pixel_nm=0.05,
+        seq=7,
+        received_at=received,
+        latency_ms=42.0,
+        backend="torch",
+        particles=particles,
+    )
+    assert store.is_recorded(engine, "/acq/a.tif", SHA)
+    assert not store.is_recorded(engine, "/acq/a.tif", "00" * 32)
+    again = store.record_frame(engine, **fields, material="CdSe", particles=particles[:1])
+    assert again == frame_id
+
+    record = store.get_frame(engine, frame_id)
+    assert record is not None
+    assert record.material == "Au"  # the second call wrote nothing
+    assert record.particles == tuple(particles)
+    assert record.received_at == received
+    assert record.processed_at.tzinfo is not None
+    assert (record.seq, record.latency_ms, record.backend) == (7, 42.0, "torch")
+    assert store.recorded_paths(engine) == {("/acq/a.tif", SHA)}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM frames")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM particles")).scalar() == len(particles)
+
+    # Same path, new content: a new frame.
+    other = store.record_frame(engine, **{**fields, "sha256": "ef" * 32, "status": "failed"})
+    assert other != frame_id
+    assert store.get_frame(engine, other).status == "failed"  # type: ignore[union-attr]
+    assert store.get_frame(engine, 999) is None
+
+
+def test_record_frame_rejects_bad_input(engine) -> None:
+    fields = dict(source_path="/acq/a.tif", sha256=SHA, size_bytes=1)
+    with pytest.raises(ValueError, match="status"):
+        store.record_frame(engine, **fields, status="ok")
+    with pytest.raises(ValueError, match="timezone"):
+        store.record_frame(engine, **fields, status="done", received_at=datetime(2025, 1, 1))
+    assert store.recorded_paths(engine) == set()
+
+
+def test_locked_database_raises_operational_error(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    eng = store.connect(path, busy_timeout_ms=50)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError, match="locked"):
+            store.record_frame(eng, source_path="/a", sha256=SHA, size_bytes=1, status="done")
+        assert store.recorded_paths(eng) == set()  # WAL: readers do not wait for the writer
+        holder.execute("ROLLBACK")
+        store.record_frame(eng, source_path="/a", sha256=SHA, size_bytes=1, status="done")
+        assert store.is_recorded(eng, "/a", SHA)
+    finally:
+        holder.close()
+        eng.dispose()
+
+
+def test_models_promote_keeps_exactly_one_active(engine) -> None:
+    assert store.active_model(engine) is None
+    store.register_model(engine, "m1", "first", "/models/m1", {"epochs": 3})
+    store.register_model(engine, "m2", "second", "/models/m2", {})
+    store.register_model(engine, "m1", "first", "/models/m1", {"epochs": 3})
+    assert [m.model_id for m in store.list_models(engine)] == ["m1", "m2"]
+    assert store.active_model(engine) is None
+
+    store.promote_model(engine, "m1")
+    store.promote_model(engine, "m2")
+    store.promote_model(engine, "m2")
+    active = store.active_model(engine)
+    assert active is not None and active.model_id == "m2" and active.path == "/models/m2"
+    assert [m.active for m in store.list_models(engine)] == [False, True]
+    assert store.list_models(engine)[0].metadata == {"epochs": 3}
+
+    with pytest.raises(KeyError, match="no registered model 'nope'"):
+        store.promote_model(engine, "nope")
+    assert store.active_model(engine).model_id == "m2"  # type: ignore[union-attr]
+
+    # The database itself refuses a second active row.
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(text("UPDATE models SET active = 1"))
+
+
+def test_latest_calibration(engine) -> None:
+    assert store.latest_calibration(engine, "Au", "m1") is None
+    common = dict(model_id="m1", precision=0.9, recall=0.8, dice=0.85, n_images=10)
+    store.record_calibration(
+        engine,
+        material="Au",
+        threshold=0.4,
+        curve={"t": [0.4]},
+        plot_path=None,
+        criterion="max_dice",
+        **common,
+    )
+    newest = store.record_calibration(
+        engine,
+        material="Au",
+        threshold=0.55,
+        curve={"t": [0.5, 0.55], "dice": [0.8, 0.85]},
+        plot_path="/plots/au.png",
+        criterion="max_dice",
+        **common,
+    )
+    store.record_calibration(
+        engine,
+        material="CdSe",
+        threshold=0.3,
+        curve={},
+        plot_path=None,
+        criterion="max_dice",
+        **common,
+    )
+    latest = store.latest_calibration(engine, "Au", "m1")
+    assert latest is not None
+    assert (latest.id, latest.threshold, latest.plot_path) == (newest, 0.55, "/plots/au.png")
+    assert latest.curve == {"t": [0.5, 0.55], "dice": [0.8, 0.85]}
+    assert store.latest_calibration(engine, "Au", "m2") is None
+    with pytest.raises(ValueError, match="threshold"):
+        store.record_calibration(
+            engine,
+            material="Au",
+            threshold=1.5,
+            curve={},
+            plot_path=None,
+            criterion="max_dice",
+            **common,
+        )
+
+
+def test_status_summary_counts_and_window(engine) -> None:
+    now = datetime.now(UTC)
+    for i, (material, status, latency) in enumerate(
+        [("Au", "done", 10.0), ("Au", "done", 30.0), ("Au", "failed", None), ("CdSe", "done", 20.0)]
+    ):
+        store.record_frame(
+            engine,
+            source_path=f"/acq/{i}.tif",
+            sha256=SHA,
+            size_bytes=1,
+            status=status,
+            material=material,
+            latency_ms=latency,
+            error="bad TIFF" if status == "failed" else None,
+        )
+    summary = store.status_summary(engine, window_minutes=5, now=now + timedelta(seconds=1))
+    assert summary["total"] == 4
+    assert summary["by_status"] == {"done": 3, "failed": 1}
+    assert summary["by_material"] == {"Au": {"done": 2, "failed": 1}, "CdSe": {"done": 1}}
+    assert summary["last_frame"]["source_path"] == "/acq/3.tif"
+    assert summary["window_frames"] == 4
+    assert summary["frames_per_minute"] == pytest.approx(0.8)
+    assert summary["mean_latency_ms"] == pytest.approx(20.0)
+    later = store.status_summary(engine, window_minutes=5, now=now + timedelta(minutes=30))
+    assert later["window_frames"] == 0 and later["mean_latency_ms"] is None
+
+
+def test_upgrade_from_version_1(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_DDL)
+    eng = store.connect(path)
+    try:
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT version FROM schema_info")).scalar() == 2
+            columns = {c["name"] for c in inspect(conn).get_columns("frames")}
+        assert {"latency_ms", "backend"} <= columns
+        # Old rows survive and new columns work.
+        assert store.is_recorded(eng, "/acq/old.tif", "cd")
+        old = store.latest_calibration(eng, "Au", "m0")
+        assert old is not None and old.criterion == "unspecified" and old.n_images == 12
+        new_id = store.record_frame(
+            eng,
+            source_path="/acq/new.tif",
+            sha256=SHA,
+            size_bytes=1,
+            status="done",
+            latency_ms=5.0,
+            backend="onnxruntime",
+            particles=_particles(),
+        )
+        assert store.get_frame(eng, new_id).backend == "onnxruntime"  # type: ignore[union-attr]
+    finally:
+        eng.dispose()
+
+
+def test_refuses_newer_and_unknown_schemas(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.db"
+    store.connect(newer).dispose()
+    with sqlite3.connect(newer) as conn:
+        conn.execute("UPDATE schema_info SET version = ?", (store.SCHEMA_VERSION + 1,))
+    with pytest.raises(store.SchemaError, match="newer than this temseg"):
+        store.connect(newer)
+
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE frames (x INTEGER)")
+    with pytest.raises(store.SchemaError, match="not a temseg database"):
+        store.connect(foreign)
+    with sqlite3.connect(foreign) as conn:  # untouched
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master")] == ["frames"]
+
+    zero = tmp_path / "zero.db"
+    with sqlite3.connect(zero) as conn:
+        conn.executescript(
+            "CREATE TABLE schema_info (version INTEGER); INSERT INTO schema_info VALUES (0);"
+        )
+    with pytest.raises(store.SchemaError, match="unknown database schema version 0"):
+        store.connect(zero)
