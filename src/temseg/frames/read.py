@@ -115,9 +115,10 @@ def read_frame(path: str | Path, *, max_pixels: int = 2**28) -> Frame:
         except Exception as exc:  # tifffile/codecs raise many types for broken data
             raise FrameError(f"{path}: pixel data cannot be decoded ({exc})") from exc
         metadata = _collect_metadata(path, tif, page)
-    image = np.squeeze(image)
-    if image.ndim != 2:
+        shape = (int(page.imagelength), int(page.imagewidth))
+    if image.size != shape[0] * shape[1]:
         raise FrameError(f"{path}: expected a 2-D grayscale image, got shape {image.shape}")
+    image = image.reshape(shape)
     if not image.dtype.isnative:
         image = image.astype(image.dtype.newbyteorder("="))
     if image.dtype.kind == "f" and not np.isfinite(image).all():
