@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -33,3 +34,38 @@ class Engine(Protocol):
     def close(self) -> None:
         """Release device memory, sessions and threads."""
         ...
+
+
+def resolve_device(device: str) -> str:
+    """Map a device setting ("auto", "cpu", "cuda", "cuda:N") to a concrete torch device string.
+
+    "auto" is "cuda" when PyTorch sees a CUDA device, else "cpu". Asking for
+    CUDA on a machine without one raises :class:`EngineError`.
+    """
+    import torch
+
+    name = device.strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise EngineError(f"device {device!r} requested but PyTorch sees no CUDA device")
+        return name
+    raise EngineError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+
+
+def resolve_threads(threads: int) -> int:
+    """CPU inference threads: ``threads`` if positive, else all cores of this machine."""
+    if threads < 0:
+        raise EngineError(f"threads must be >= 0 (0 = all cores), got {threads}")
+    return threads if threads > 0 else (os.cpu_count() or 1)
+
+
+def as_batch(batch: np.ndarray) -> np.ndarray:
+    """``batch`` as a C-contiguous float32 (N, 1, H, W) array, else :class:`EngineError`."""
+    x = np.ascontiguousarray(batch, dtype=np.float32)
+    if x.ndim != 4 or x.shape[1] != 1 or 0 in x.shape:
+        raise EngineError(f"expected a non-empty (N, 1, H, W) batch, got shape {x.shape}")
+    return x
