@@ -1,0 +1,128 @@
+"""Thresholding, particle statistics and scores on masks with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from temseg.segment import binarize, confusion, find_particles, scores, segment_probability
+
+
+def two_squares() -> np.ndarray:
+    """64 x 64 mask: a 10 x 10 square inside, a 6 x 14 block touching the right edge."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:20, 10:20] = 1
+    mask[40:46, 50:64] = 1
+    return mask
+
+
+def test_two_squares_statistics_in_pixels_and_nm() -> None:
+    inner, edge = find_particles(two_squares(), pixel_nm=0.5)
+    assert (inner.area_px, edge.area_px) == (100, 84)
+    assert inner.centroid == pytest.approx((14.5, 14.5))
+    assert edge.centroid == pytest.approx((42.5, 56.5))
+    assert inner.bbox == (10, 10, 20, 20)
+    assert edge.bbox == (40, 50, 46, 64)
+    assert inner.equiv_diameter_px == pytest.approx(math.sqrt(400 / math.pi))
+    assert edge.equiv_diameter_px == pytest.approx(math.sqrt(4 * 84 / math.pi))
+    assert inner.equiv_diameter_nm == pytest.approx(0.5 * math.sqrt(400 / math.pi))
+    assert inner.area_nm2 == pytest.approx(25.0)
+    assert edge.area_nm2 == pytest.approx(21.0)
+    assert (inner.touches_border, edge.touches_border) == (False, True)
+    assert {inner.label, edge.label} == {1, 2}
+
+
+def test_without_pixel_size_nm_values_are_none() -> None:
+    particles = find_particles(two_squares())
+    assert all(p.area_nm2 is None and p.equiv_diameter_nm is None for p in particles)
+
+
+@pytest.mark.parametrize(
+    ("y0", "x0", "y1", "x1"), [(0, 30, 3, 33), (30, 0, 33, 3), (61, 30, 64, 33), (30, 61, 33, 64)]
+)
+def test_touches_each_border(y0: int, x0: int, y1: int, x1: int) -> None:
+    mask = np.zeros((64, 64), np.uint8)
+    mask[y0:y1, x0:x1] = 1
+    (particle,) = find_particles(mask)
+    assert particle.touches_border
+    assert particle.bbox == (y0, x0, y1, x1)
+
+
+def test_diagonal_pixels_are_one_particle() -> None:
+    mask = np.zeros((8, 8), np.uint8)
+    mask[3, 3] = mask[4, 4] = 1
+    (particle,) = find_particles(mask)
+    assert particle.area_px == 2
+    assert particle.centroid == pytest.approx((3.5, 3.5))
+    assert particle.bbox == (3, 3, 5, 5)
+
+
+def test_pixels_apart_are_two_particles() -> None:
+    mask = np.zeros((8, 8), np.uint8)
+    mask[3, 3] = mask[3, 5] = 1
+    assert len(find_particles(mask)) == 2
+
+
+def test_min_area_drops_small_components() -> None:
+    mask = two_squares()
+    mask[60, 2] = 1
+    assert len(find_particles(mask)) == 3
+    kept = find_particles(mask, min_area_px=50)
+    assert sorted(p.area_px for p in kept) == [84, 100]
+
+
+def test_empty_mask_has_no_particles() -> None:
+    assert find_particles(np.zeros((16, 16), np.uint8)) == []
+
+
+def test_binarize_is_inclusive_and_checks_threshold() -> None:
+    probability = np.array([[0.1, 0.5], [0.50001, 0.9]], np.float32)
+    mask = binarize(probability, 0.5)
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, [[0, 1], [1, 1]])
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="threshold"):
+            binarize(probability, bad)
+
+
+def test_segment_probability() -> None:
+    probability = two_squares().astype(np.float32) * 0.8 + 0.1
+    seg = segment_probability(probability, 0.5, pixel_nm=2.0)
+    np.testing.assert_array_equal(seg.mask, two_squares())
+    assert seg.threshold == 0.5
+    assert seg.n_particles == 2
+    assert seg.area_fraction == pytest.approx(184 / 64**2)
+    assert seg.particles[0].equiv_diameter_nm == pytest.approx(2 * math.sqrt(400 / math.pi))
+    assert segment_probability(probability, 0.95).n_particles == 0
+
+
+def test_particle_to_dict_is_json_ready() -> None:
+    (particle,) = find_particles(two_squares()[:32], pixel_nm=0.1)
+    data = particle.to_dict()
+    assert data["bbox"] == [10, 10, 20, 20]
+    assert data["centroid"] == pytest.approx([14.5, 14.5])
+    assert data["area_px"] == 100
+
+
+def test_scores_on_known_masks() -> None:
+    truth = np.zeros((4, 4), np.uint8)
+    truth[0, :3] = truth[1, :3] = 1  # 6 pixels
+    pred = np.zeros((4, 4), np.uint8)
+    pred[0, :3] = 1
+    pred[3, 3] = 1  # 3 true positives, 1 false positive, 3 false negatives
+    assert confusion(pred, truth) == (3, 1, 3)
+    result = scores(pred, truth)
+    assert result["dice"] == pytest.approx(0.6)
+    assert result["precision"] == pytest.approx(0.75)
+    assert result["recall"] == pytest.approx(0.5)
+    assert scores(truth, truth) == {"dice": 1.0, "precision": 1.0, "recall": 1.0}
+
+
+def test_scores_with_empty_masks() -> None:
+    empty = np.zeros((4, 4), np.uint8)
+    full = np.ones((4, 4), np.uint8)
+    assert scores(empty, empty) == {"dice": 1.0, "precision": 1.0, "recall": 1.0}
+    assert scores(empty, full) == {"dice": 0.0, "precision": 0.0, "recall": 0.0}
+    assert scores(full, empty) == {"dice": 0.0, "precision": 0.0, "recall": 0.0}
