@@ -63,7 +63,7 @@ def test_model_id_depends_on_weights_only(tmp_path: Path) -> None:
     second = load_bundle(save_bundle(model, {"pixel_nm": 0.3}, tmp_path / "b"))
     assert first.model_id == second.model_id
     with torch.no_grad():
-        model.head.bias.add_(1.0)
+        model.head.weight.add_(1.0)
     third = load_bundle(save_bundle(model, METADATA, tmp_path / "c"))
     assert third.model_id != first.model_id
 
