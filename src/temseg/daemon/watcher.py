@@ -99,7 +99,7 @@ def scan_backlog(
 class _StabilityTracker:
     """Paths waiting for size and mtime to stay unchanged for ``stable_s`` seconds."""
 
-    def __init__(self, stable_s: float, emit: Callable[[Path], None]) -> None:
+    def __init__(self, stable_s: float, emit: Callable[[Path], object]) -> None:
         self._stable_s = max(0.0, stable_s)
         self._emit = emit
         self._pending: dict[Path, tuple[int, int, float]] = {}
@@ -192,7 +192,7 @@ class FrameWatcher:
     def __init__(
         self,
         root: str | Path,
-        on_frame: Callable[[Path], None],
+        on_frame: Callable[[Path], object],
         *,
         patterns: Iterable[str] = DEFAULT_PATTERNS,
         recursive: bool = True,

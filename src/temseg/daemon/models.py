@@ -1,0 +1,169 @@
+"""Which model serves the next frame, and at which threshold.
+
+The model is, in order: the bundle named by ``--model`` (pinned: never
+swapped), else the model promoted to active in the database, else the bundle
+shipped with temseg. :meth:`ModelServer.refresh` is called between batches
+by the inference thread; when the database's active model changed it loads
+the new bundle and engine, warms them up and swaps them in. A bundle that
+fails to load is rejected with an ERROR log and the current model keeps
+serving; it is tried again only once the active model changes again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Engine as DbEngine
+
+from temseg.engine import Engine, load_engine
+from temseg.model.bundle import ModelBundle, load_bundle
+from temseg.store import active_model, latest_calibration
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "bundled"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded bundle with its engine; ``source`` is "pinned", "active" or "bundled"."""
+
+    bundle: ModelBundle
+    engine: Engine
+    source: str
+    registry_id: str | None  # the database model id it was loaded for, if any
+
+    @property
+    def model_id(self) -> str:
+        return self.bundle.model_id
+
+
+def load_served(
+    path: str | None,
+    source: str,
+    registry_id: str | None,
+    *,
+    backend: str,
+    device: str,
+    threads: int,
+) -> ServedModel:
+    """Load a bundle (None = the bundled default) and its engine, and warm the engine up."""
+    bundle = load_bundle(path)
+    engine = load_engine(bundle, backend=backend, device=device, threads=threads)
+    warm_up(engine, bundle)
+    return ServedModel(bundle=bundle, engine=engine, source=source, registry_id=registry_id)
+
+
+def warm_up(engine: Engine, bundle: ModelBundle, size: int = 64) -> float:
+    """Run one small batch so the first real frame does not pay for lazy set-up; return ms."""
+    side = max(size, bundle.config.size_multiple)
+    start = time.perf_counter()
+    engine.predict(np.zeros((1, 1, side, side), dtype=np.float32))
+    return (time.perf_counter() - start) * 1e3
+
+
+class ModelServer:
+    """Holds the serving model and follows the database's active model unless pinned."""
+
+    def __init__(
+        self,
+        db: DbEngine,
+        *,
+        pinned: str | None = None,
+        backend: str = "auto",
+        device: str = "auto",
+        threads: int = 0,
+    ) -> None:
+        self._db = db
+        self._pinned = pinned
+        self._backend, self._device, self._threads = backend, device, threads
+        self._rejected: str | None = None
+        self.swaps = 0
+        self.rejects = 0
+        self.current = self._initial()
+
+    def _load(self, path: str | None, source: str, registry_id: str | None) -> ServedModel:
+        return load_served(
+            path,
+            source,
+            registry_id,
+            backend=self._backend,
+            device=self._device,
+            threads=self._threads,
+        )
+
+    def _initial(self) -> ServedModel:
+        if self._pinned is not None:
+            return self._load(self._pinned, "pinned", None)
+        record = active_model(self._db)
+        if record is not None:
+            try:
+                return self._load(record.path, "active", record.model_id)
+            except Exception as exc:  # any bundle or backend failure: fall back, do not die
+                self._reject(record.model_id, record.path, exc)
+        return self._load(None, DEFAULT_SOURCE, None)
+
+    def _reject(self, model_id: str, path: str, exc: BaseException) -> None:
+        self._rejected = model_id
+        self.rejects += 1
+        logger.error(
+            "model rejected model_id=%s path=%s error=%s; still serving %s",
+            model_id,
+            path,
+            exc,
+            getattr(getattr(self, "current", None), "model_id", "the bundled model"),
+        )
+
+    def refresh(self) -> bool:
+        """Swap in the database's active model if it changed; True when a swap happened.
+
+        With no active model any more, the bundled model takes over again.
+        """
+        if self._pinned is not None:
+            return False
+        record = active_model(self._db)
+        wanted = None if record is None else record.model_id
+        if wanted == self.current.registry_id or (wanted is not None and wanted == self._rejected):
+            return False
+        if record is None and self.current.source == DEFAULT_SOURCE:
+            return False
+        try:
+            if record is None:
+                served = self._load(None, DEFAULT_SOURCE, None)
+            else:
+                served = self._load(record.path, "active", record.model_id)
+        except Exception as exc:  # a bad bundle must never stop the daemon
+            self._reject(wanted or DEFAULT_SOURCE, "" if record is None else record.path, exc)
+            return False
+        old = self.current
+        self.current = served
+        self._rejected = None
+        self.swaps += 1
+        logger.info(
+            "model swapped model_id=%s source=%s previous=%s backend=%s",
+            served.model_id,
+            served.source,
+            old.model_id,
+            served.engine.name,
+        )
+        old.engine.close()
+        return True
+
+    def threshold(self, material: str) -> tuple[float, str]:
+        """(threshold, source) for ``material`` with the serving model.
+
+        The latest calibration in the database for (material, model id) wins,
+        else the bundle's own per-material or default threshold. ``source`` is
+        "calibration" or "bundle".
+        """
+        model = self.current
+        calibration = latest_calibration(self._db, material, model.model_id)
+        if calibration is not None:
+            return float(calibration.threshold), "calibration"
+        return model.bundle.threshold_for(material), "bundle"
+
+    def close(self) -> None:
+        self.current.engine.close()

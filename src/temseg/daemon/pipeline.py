@@ -1,0 +1,609 @@
+"""The daemon's pipeline: watcher -> readers -> frame queue -> inference -> recorder.
+
+Stages and threads:
+
+1. **Intake** (watcher threads and a backlog thread): each complete frame
+   file is handed to :meth:`Daemon.submit`, which waits while every reader is
+   busy (back-pressure: nothing is ever dropped, the watcher's events buffer).
+2. **Readers** (a small thread pool): read the bytes once (read-only) for
+   the SHA-256 identity, skip (path, SHA-256) pairs already handled or
+   recorded, decode the TIFF, decide the material, and put the job on the
+   bounded :class:`FrameQueue` (waiting while it is full).
+3. **Inference** (one thread): between batches, follow the database's active
+   model; take the frames that arrived together (same shape and pixel size,
+   up to ``batch_size``), run them through the engine in one call, threshold
+   each with its material's calibrated threshold and measure its particles.
+4. **Recorder** (one thread, the only user of the ZeroMQ socket): write the
+   mask TIFF if asked, record the frame in the database first (its id goes
+   into the message), then publish the mask, or the error on ``temseg.error``.
+
+A database that stays locked (``OperationalError``) is retried with back-off.
+Stopping closes the intake, finishes every frame already accepted (at most
+``queue_size`` plus the readers' frames), closes the socket and database.
+Frames not accepted yet are found by the next start's backlog scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy.exc import OperationalError
+
+from temseg.config import Settings
+from temseg.daemon.frame_queue import FrameQueue, SeenCache, Stopped
+from temseg.daemon.lifecycle import Notifier, WatchdogPinger
+from temseg.daemon.models import ModelServer, ServedModel
+from temseg.daemon.rules import check_daemon_settings, mask_path, relative_posix, resolve_material
+from temseg.daemon.watcher import FrameWatcher, scan_backlog
+from temseg.frames import Frame, FrameError, read_frame
+from temseg.inference import predict_batch
+from temseg.segment import Segmentation, segment_probability
+from temseg.store import connect, is_recorded, record_frame
+
+logger = logging.getLogger("temseg.daemon")
+
+READERS = 2
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_T = TypeVar("_T")
+
+
+@dataclass
+class DaemonStats:
+    """Counters of one daemon run. Latencies in ms, from detection to record."""
+
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # already recorded or already handled: same path and bytes
+    published: int = 0
+    particles: int = 0
+    model_swaps: int = 0
+    model_rejects: int = 0
+    latency_ms_total: float = 0.0
+    backlog: int = 0  # frames found in the folder at start
+
+    @property
+    def mean_latency_ms(self) -> float | None:
+        n = self.done + self.failed
+        return self.latency_ms_total / n if n else None
+
+
+@dataclass
+class _Job:
+    path: Path
+    relative: str
+    received_at: datetime
+    detected: float  # time.monotonic() at detection
+    sha256: str = _EMPTY_SHA256
+    size_bytes: int = 0
+    frame: Frame | None = None
+    material: str = ""
+    error: str | None = None
+
+    def batch_key(self) -> tuple[Any, ...]:
+        if self.frame is None:
+            return ("failed",)
+        return ("frame", self.frame.image.shape, self.frame.pixel_nm)
+
+
+@dataclass
+class _Outcome:
+    job: _Job
+    model: ServedModel | None = None
+    segmentation: Segmentation | None = None
+    probability: np.ndarray | None = None
+    threshold: float | None = None
+    threshold_source: str = ""
+    infer_ms: float = 0.0
+
+
+def _sha256_of(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _retry_locked(
+    fn: Callable[[], _T], what: str, give_up: Callable[[], bool], max_delay_s: float = 2.0
+) -> _T:
+    """Call ``fn`` until it does not raise ``OperationalError`` (a locked database).
+
+    Waits with exponential back-off, logging each failure; re-raises once
+    ``give_up()`` is true.
+    """
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except OperationalError as exc:
+            if give_up():
+                raise
+            logger.warning("database busy during %s, retrying in %.2f s: %s", what, delay, exc.orig)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+
+
+class Daemon:
+    """The segmentation service, runnable in-process: ``start()``, ``stop()``, ``wait_idle()``.
+
+    ``notifier`` sends sd_notify messages (a default :class:`Notifier` reads
+    ``NOTIFY_SOCKET``). After :meth:`start` returns the model is loaded and
+    warmed, the socket is bound (:attr:`bound_url`), the watcher runs and the
+    backlog is being processed.
+    """
+
+    def __init__(self, settings: Settings, *, notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.root = check_daemon_settings(settings)
+        self.stats = DaemonStats()
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.bound_url: str | None = None
+        self._closing = threading.Event()  # intake closed
+        self._abort = threading.Event()  # give up draining
+        self._queue: FrameQueue[_Job] = FrameQueue(settings.queue_size, self._abort)
+        self._results: queue.Queue[_Outcome] = queue.Queue(maxsize=max(1, settings.queue_size))
+        self._seen = SeenCache()
+        self._slots = threading.Semaphore(READERS)
+        self._lock = threading.Lock()
+        self._outstanding = 0  # accepted and not yet recorded or skipped
+        self._reading = 0  # accepted and not yet queued
+        self._idle = threading.Condition(self._lock)
+        self._inference_done = threading.Event()
+        self._publisher_ready = threading.Event()
+        self._publisher_error: BaseException | None = None
+        self._threads: list[threading.Thread] = []
+        self._readers: ThreadPoolExecutor | None = None
+        self._watcher: FrameWatcher | None = None
+        self._pinger: WatchdogPinger | None = None
+        self._models: ModelServer | None = None
+        self._db: Any = None
+        self._started = False
+        self._stopped = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Connect, load and warm the model, bind the socket, start watching; then READY=1."""
+        s = self.settings
+        self.notifier.status("loading model")
+        self._db = connect(s.db)
+        try:
+            self._models = ModelServer(
+                self._db, pinned=s.model, backend=s.backend, device=s.device, threads=s.threads
+            )
+            model = self._models.current
+            logger.info(
+                "model loaded model_id=%s source=%s backend=%s",
+                model.model_id,
+                model.source,
+                model.engine.name,
+            )
+            recorder = threading.Thread(target=self._record_loop, name="temseg-recorder")
+            recorder.start()
+            self._threads.append(recorder)
+            self._publisher_ready.wait()
+            if self._publisher_error is not None:
+                raise self._publisher_error
+            self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="temseg-reader")
+            inference = threading.Thread(target=self._inference_loop, name="temseg-inference")
+            inference.start()
+            self._threads.append(inference)
+            self._watcher = FrameWatcher(
+                self.root,
+                self.submit,
+                patterns=s.patterns,
+                recursive=s.recursive,
+                polling=s.polling,
+                poll_interval_s=s.poll_interval_s,
+                stable_s=s.stable_s,
+                follow_symlinks=s.follow_symlinks,
+            )
+            self._watcher.start()
+            backlog = threading.Thread(target=self._backlog, name="temseg-backlog", daemon=True)
+            backlog.start()
+        except BaseException:
+            self._shutdown()
+            raise
+        self._started = True
+        self._pinger = WatchdogPinger(self.notifier, self.healthy)
+        self._pinger.start()
+        self.notifier.ready(f"watching {self.root}, publishing on {self.bound_url}")
+        logger.info(
+            "ready watch=%s publish=%s db=%s model_id=%s",
+            self.root,
+            self.bound_url,
+            s.db,
+            model.model_id,
+        )
+
+    def stop(self) -> DaemonStats:
+        """Close the intake, finish accepted frames, close socket and database. Idempotent."""
+        if self._stopped:
+            return self.stats
+        self._stopped = True
+        self.notifier.stopping("finishing frames in flight")
+        logger.info("stopping: finishing %d accepted frame(s)", self.pending)
+        self._shutdown()
+        logger.info(
+            "stopped done=%d failed=%d skipped=%d published=%d",
+            self.stats.done,
+            self.stats.failed,
+            self.stats.skipped,
+            self.stats.published,
+        )
+        return self.stats
+
+    def _shutdown(self) -> None:
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+        else:  # start failed before the pipeline ran: nothing will be drained
+            self._inference_done.set()
+        for thread in self._threads:
+            thread.join()
+        if self._pinger is not None:
+            self._pinger.stop()
+        if self._models is not None:
+            self._models.close()
+        if self._db is not None:
+            self._db.dispose()
+
+    def healthy(self) -> bool:
+        """True while every pipeline thread is alive (gates the systemd watchdog ping)."""
+        return all(t.is_alive() for t in self._threads) and not self._closing.is_set()
+
+    @property
+    def pending(self) -> int:
+        """Frames accepted and not yet recorded (or skipped)."""
+        with self._lock:
+            return self._outstanding
+
+    @property
+    def model(self) -> ServedModel | None:
+        """The model serving now."""
+        return None if self._models is None else self._models.current
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until no accepted frame is pending; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._outstanding == 0, timeout_s)
+
+    # ----------------------------------------------------------------- intake
+
+    def submit(self, path: Path) -> bool:
+        """Accept a complete frame file; waits while all readers are busy. False once stopping."""
+        path = Path(path)
+        job = _Job(
+            path=path,
+            relative=relative_posix(path, self.root),
+            received_at=datetime.now(UTC),
+            detected=time.monotonic(),
+        )
+        while not self._slots.acquire(timeout=0.1):
+            if self._closing.is_set():
+                return False
+        if self._closing.is_set() or self._readers is None:
+            self._slots.release()
+            return False
+        with self._lock:
+            self._outstanding += 1
+            self._reading += 1
+        logger.debug("accepted path=%s", path)
+        self._readers.submit(self._read, job)
+        return True
+
+    def _backlog(self) -> None:
+        try:
+            paths = scan_backlog(
+                self.root,
+                self.settings.patterns,
+                self.settings.recursive,
+                self.settings.follow_symlinks,
+            )
+        except OSError as exc:
+            logger.error("backlog scan of %s failed: %s", self.root, exc)
+            return
+        self.stats.backlog = len(paths)
+        if paths:
+            logger.info("backlog frames=%d (oldest first)", len(paths))
+        for path in paths:
+            if self._closing.is_set() or not self.submit(path):
+                return
+
+    def _finish_one(self) -> None:
+        with self._idle:
+            self._outstanding -= 1
+            self._idle.notify_all()
+
+    # ----------------------------------------------------------------- readers
+
+    def _read(self, job: _Job) -> None:
+        queued = False
+        try:
+            if self._prepare(job):
+                self._queue.put(job)
+                queued = True
+        except Stopped:
+            logger.warning("frame not processed (aborted) path=%s", job.path)
+        except Exception:
+            logger.exception("reader failed path=%s", job.path)
+        finally:
+            with self._lock:
+                self._reading -= 1
+            self._slots.release()
+            if not queued:
+                self._finish_one()
+
+    def _prepare(self, job: _Job) -> bool:
+        """Hash, deduplicate and decode; False when the frame was already handled."""
+        try:
+            job.sha256, job.size_bytes = _sha256_of(job.path)
+        except OSError as exc:
+            job.error = f"{job.path}: cannot read ({exc.strerror or exc})"
+        identity = (str(job.path), job.sha256)
+        if not self._seen.add(identity) or _retry_locked(
+            lambda: is_recorded(self._db, *identity), "duplicate check", self._abort.is_set
+        ):
+            with self._lock:
+                self.stats.skipped += 1
+            logger.debug("skipped (already recorded) path=%s sha256=%s", job.path, job.sha256)
+            return False
+        frame_material: str | None = None
+        if job.error is None:
+            try:
+                job.frame = read_frame(job.path)
+                frame_material = job.frame.material
+            except FrameError as exc:
+                job.error = str(exc)
+            except (OSError, MemoryError) as exc:
+                job.error = f"{job.path}: cannot read ({exc})"
+        job.material, _ = resolve_material(
+            frame_material, job.relative, self.settings.folder_rules, self.settings.material
+        )
+        return True
+
+    # ----------------------------------------------------------------- inference
+
+    def _inference_loop(self) -> None:
+        try:
+            while True:
+                batch = self._queue.take_batch(
+                    self.settings.batch_size, _Job.batch_key, timeout_s=0.1
+                )
+                if not batch:
+                    if self._closing.is_set() and self._drained():
+                        return
+                    continue
+                for outcome in self._infer(batch):
+                    self._results.put(outcome)
+        finally:
+            self._inference_done.set()
+
+    def _drained(self) -> bool:
+        with self._lock:
+            reading = self._reading
+        return reading == 0 and len(self._queue) == 0
+
+    def _infer(self, batch: list[_Job]) -> list[_Outcome]:
+        if batch[0].frame is None:
+            return [_Outcome(job) for job in batch]
+        models = self._models
+        assert models is not None
+        try:
+            if models.refresh():
+                self.stats.model_swaps += 1
+        except OperationalError as exc:
+            logger.warning("active model check skipped: database busy (%s)", exc.orig)
+        self.stats.model_rejects = models.rejects
+        model = models.current
+        outcomes = [_Outcome(job, model=model) for job in batch]
+        try:
+            for outcome in outcomes:
+                outcome.threshold, outcome.threshold_source = _retry_locked(
+                    partial(models.threshold, outcome.job.material),
+                    "threshold lookup",
+                    self._abort.is_set,
+                )
+            frames = [job.frame for job in batch if job.frame is not None]
+            start = time.perf_counter()
+            probabilities = predict_batch(
+                [f.image for f in frames],
+                model.engine,
+                model.bundle,
+                pixel_nms=[f.pixel_nm for f in frames],
+                tile=self.settings.tile,
+                overlap=self.settings.tile_overlap,
+            )
+            infer_ms = (time.perf_counter() - start) * 1e3 / len(frames)
+            for outcome, probability, frame in zip(outcomes, probabilities, frames, strict=True):
+                assert outcome.threshold is not None
+                outcome.segmentation = segment_probability(
+                    probability, outcome.threshold, frame.pixel_nm
+                )
+                outcome.probability = probability
+                outcome.infer_ms = infer_ms
+        except Exception as exc:  # an engine failure fails these frames, not the daemon
+            logger.exception("inference failed for %d frame(s)", len(batch))
+            for outcome in outcomes:
+                outcome.job.error = f"{outcome.job.path}: inference failed ({exc})"
+                outcome.segmentation = None
+        return outcomes
+
+    # ----------------------------------------------------------------- recorder
+
+    def _record_loop(self) -> None:
+        from temseg.stream import Publisher
+
+        s = self.settings
+        try:
+            publisher = Publisher(
+                s.publish,
+                send_hwm=s.send_hwm,
+                encoding=s.mask_encoding,
+                send_probability=s.send_probability,
+                curve_keys=s.curve_keys,
+            )
+        except BaseException as exc:
+            self._publisher_error = exc
+            self._publisher_ready.set()
+            return
+        self.bound_url = publisher.bound_url
+        self._publisher_ready.set()
+        try:
+            while True:
+                try:
+                    outcome = self._results.get(timeout=0.1)
+                except queue.Empty:
+                    if self._inference_done.is_set() and self._results.empty():
+                        return
+                    continue
+                try:
+                    self._complete(outcome, publisher)
+                except Exception:
+                    logger.exception("recording failed path=%s", outcome.job.path)
+                finally:
+                    self._finish_one()
+        finally:
+            publisher.close()
+
+    def _complete(self, outcome: _Outcome, publisher: Any) -> None:
+        job, seg = outcome.job, outcome.segmentation
+        failed = seg is None or job.error is not None
+        written_mask = None
+        if not failed and self.settings.masks is not None:
+            written_mask = self._write_mask(job, seg.mask)  # type: ignore[union-attr]
+        latency_ms = (time.monotonic() - job.detected) * 1e3
+        seq = publisher.seq
+        common: dict[str, Any] = {
+            "source_path": str(job.path),
+            "sha256": job.sha256,
+            "size_bytes": job.size_bytes,
+            "material": job.material,
+            "received_at": job.received_at,
+            "latency_ms": latency_ms,
+            "seq": seq,
+        }
+        if failed:
+            error = job.error or "unknown error"
+            frame_id = self._record(common, status="failed", error=error)
+            publisher.publish_error(str(job.path), error)
+            self.stats.failed += 1
+            logger.warning(
+                "frame failed path=%s material=%s frame_id=%d error=%s",
+                job.path,
+                job.material,
+                frame_id,
+                error,
+            )
+        else:
+            assert seg is not None and outcome.model is not None and job.frame is not None
+            model = outcome.model
+            height, width = seg.mask.shape
+            frame_id = self._record(
+                common,
+                status="done",
+                model_id=model.model_id,
+                threshold=seg.threshold,
+                n_particles=seg.n_particles,
+                area_fraction=seg.area_fraction,
+                mask_path=None if written_mask is None else str(written_mask),
+                height=height,
+                width=width,
+                pixel_nm=job.frame.pixel_nm,
+                backend=model.engine.backend,
+                particles=seg.particles,
+            )
+            header = {
+                "frame_id": frame_id,
+                "source": str(job.path),
+                "relative_path": job.relative,
+                "sha256": job.sha256,
+                "material": job.material,
+                "model_id": model.model_id,
+                "backend": model.engine.name,
+                "threshold": seg.threshold,
+                "threshold_source": outcome.threshold_source,
+                "n_particles": seg.n_particles,
+                "area_fraction": seg.area_fraction,
+                "pixel_nm": job.frame.pixel_nm,
+                "received_at": job.received_at.isoformat(),
+                "latency_ms": round(latency_ms, 3),
+                "infer_ms": round(outcome.infer_ms, 3),
+                "particles": [p.to_dict() for p in seg.particles],
+            }
+            probability = outcome.probability if self.settings.send_probability else None
+            publisher.publish_mask(header, seg.mask, probability)
+            self.stats.done += 1
+            self.stats.particles += seg.n_particles
+            logger.info(
+                "frame path=%s material=%s particles=%d ms=%.1f infer_ms=%.1f threshold=%.3f "
+                "model_id=%s frame_id=%d seq=%d",
+                job.path,
+                job.material,
+                seg.n_particles,
+                latency_ms,
+                outcome.infer_ms,
+                seg.threshold,
+                model.model_id,
+                frame_id,
+                seq,
+            )
+        self.stats.published += 1
+        self.stats.latency_ms_total += latency_ms
+        self.notifier.status(
+            f"{self.stats.done} frames done, {self.stats.failed} failed; last {job.relative}"
+        )
+
+    def _record(self, common: dict[str, Any], **fields: Any) -> int:
+        return _retry_locked(
+            lambda: record_frame(self._db, **common, **fields), "record", self._abort.is_set
+        )
+
+    def _write_mask(self, job: _Job, mask: np.ndarray) -> Path | None:
+        from temseg.frames.write import write_mask_tiff
+
+        assert self.settings.masks is not None
+        target = mask_path(Path(self.settings.masks), job.relative)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_mask_tiff(target, mask, compress=True)
+        except OSError as exc:
+            logger.error("mask not written path=%s error=%s", target, exc)
+            return None
+        return target
+
+
+def run_daemon(
+    settings: Settings,
+    *,
+    stop_event: threading.Event,
+    ready: threading.Event | None = None,
+    notifier: Notifier | None = None,
+) -> DaemonStats:
+    """Run the daemon until ``stop_event`` is set; ``ready`` is set once it serves frames."""
+    daemon = Daemon(settings, notifier=notifier)
+    daemon.start()
+    if ready is not None:
+        ready.set()
+    try:
+        stop_event.wait()
+    finally:
+        stats = daemon.stop()
+    return stats

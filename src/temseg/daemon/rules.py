@@ -1,0 +1,91 @@
+"""Per-frame decisions that depend only on settings: material, output paths, safety checks."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from temseg.config import ConfigError, Settings
+
+
+def resolve_material(
+    frame_material: str | None,
+    relative_path: str,
+    folder_rules: Mapping[str, str],
+    default: str,
+) -> tuple[str, str]:
+    """(material, source) for a frame: its metadata, else the first folder rule, else ``default``.
+
+    ``relative_path`` is the frame's path relative to the watched folder,
+    '/'-separated. Folder rules are shell globs matched against it in their
+    configured order (``*`` also matches '/', so ``CdSe/**`` and ``CdSe/*``
+    both cover every file below ``CdSe``). ``source`` is "metadata",
+    "folder_rule" or "default".
+    """
+    if frame_material:
+        return frame_material, "metadata"
+    for pattern, material in folder_rules.items():
+        if fnmatch.fnmatchcase(relative_path, pattern):
+            return material, "folder_rule"
+    return default, "default"
+
+
+def relative_posix(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` with '/' separators."""
+    return path.relative_to(root).as_posix()
+
+
+def mask_path(masks_root: Path, relative_path: str) -> Path:
+    """Where the mask of the frame at ``relative_path`` goes: the same relative path under
+    ``masks_root``, with the suffix ``.tif``."""
+    return (masks_root / relative_path).with_suffix(".tif")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve() == folder.resolve() or path.resolve().is_relative_to(folder.resolve())
+
+
+def sqlite_file(db_url: str) -> Path | None:
+    """The database file of a SQLite URL or bare path, else None."""
+    if "://" not in db_url:
+        return Path(db_url).expanduser()
+    url = make_url(db_url)
+    database = url.database or ""
+    if url.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        database = database[5:].split("?", 1)[0]
+    return Path(database).expanduser()
+
+
+def check_daemon_settings(settings: Settings) -> Path:
+    """Validate what the daemon needs; return the resolved watched folder.
+
+    Refuses (:class:`ConfigError`) a missing watched folder, and a mask
+    folder or SQLite database inside it: the daemon never writes there.
+    """
+    if settings.watch is None:
+        raise ConfigError("no folder to watch: pass --watch DIR or set 'watch' in the config")
+    root = Path(settings.watch).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"watched folder {root} does not exist or is not a folder")
+    root = root.resolve()
+    if settings.masks is not None and _inside(Path(settings.masks).expanduser(), root):
+        raise ConfigError(
+            f"mask folder {settings.masks} is inside the watched folder {root}; "
+            "the acquisition folder is never written to: choose another folder"
+        )
+    db_file = sqlite_file(settings.db)
+    if db_file is not None and _inside(db_file.parent, root):
+        raise ConfigError(
+            f"database {db_file} is inside the watched folder {root}; "
+            "the acquisition folder is never written to: choose another location"
+        )
+    if settings.queue_size < 1 or settings.batch_size < 1:
+        raise ConfigError("queue_size and batch_size must be at least 1")
+    if not settings.patterns:
+        raise ConfigError("patterns is empty: nothing would ever be processed")
+    return root
