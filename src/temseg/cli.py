@@ -48,11 +48,219 @@ def main(
 
 # --- keys ---
 
-# --- train ---
 
-# --- models ---
+@app.command()
+def train(
+    extra_data: list[str] = typer.Argument(
+        None, metavar="[DIR...]", help="More data folders (after --data)."
+    ),
+    data: list[str] = typer.Option(
+        None, "--data", help="Folder of NAME.tif + NAME_mask.tif (+ NAME.json); repeatable."
+    ),
+    out: str = typer.Option(..., "--out", help="Output model bundle folder."),
+    materials: str | None = typer.Option(
+        None, "--materials", help="Comma-separated materials to train on (default: all)."
+    ),
+    preset: str = typer.Option("groschner2021", "--preset", help="groschner2021 | wide."),
+    epochs: int = typer.Option(50, "--epochs", min=1),
+    patch: int = typer.Option(512, "--patch", help="Training patch size (pixels)."),
+    batch: int = typer.Option(8, "--batch", min=1),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    init: str | None = typer.Option(None, "--init", help="Bundle to fine-tune."),
+    db: str | None = typer.Option(None, "--db", help="Register the model in this database."),
+    hdf5: tuple[str, str] | None = typer.Option(
+        None, "--hdf5", help="IMAGES.h5 MAPS.h5 in the layout of Groschner et al. (2021)."
+    ),
+    workers: int = typer.Option(0, "--workers", min=0, help="Data loader processes."),
+    patience: int = typer.Option(10, "--patience", help="Early stopping epochs (0: off)."),
+    steps_per_epoch: int | None = typer.Option(
+        None, "--steps-per-epoch", min=1, help="Cap on optimiser steps per epoch."
+    ),
+) -> None:
+    """Train a U-Net on labelled frames and write a model bundle (works under torchrun)."""
+    import os
+    from pathlib import Path
 
-# --- calibrate ---
+    from temseg.model.bundle import BundleError
+    from temseg.trainer.data import DataError
+    from temseg.trainer.loop import EpochStats, TrainConfig
+    from temseg.trainer.loop import train as run_training
+
+    def progress(s: EpochStats) -> None:
+        typer.echo(
+            f"epoch {s.epoch}/{epochs}  loss {s.train_loss:.4f}  val loss {s.val_loss:.4f}  "
+            f"val Dice {s.val_dice:.3f}  lr {s.lr:.2e}  {s.seconds:.1f} s",
+            err=True,
+        )
+
+    folders = [Path(d) for d in [*(data or []), *(extra_data or [])]]
+    config = TrainConfig(
+        data=folders,
+        out=Path(out),
+        materials=[m.strip() for m in materials.split(",") if m.strip()] if materials else None,
+        preset=preset,
+        epochs=epochs,
+        patch=patch,
+        batch=batch,
+        lr=lr,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=device,
+        init=None if init is None else Path(init),
+        db=db,
+        hdf5=None if hdf5 is None else (Path(hdf5[0]), Path(hdf5[1])),
+        workers=workers,
+        patience=patience,
+        steps_per_epoch=steps_per_epoch,
+        on_epoch=progress,
+    )
+    try:
+        result = run_training(config)
+    except (DataError, BundleError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if int(os.environ.get("RANK", "0")) == 0:
+        typer.echo(f"model {result.model_id} written to {result.bundle_path}")
+        for material, m in sorted(result.metrics.items()):
+            typer.echo(
+                f"  {material}: Dice {m['dice']:.3f}  precision {m['precision']:.3f}  "
+                f"recall {m['recall']:.3f}  ({m['n_val']} validation frames)"
+            )
+
+
+models_app = typer.Typer(help="Registered model bundles: list them, make one active.")
+app.add_typer(models_app, name="models", no_args_is_help=True)
+
+
+def _models_db(db: str | None) -> str:
+    from temseg.config import load_settings
+
+    return load_settings(overrides={"db": db}).db
+
+
+@models_app.command("list")
+def models_list(
+    db: str | None = typer.Option(None, "--db", help="Database URL (default: settings)."),
+) -> None:
+    """Show registered models: id, name, created, active, per-material Dice."""
+    from temseg.store import connect, list_models
+
+    try:
+        engine = connect(_models_db(db), create=False)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: no database: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    records = list_models(engine)
+    engine.dispose()
+    if not records:
+        typer.echo("no registered models")
+        return
+    typer.echo(f"{'':1} {'id':16}  {'name':20}  {'created (UTC)':19}  Dice per material")
+    for r in records:
+        metrics = r.metadata.get("metrics", {})
+        dice = ", ".join(
+            f"{m} {v.get('dice', float('nan')):.3f}" for m, v in sorted(metrics.items())
+        )
+        typer.echo(
+            f"{'*' if r.active else ' '} {r.model_id:16}  {r.name[:20]:20}  "
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}  {dice or '-'}"
+        )
+
+
+@models_app.command("promote")
+def models_promote(
+    model_id: str = typer.Argument(..., help="Id of a registered model."),
+    db: str | None = typer.Option(None, "--db", help="Database URL (default: settings)."),
+) -> None:
+    """Make a registered model the active one (its bundle must still load)."""
+    from temseg.model.bundle import BundleError, load_bundle
+    from temseg.store import active_model, connect, list_models, promote_model
+
+    try:
+        engine = connect(_models_db(db), create=False)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: no database: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        records = {r.model_id: r for r in list_models(engine)}
+        current = active_model(engine)
+        keeping = f"active model stays {current.model_id if current else 'none'}"
+        if model_id not in records:
+            known = ", ".join(records) or "none"
+            typer.echo(f"error: no registered model {model_id!r} (registered: {known})", err=True)
+            raise typer.Exit(1)
+        try:
+            load_bundle(records[model_id].path)
+        except BundleError as exc:
+            typer.echo(
+                f"error: model {model_id} cannot be promoted, its bundle no longer loads: {exc}; "
+                f"{keeping}",
+                err=True,
+            )
+            raise typer.Exit(1) from exc
+        promote_model(engine, model_id)
+    finally:
+        engine.dispose()
+    typer.echo(f"model {model_id} ({records[model_id].name}) is now active")
+
+
+@app.command()
+def calibrate(
+    extra_data: list[str] = typer.Argument(
+        None, metavar="[DIR...]", help="More data folders (after --data)."
+    ),
+    material: str = typer.Option(..., "--material", help="Material to calibrate, e.g. CdSe."),
+    data: list[str] = typer.Option(
+        None, "--data", help="Folder of NAME.tif + NAME_mask.tif (+ NAME.json); repeatable."
+    ),
+    model: str = typer.Option(
+        "active", "--model", help="Bundle folder, or 'active' (database's, else bundled)."
+    ),
+    db: str | None = typer.Option(None, "--db", help="Record the calibration in this database."),
+    out: str = typer.Option(".", "--out", help="Folder for calibration_<material>.png."),
+    criterion: str = typer.Option(
+        "f1", "--criterion", help="f1 | precision-recall-crossover | min-precision=P."
+    ),
+    backend: str = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt."),
+) -> None:
+    """Choose a material's probability threshold from labelled frames (precision/recall sweep)."""
+    from temseg.calibrate.run import CalibrationError, curve_table
+    from temseg.calibrate.run import calibrate as run_calibration
+    from temseg.engine import EngineError
+    from temseg.model.bundle import BundleError
+
+    folders = [*(data or []), *(extra_data or [])]
+    if not folders:
+        typer.echo("error: give at least one --data folder", err=True)
+        raise typer.Exit(1)
+    try:
+        result = run_calibration(
+            material,
+            folders,
+            model=model,
+            db=db,
+            out=out,
+            criterion=criterion,
+            backend=backend,
+            on_warning=lambda text: typer.echo(f"warning: {text}", err=True),
+        )
+    except (CalibrationError, BundleError, EngineError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    c = result.choice
+    typer.echo(f"{material}: {result.curves.n_images} frames, model {result.model_id}")
+    typer.echo(curve_table(result.curves))
+    typer.echo(
+        f"chosen threshold {c.threshold:.2f} ({c.criterion}): precision {c.precision:.3f}  "
+        f"recall {c.recall:.3f}  F1 {c.f1:.3f}"
+    )
+    typer.echo(f"plot: {result.plot_path}")
+    if result.calibration_id is not None:
+        typer.echo(f"recorded as calibration {result.calibration_id} in {db}")
+
 
 # --- compile ---
 
