@@ -1,0 +1,274 @@
+"""The temseg mask stream wire format: pure encode/decode, no sockets.
+
+A message is a ZeroMQ multipart message (see ``docs/protocol.md``):
+
+1. topic, UTF-8: ``temseg.mask.<material>`` or ``temseg.error``
+2. header, UTF-8 JSON object (``schema`` ``temseg.mask/1`` or ``temseg.error/1``)
+3. mask (masks only): ``h*w`` bytes, C order, 0 = background, 1 = particle,
+   either raw or PackBits-compressed (header ``encoding``)
+4. optional (masks only): float16 little-endian probability map, ``h*w*2`` bytes
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import PurePath
+from typing import Any
+
+import numpy as np
+
+SCHEMA_MASK = "temseg.mask/1"
+SCHEMA_ERROR = "temseg.error/1"
+MASK_TOPIC_PREFIX = "temseg.mask."
+ERROR_TOPIC = "temseg.error"
+ENCODINGS = ("raw", "packbits")
+PROBABILITY_DTYPE = "float16"
+
+_PROBABILITY_WIRE = np.dtype("<f2")
+_MAX_RUN = 128
+
+
+class ProtocolError(ValueError):
+    """A message (or a value to be sent) does not follow the temseg stream protocol."""
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    """One decoded message. ``mask`` (uint8, shape ``header["shape"]``) and
+    ``probability`` (float16) are read-only views; ``.copy()`` them to modify."""
+
+    topic: str
+    header: dict[str, Any]
+    mask: np.ndarray | None = None
+    probability: np.ndarray | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.header.get("schema") == SCHEMA_ERROR
+
+
+def mask_topic(material: str) -> str:
+    """Topic of mask messages for ``material``: ``temseg.mask.<material>``."""
+    if not isinstance(material, str) or not material:
+        raise ProtocolError(f"material must be a non-empty string, got {material!r}")
+    return MASK_TOPIC_PREFIX + material
+
+
+def mask_header(
+    fields: Mapping[str, Any], shape: Sequence[int], *, encoding: str, probability: bool
+) -> dict[str, Any]:
+    """``fields`` plus the keys describing the binary parts: ``schema``,
+    ``shape`` [h, w], ``dtype`` ``"uint8"``, ``encoding`` and, when a
+    probability part follows, ``probability`` ``"float16"``."""
+    if encoding not in ENCODINGS:
+        raise ProtocolError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    header = dict(fields)
+    header.pop("probability", None)
+    header["schema"] = SCHEMA_MASK
+    header["shape"] = [int(shape[0]), int(shape[1])]
+    header["dtype"] = "uint8"
+    header["encoding"] = encoding
+    if probability:
+        header["probability"] = PROBABILITY_DTYPE
+    return header
+
+
+def encode_mask_message(
+    header: Mapping[str, Any],
+    mask: np.ndarray,
+    *,
+    encoding: str = "raw",
+    probability: np.ndarray | None = None,
+) -> list[bytes]:
+    """Multipart message for a 2-D 0/1 ``mask`` (bool or integer).
+
+    ``header`` must contain ``material`` (it selects the topic); ``schema``,
+    ``shape``, ``dtype``, ``encoding`` and ``probability`` are set here.
+    ``probability`` (same shape as the mask) is sent as float16.
+    """
+    mask_u8 = _as_mask(mask)
+    full = mask_header(
+        header, mask_u8.shape, encoding=encoding, probability=probability is not None
+    )
+    if "material" not in full:
+        raise ProtocolError("mask header needs 'material' (it selects the topic)")
+    raw = mask_u8.tobytes(order="C")
+    parts = [
+        mask_topic(full["material"]).encode(),
+        _dump(full),
+        packbits_encode(raw) if encoding == "packbits" else raw,
+    ]
+    if probability is not None:
+        prob = np.asarray(probability)
+        if prob.shape != mask_u8.shape:
+            raise ProtocolError(f"probability shape {prob.shape} != mask shape {mask_u8.shape}")
+        parts.append(prob.astype(_PROBABILITY_WIRE).tobytes(order="C"))
+    return parts
+
+
+def encode_error_message(header: Mapping[str, Any]) -> list[bytes]:
+    """Two-part error message; ``schema`` is set to ``temseg.error/1``."""
+    return [ERROR_TOPIC.encode(), _dump({**header, "schema": SCHEMA_ERROR})]
+
+
+def decode_message(parts: Sequence[bytes]) -> StreamMessage:
+    """Parse and check a received multipart message; :class:`ProtocolError` if malformed."""
+    if len(parts) < 2:
+        raise ProtocolError(f"expected at least 2 message parts, got {len(parts)}")
+    try:
+        topic = bytes(parts[0]).decode("utf-8")
+        header = json.loads(bytes(parts[1]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"unreadable topic or header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a JSON object")
+    if not isinstance(header.get("seq"), int) or not isinstance(header.get("run_id"), str):
+        raise ProtocolError("header needs an integer 'seq' and a string 'run_id'")
+    schema = header.get("schema")
+    if schema == SCHEMA_ERROR:
+        if topic != ERROR_TOPIC or len(parts) != 2:
+            raise ProtocolError(f"error message needs topic {ERROR_TOPIC!r} and 2 parts")
+        return StreamMessage(topic, header)
+    if schema != SCHEMA_MASK:
+        raise ProtocolError(f"unsupported schema {schema!r}; expected {SCHEMA_MASK!r}")
+    return _decode_mask(topic, header, parts)
+
+
+def _decode_mask(topic: str, header: dict[str, Any], parts: Sequence[bytes]) -> StreamMessage:
+    if "material" not in header or topic != mask_topic(header["material"]):
+        raise ProtocolError(f"topic {topic!r} does not match material {header.get('material')!r}")
+    shape = header.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
+        raise ProtocolError(f"shape must be [height, width] of non-negative ints, got {shape!r}")
+    if header.get("dtype") != "uint8":
+        raise ProtocolError(f"dtype must be 'uint8', got {header.get('dtype')!r}")
+    encoding = header.get("encoding")
+    if encoding not in ENCODINGS:
+        raise ProtocolError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    with_probability = "probability" in header
+    if with_probability and header["probability"] != PROBABILITY_DTYPE:
+        raise ProtocolError(f"probability must be {PROBABILITY_DTYPE!r}")
+    if len(parts) != (4 if with_probability else 3):
+        raise ProtocolError(
+            f"mask message has {len(parts)} parts, expected 3 or 4 with probability"
+        )
+    h, w = shape
+    body = bytes(parts[2])
+    if encoding == "packbits":
+        body = packbits_decode(body)
+    if len(body) != h * w:
+        raise ProtocolError(f"mask has {len(body)} bytes, shape {shape} needs {h * w}")
+    mask = np.frombuffer(body, dtype=np.uint8).reshape(h, w)
+    probability = None
+    if with_probability:
+        prob = bytes(parts[3])
+        if len(prob) != 2 * h * w:
+            raise ProtocolError(
+                f"probability has {len(prob)} bytes, shape {shape} needs {2 * h * w}"
+            )
+        probability = np.frombuffer(prob, dtype=_PROBABILITY_WIRE).reshape(h, w)
+    return StreamMessage(topic, header, mask, probability)
+
+
+def packbits_encode(data: bytes) -> bytes:
+    """PackBits (Apple / TIFF compression 32773) of ``data``.
+
+    Runs of 3 or more equal bytes become repeat packets (header ``257 - n``,
+    one byte); other bytes go into literal packets (header ``n - 1``, ``n``
+    bytes); ``n`` is at most 128. Vectorised with numpy.
+    """
+    src = np.frombuffer(data, dtype=np.uint8)
+    size = src.size
+    if size == 0:
+        return b""
+    # Runs of equal bytes.
+    starts = np.flatnonzero(np.r_[True, src[1:] != src[:-1]])
+    lengths = np.diff(np.r_[starts, size])
+    is_repeat = lengths >= 3
+    # Segments: each repeat run alone, consecutive short runs merged into one literal.
+    new_segment = is_repeat | np.r_[True, is_repeat[:-1]]
+    seg_first_run = np.flatnonzero(new_segment)
+    seg_start = starts[seg_first_run]
+    seg_len = np.add.reduceat(lengths, seg_first_run)
+    seg_repeat = is_repeat[seg_first_run]
+    # Packets: segments cut into pieces of at most 128 bytes.
+    n_pieces = -(-seg_len // _MAX_RUN)
+    seg_of_packet = np.repeat(np.arange(seg_len.size), n_pieces)
+    piece = np.arange(seg_of_packet.size) - np.repeat(np.cumsum(n_pieces) - n_pieces, n_pieces)
+    pkt_start = seg_start[seg_of_packet] + _MAX_RUN * piece
+    pkt_len = np.minimum(_MAX_RUN, seg_len[seg_of_packet] - _MAX_RUN * piece)
+    pkt_repeat = seg_repeat[seg_of_packet] & (pkt_len >= 2)
+    out_len = np.where(pkt_repeat, 2, 1 + pkt_len)
+    offset = np.cumsum(out_len) - out_len
+    out = np.empty(int(out_len.sum()), dtype=np.uint8)
+    out[offset] = np.where(pkt_repeat, 257 - pkt_len, pkt_len - 1).astype(np.uint8)
+    out[offset[pkt_repeat] + 1] = src[pkt_start[pkt_repeat]]
+    # Literal bytes, copied in one gather.
+    lit = ~pkt_repeat
+    lit_len, lit_start, lit_offset = pkt_len[lit], pkt_start[lit], offset[lit] + 1
+    within = np.arange(int(lit_len.sum())) - np.repeat(np.cumsum(lit_len) - lit_len, lit_len)
+    out[np.repeat(lit_offset, lit_len) + within] = src[np.repeat(lit_start, lit_len) + within]
+    return out.tobytes()
+
+
+def packbits_decode(data: bytes) -> bytes:
+    """Inverse of :func:`packbits_encode` for any standard PackBits stream
+    (header 128 is a no-op). Truncated input raises :class:`ProtocolError`."""
+    data = bytes(data)
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        header = data[i]
+        i += 1
+        if header < 128:
+            count = header + 1
+            if i + count > n:
+                raise ProtocolError(f"PackBits literal at byte {i - 1} runs past the end")
+            out += data[i : i + count]
+            i += count
+        elif header > 128:
+            if i >= n:
+                raise ProtocolError(f"PackBits repeat at byte {i - 1} has no value byte")
+            out += data[i : i + 1] * (257 - header)
+            i += 1
+    return bytes(out)
+
+
+def _as_mask(mask: np.ndarray) -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise ProtocolError(f"mask must be 2-D, got shape {arr.shape}")
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ProtocolError(f"mask must be bool or integer 0/1, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() > 1):
+        raise ProtocolError("mask values must be 0 or 1")
+    return arr.astype(np.uint8, copy=False)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _dump(header: Mapping[str, Any]) -> bytes:
+    try:
+        text = json.dumps(header, default=_json_value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"header cannot be sent as JSON: {exc}") from exc
+    return text.encode("utf-8")

@@ -1,0 +1,194 @@
+"""Publish masks and errors on one ZeroMQ PUB socket without ever blocking."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from temseg.stream.protocol import (
+    ENCODINGS,
+    SCHEMA_ERROR,
+    encode_error_message,
+    encode_mask_message,
+    mask_header,
+)
+
+DEFAULT_URL = "tcp://127.0.0.1:5557"
+
+logger = logging.getLogger(__name__)
+
+
+class Publisher:
+    """One PUB socket bound to ``url``; thread-confined (use it from one thread).
+
+    Every send uses ``zmq.NOBLOCK``, so publishing never waits for a
+    subscriber. By default (``nodrop=False``) libzmq drops messages per slow
+    subscriber once its queue (``send_hwm`` here plus the subscriber's receive
+    HWM) is full; the publisher cannot see these drops, subscribers see them as
+    ``seq`` gaps. With ``nodrop=True`` (an XPUB socket with ``XPUB_NODROP``) a
+    message that does not fit the queue of every matching subscriber is sent
+    to none of them and counted in :attr:`dropped`.
+
+    ``curve_keys``: a folder made by :func:`temseg.stream.keys.generate_keys`;
+    the socket then encrypts (CURVE server, ``server.key_secret``) and only
+    clients whose public key is in ``authorized/`` may subscribe. Keys are read
+    at start. The CURVE authenticator is installed on the socket's context:
+    without ``context`` the publisher uses a context of its own.
+
+    Attributes: ``run_id`` (uuid4 hex of this publisher), ``seq`` (last
+    sequence number used; 0 before the first message), ``dropped``,
+    ``bound_url`` (resolved endpoint, e.g. the port chosen for ``tcp://...:0``).
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        send_hwm: int = 100,
+        encoding: str = "raw",
+        send_probability: bool = False,
+        curve_keys: Path | None = None,
+        nodrop: bool = False,
+        context: zmq.Context[Any] | None = None,
+        linger_ms: int = 1000,
+    ) -> None:
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        self.encoding = encoding
+        self.send_probability = send_probability
+        self.nodrop = nodrop
+        self.run_id = uuid.uuid4().hex
+        self.seq = 0
+        self.dropped = 0
+        self._own_context = context is None
+        self._context: zmq.Context[Any] = zmq.Context() if context is None else context
+        self._auth: ThreadAuthenticator | None = None
+        self._socket: zmq.Socket[Any] = self._context.socket(zmq.XPUB if nodrop else zmq.PUB)
+        self._closed = False
+        try:
+            self._socket.setsockopt(zmq.LINGER, linger_ms)
+            self._socket.setsockopt(zmq.SNDHWM, send_hwm)
+            if nodrop:
+                self._socket.setsockopt(zmq.XPUB_NODROP, 1)
+            if curve_keys is not None:
+                self._setup_curve(Path(curve_keys))
+            try:
+                self._socket.bind(url)
+            except zmq.ZMQError as exc:
+                raise zmq.ZMQError(exc.errno, f"cannot bind {url}: {exc.strerror}") from exc
+            self.bound_url: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup_curve(self, keys: Path) -> None:
+        if not zmq.has("curve"):
+            raise RuntimeError("this libzmq has no CURVE support")
+        secret_file, authorized = keys / "server.key_secret", keys / "authorized"
+        if not secret_file.is_file():
+            raise FileNotFoundError(
+                f"no server secret key {secret_file}; run `temseg keys generate`"
+            )
+        if not authorized.is_dir():
+            raise FileNotFoundError(f"no folder of authorized client keys {authorized}")
+        public, secret = zmq.auth.load_certificate(secret_file)
+        if secret is None:
+            raise ValueError(f"{secret_file} holds no secret key")
+        if not any(authorized.glob("*.key")):
+            logger.warning("no client keys in %s: no subscriber can connect", authorized)
+        self._auth = ThreadAuthenticator(self._context, log=logger)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(authorized))
+        self._socket.curve_secretkey = secret
+        self._socket.curve_publickey = public
+        self._socket.curve_server = True
+
+    def publish_mask(
+        self,
+        header_fields: Mapping[str, Any],
+        mask: np.ndarray,
+        probability: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Send one mask; return the header as sent.
+
+        ``header_fields`` must hold ``material`` and should hold the frame
+        fields of ``docs/protocol.md``; ``schema``, ``seq``, ``run_id``,
+        ``published_at``, ``shape``, ``dtype`` and ``encoding`` are filled in.
+        ``probability`` is sent only if the publisher has ``send_probability``.
+        """
+        prob = probability if self.send_probability else None
+        fields = self._stamp(header_fields)
+        parts = encode_mask_message(fields, mask, encoding=self.encoding, probability=prob)
+        self._send(parts)
+        return mask_header(
+            fields, np.shape(mask), encoding=self.encoding, probability=prob is not None
+        )
+
+    def publish_error(self, source: str, error: str) -> dict[str, Any]:
+        """Send an error report about ``source``; return the header as sent."""
+        header = {
+            "schema": SCHEMA_ERROR,
+            **self._stamp({"source": str(source), "error": str(error)}),
+        }
+        self._send(encode_error_message(header))
+        return header
+
+    def _stamp(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        # The sequence number is taken only once the message is encoded and sent.
+        return {
+            **fields,
+            "seq": self.seq + 1,
+            "run_id": self.run_id,
+            "published_at": datetime.now(UTC).isoformat(),
+        }
+
+    def _send(self, parts: list[bytes]) -> None:
+        if self._closed:
+            raise RuntimeError("publisher is closed")
+        if self.nodrop:
+            self._drain_subscriptions()
+        self.seq += 1
+        try:
+            self._socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.dropped += 1
+
+    def _drain_subscriptions(self) -> None:
+        # An XPUB socket queues (un)subscription notices for us; we do not need them.
+        while True:
+            try:
+                self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def close(self) -> None:
+        """Close the socket (waiting at most ``linger_ms`` for queued messages)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._socket.close()
+        if self._auth is not None:
+            self._auth.stop()
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
