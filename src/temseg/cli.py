@@ -262,6 +262,52 @@ def calibrate(
         typer.echo(f"recorded as calibration {result.calibration_id} in {db}")
 
 
-# --- compile ---
+@app.command("compile")
+def compile_engine(
+    model: str | None = typer.Option(
+        None, "--model", help="Model bundle folder (default: settings, else the bundled model)."
+    ),
+    max_size: int = typer.Option(
+        4096, "--max-size", min=16, help="Largest frame side in pixels the engine accepts."
+    ),
+    batch: int = typer.Option(4, "--batch", min=1, help="Largest batch (frames) it accepts."),
+    precision: str = typer.Option("fp16", "--precision", help="fp16 | fp32."),
+    cache: str | None = typer.Option(
+        None, "--cache", help="Engine cache folder (default: settings, else the user cache)."
+    ),
+    device: str = typer.Option("cuda", "--device", help="cuda | cuda:N."),
+) -> None:
+    """Build the TensorRT engine ahead of time so the daemon starts without waiting."""
+    import time
+
+    from temseg.config import ConfigError, load_settings
+    from temseg.engine import EngineError
+    from temseg.engine.tensorrt_engine import build_engine, import_tensorrt
+    from temseg.model.bundle import BundleError, load_bundle
+
+    try:
+        import_tensorrt()
+    except EngineError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        settings = load_settings(overrides={"model": model, "engine_cache": cache})
+        bundle = load_bundle(settings.model)
+        start = time.perf_counter()
+        plan, built = build_engine(
+            bundle,
+            device=device,
+            max_size=max_size,
+            batch=batch,
+            precision=precision,
+            cache_dir=settings.engine_cache,
+        )
+    except (ConfigError, BundleError, EngineError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    how = f"built in {time.perf_counter() - start:.0f} s" if built else "already in the cache"
+    limits = f"{precision}, up to {batch} x {max_size} px"
+    typer.echo(f"{plan} ({how}; model {bundle.model_id}, {limits})")
+
 
 # --- bench ---
