@@ -36,7 +36,90 @@ def main(
 
 # --- simulate ---
 
-# --- segment ---
+
+@app.command()
+def segment(
+    frames: list[str] = typer.Argument(..., metavar="FRAME.tif...", help="Frames to segment."),
+    material: str | None = typer.Option(
+        None, "--material", help="Material of all frames (default: each frame's metadata)."
+    ),
+    out: str | None = typer.Option(
+        None, "--out", help="Folder for NAME_mask.tif (uint8, 1 = particle); none: no masks."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Model bundle folder (default: the bundled model)."
+    ),
+    threshold: float | None = typer.Option(
+        None, "--threshold", min=0.0, max=1.0, help="Default: the model's for the material."
+    ),
+    pixel_nm: float | None = typer.Option(
+        None, "--pixel-nm", min=0.0, help="Pixel size in nm, overriding the files' own."
+    ),
+    min_area: int = typer.Option(1, "--min-area", min=1, help="Smallest particle (pixels)."),
+    backend: str = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: all cores)."),
+) -> None:
+    """Segment frames and print one JSON line per frame (particles, sizes, timings)."""
+    import dataclasses
+    import json
+    import os
+    from pathlib import Path
+
+    import tifffile
+
+    from temseg.engine import EngineError, load_engine
+    from temseg.frames import FrameError, read_frame
+    from temseg.inference import segment_frame
+    from temseg.model.bundle import BundleError, load_bundle
+
+    if pixel_nm is not None and pixel_nm <= 0:
+        raise typer.BadParameter("must be positive (nm per pixel)", param_hint="--pixel-nm")
+    out_dir = None if out is None else Path(out)
+    try:
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        bundle = load_bundle(model)
+        engine = load_engine(bundle, backend=backend, device=device, threads=threads)
+    except (OSError, BundleError, EngineError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+    inputs = {Path(f).resolve() for f in frames}
+    failed = 0
+    try:
+        for name in frames:
+            path = Path(name)
+            try:
+                frame = read_frame(path)
+                if pixel_nm is not None:
+                    frame = dataclasses.replace(frame, pixel_nm=pixel_nm)
+                used = material if material is not None else frame.material
+                level = threshold if threshold is not None else bundle.threshold_for(used)
+                result = segment_frame(
+                    frame, engine, bundle, threshold=level, min_area_px=min_area, material=used
+                )
+                mask_file = None
+                if out_dir is not None:
+                    mask_file = out_dir / f"{path.stem}_mask.tif"
+                    if mask_file.resolve() in inputs:
+                        raise FrameError(f"{path}: refusing to overwrite input {mask_file}")
+                    partial = mask_file.with_name(mask_file.name + ".part")
+                    tifffile.imwrite(partial, result.segmentation.mask, compression="zlib")
+                    os.replace(partial, mask_file)
+            except (FrameError, OSError, ValueError) as exc:
+                failed += 1
+                typer.echo(f"error: {exc}", err=True)
+                continue
+            record = {"file": str(path), "mask": None if mask_file is None else str(mask_file)}
+            record.update(model_id=bundle.model_id, **result.to_dict())
+            typer.echo(json.dumps(record))
+    finally:
+        engine.close()
+    if failed:
+        typer.echo(f"{failed} of {len(frames)} frames failed", err=True)
+        raise typer.Exit(1)
+
 
 # --- daemon ---
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -107,6 +108,25 @@ class FrameResult:
     pixel_nm: float | None
     material: str | None
     threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary of the frame.
+
+        Keys: material, threshold, n_particles, area_fraction, pixel_nm (nm per
+        pixel), particles (nm values only when the pixel size is known), timing_ms.
+        """
+        seg = self.segmentation
+        return {
+            "material": self.material,
+            "threshold": self.threshold,
+            "n_particles": seg.n_particles,
+            "area_fraction": seg.area_fraction,
+            "pixel_nm": self.pixel_nm,
+            "particles": [
+                {k: v for k, v in p.to_dict().items() if v is not None} for p in seg.particles
+            ],
+            "timing_ms": {k: round(v, 3) for k, v in self.timing_ms.items()},
+        }
 
 
 def segment_frame(
