@@ -229,15 +229,236 @@ def segment(
         raise typer.Exit(1)
 
 
-# --- daemon ---
+@app.command()
+def daemon(
+    watch: str | None = typer.Option(None, "--watch", help="Acquisition folder to watch."),
+    db: str | None = typer.Option(None, "--db", help="Database URL or SQLite file."),
+    publish: str | None = typer.Option(
+        None, "--publish", help="ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:5557."
+    ),
+    material: str | None = typer.Option(
+        None, "--material", help="Material when neither metadata nor folder rules say."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Pin a model bundle (default: the db's active, else bundled)."
+    ),
+    backend: str | None = typer.Option(
+        None, "--backend", help="auto | torch | onnxruntime | tensorrt."
+    ),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda."),
+    threads: int | None = typer.Option(None, "--threads", min=0, help="CPU threads (0: all)."),
+    config: str | None = typer.Option(
+        None, "--config", help="TOML settings file (default: $TEMSEG_CONFIG, /etc/temseg/...)."
+    ),
+    polling: bool | None = typer.Option(
+        None, "--polling/--inotify", help="Poll the folder (network shares) or use inotify."
+    ),
+    stable_s: float | None = typer.Option(
+        None, "--stable-s", min=0.0, help="Seconds of unchanged size+mtime = complete."
+    ),
+    masks: str | None = typer.Option(
+        None, "--masks", help="Also write mask TIFFs here (never inside --watch)."
+    ),
+    queue_size: int | None = typer.Option(None, "--queue-size", min=1, help="Frame queue."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Max batch."),
+    log_level: str | None = typer.Option(None, "--log-level", help="DEBUG | INFO | WARNING."),
+) -> None:
+    """Watch a folder and segment each new frame until SIGTERM/SIGINT (systemd: Type=notify)."""
+    from temseg.config import ConfigError, load_settings
+    from temseg.daemon import configure_logging, serve
+
+    overrides = {
+        "watch": watch,
+        "db": db,
+        "publish": publish,
+        "material": material,
+        "model": model,
+        "backend": backend,
+        "device": device,
+        "threads": threads,
+        "polling": polling,
+        "stable_s": stable_s,
+        "masks": masks,
+        "queue_size": queue_size,
+        "batch_size": batch_size,
+        "log_level": log_level,
+    }
+    try:
+        settings = load_settings(config, overrides)
+        configure_logging(settings.log_level)
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        serve(settings)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except Exception as exc:
+        import logging
+
+        logging.getLogger("temseg.daemon").critical("daemon failed: %s", exc, exc_info=True)
+        raise typer.Exit(1) from exc
+
 
 # --- demo ---
 
-# --- subscribe ---
 
-# --- status ---
+@app.command()
+def subscribe(
+    connect: str | None = typer.Option(
+        None, "--connect", help="Publisher endpoint (default: the daemon's publish setting)."
+    ),
+    topic: list[str] = typer.Option(
+        ["temseg."], "--topic", help="Topic prefix, e.g. temseg.mask.Au; repeatable."
+    ),
+    count: int | None = typer.Option(None, "--count", min=1, help="Stop after N messages."),
+    timeout: float | None = typer.Option(
+        None, "--timeout", min=0, help="Give up after S seconds without a message (exit 1)."
+    ),
+    curve_server_key: str | None = typer.Option(
+        None, "--curve-server-key", help="Server public key file (server.key) for CURVE."
+    ),
+    curve_client_key: str | None = typer.Option(
+        None, "--curve-client-key", help="This client's secret key file (NAME.key_secret)."
+    ),
+    config: str | None = typer.Option(None, "--config", help="Settings file (TOML)."),
+) -> None:
+    """Print the header of each stream message as one JSON line; gaps go to stderr."""
+    import json
+    import logging
+    import re
+    from pathlib import Path
 
-# --- keys ---
+    from temseg.config import ConfigError, load_settings
+    from temseg.stream import Subscriber
+
+    if (curve_server_key is None) != (curve_client_key is None):
+        typer.echo("error: CURVE needs both --curve-server-key and --curve-client-key", err=True)
+        raise typer.Exit(2)
+    if connect is None:
+        try:
+            publish = load_settings(config).publish
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        # The daemon may bind every interface; connect to this machine then.
+        connect = re.sub(r"^tcp://(\*|0\.0\.0\.0):", "tcp://127.0.0.1:", publish)
+    logging.basicConfig(format="temseg subscribe: %(message)s", level=logging.WARNING)
+    try:
+        subscriber = Subscriber(
+            connect,
+            topics=topic,
+            curve_keys=None if curve_server_key is None else Path(curve_server_key),
+            client_key=None if curve_client_key is None else Path(curve_client_key),
+            timeout_ms=None if timeout is None else int(timeout * 1000),
+        )
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    received = 0
+    with subscriber:
+        try:
+            for message in subscriber:
+                typer.echo(json.dumps(message.header))
+                received += 1
+                if count is not None and received >= count:
+                    return
+        except KeyboardInterrupt:
+            return
+    typer.echo(f"no message for {timeout} s after {received} message(s)", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    db: str | None = typer.Option(None, "--db", help="Database URL or file (default: settings)."),
+    minutes: float = typer.Option(10.0, "--minutes", min=0.01, help="Throughput window."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object instead of text."),
+    config: str | None = typer.Option(None, "--config", help="Settings file (TOML)."),
+) -> None:
+    """Frames recorded per status and material, the last frame, recent throughput."""
+    import json
+
+    from sqlalchemy.exc import OperationalError
+
+    from temseg.config import ConfigError, load_settings
+    from temseg.store import SchemaError, connect, status_summary
+
+    try:
+        url = load_settings(config, overrides={"db": db}).db
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        engine = connect(url, create=False)
+        try:
+            summary = status_summary(engine, window_minutes=minutes)
+        finally:
+            engine.dispose()
+    except (FileNotFoundError, SchemaError, OperationalError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+
+    def counts(by_status: dict[str, int]) -> str:
+        return ", ".join(f"{n} {s}" for s, n in by_status.items()) or "none"
+
+    typer.echo(f"database  {summary['database']} (schema {summary['schema_version']})")
+    typer.echo(f"model     {summary['active_model'] or 'none active'}")
+    typer.echo(f"frames    {summary['total']}: {counts(summary['by_status'])}")
+    for material, by_status in summary["by_material"].items():
+        typer.echo(f"  {material:8}{counts(by_status)}")
+    last = summary["last_frame"]
+    if last is not None:
+        detail = f"{last['n_particles']} particles" if last["status"] == "done" else last["error"]
+        latency = "" if last["latency_ms"] is None else f", {last['latency_ms']:.0f} ms"
+        typer.echo(f"last      {last['processed_at']}  {last['source_path']}")
+        typer.echo(f"          {last['status']} ({last['material'] or '?'}): {detail}{latency}")
+    mean = summary["mean_latency_ms"]
+    typer.echo(
+        f"last {minutes:g} min  {summary['window_frames']} frames, "
+        f"{summary['frames_per_minute']:.2f} frames/min, mean latency "
+        + ("-" if mean is None else f"{mean:.0f} ms")
+    )
+
+
+keys_app = typer.Typer(help="CURVE keys for an encrypted, authenticated mask stream.")
+app.add_typer(keys_app, name="keys", no_args_is_help=True)
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: str = typer.Option(..., "--out", help="Key folder (created; existing keys are kept)."),
+    client: list[str] = typer.Option(
+        ["client"], "--client", help="Client name to make a key pair for; repeatable."
+    ),
+) -> None:
+    """Write a server key pair and one key pair per client, and say where each goes."""
+    from pathlib import Path
+
+    from temseg.stream.keys import generate_keys
+
+    try:
+        keys = generate_keys(Path(out), client)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"server keys   {keys.server_public} (public), {keys.server_secret} (secret)")
+    typer.echo(f"authorized    {keys.authorized}/ (public keys allowed to subscribe)")
+    typer.echo("")
+    typer.echo("On the publishing machine keep the whole folder and set in temseg.toml:")
+    typer.echo(f'    curve_keys = "{Path(out).resolve()}"')
+    typer.echo("(restart the daemon after adding or removing files in authorized/).")
+    typer.echo("")
+    for name, secret in keys.client_secrets.items():
+        typer.echo(f"Give client {name!r}: {keys.server_public} and {secret} (keep it secret);")
+        typer.echo(
+            f"    temseg subscribe --connect tcp://HOST:PORT "
+            f"--curve-server-key server.key --curve-client-key {secret.name}"
+        )
 
 
 @app.command()

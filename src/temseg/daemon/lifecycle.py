@@ -160,3 +160,19 @@ def install_stop_signals(stop_event: threading.Event) -> Callable[[], None]:
             signal.signal(sig, old)  # type: ignore[arg-type]
 
     return restore
+
+
+def configure_logging(level: str = "INFO", environ: Mapping[str, str] | None = None) -> None:
+    """Log to stderr, one ``key=value`` line per event.
+
+    Under systemd (``JOURNAL_STREAM`` set) the journal adds time and unit, so
+    lines carry only level and logger; elsewhere they start with a timestamp.
+    """
+    env = os.environ if environ is None else environ
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not env.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    logging.basicConfig(level=numeric, format=fmt, force=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -43,7 +44,7 @@ from sqlalchemy.exc import OperationalError
 
 from temseg.config import Settings
 from temseg.daemon.frame_queue import FrameQueue, SeenCache, Stopped
-from temseg.daemon.lifecycle import Notifier, WatchdogPinger
+from temseg.daemon.lifecycle import Notifier, WatchdogPinger, install_stop_signals
 from temseg.daemon.models import ModelServer, ServedModel
 from temseg.daemon.rules import check_daemon_settings, mask_path, relative_posix, resolve_material
 from temseg.daemon.watcher import FrameWatcher, scan_backlog
@@ -87,6 +88,7 @@ class _Job:
     detected: float  # time.monotonic() at detection
     sha256: str = _EMPTY_SHA256
     size_bytes: int = 0
+    mtime: float | None = None  # POSIX seconds, when the file was last written
     frame: Frame | None = None
     material: str = ""
     error: str | None = None
@@ -105,17 +107,24 @@ class _Outcome:
     probability: np.ndarray | None = None
     threshold: float | None = None
     threshold_source: str = ""
-    infer_ms: float = 0.0
+    infer_ms: float = 0.0  # per frame: the batch's engine time divided among its frames
+    segment_ms: float = 0.0  # thresholding and particle measurement
 
 
-def _sha256_of(path: Path) -> tuple[str, int]:
+def _sha256_of(path: Path) -> tuple[str, int, float]:
+    """SHA-256 hex digest, size in bytes and modification time (POSIX s) of a file."""
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as fh:
+        mtime = os.fstat(fh.fileno()).st_mtime
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)
-    return digest.hexdigest(), size
+    return digest.hexdigest(), size, mtime
+
+
+def _iso_utc(posix_s: float) -> str:
+    return datetime.fromtimestamp(posix_s, UTC).isoformat()
 
 
 def _retry_locked(
@@ -354,7 +363,7 @@ class Daemon:
     def _prepare(self, job: _Job) -> bool:
         """Hash, deduplicate and decode; False when the frame was already handled."""
         try:
-            job.sha256, job.size_bytes = _sha256_of(job.path)
+            job.sha256, job.size_bytes, job.mtime = _sha256_of(job.path)
         except OSError as exc:
             job.error = f"{job.path}: cannot read ({exc.strerror or exc})"
         identity = (str(job.path), job.sha256)
@@ -434,9 +443,11 @@ class Daemon:
             infer_ms = (time.perf_counter() - start) * 1e3 / len(frames)
             for outcome, probability, frame in zip(outcomes, probabilities, frames, strict=True):
                 assert outcome.threshold is not None
+                start = time.perf_counter()
                 outcome.segmentation = segment_probability(
                     probability, outcome.threshold, frame.pixel_nm
                 )
+                outcome.segment_ms = (time.perf_counter() - start) * 1e3
                 outcome.probability = probability
                 outcome.infer_ms = infer_ms
         except Exception as exc:  # an engine failure fails these frames, not the daemon
@@ -490,7 +501,7 @@ class Daemon:
         if not failed and self.settings.masks is not None:
             written_mask = self._write_mask(job, seg.mask)  # type: ignore[union-attr]
         latency_ms = (time.monotonic() - job.detected) * 1e3
-        seq = publisher.seq
+        seq = publisher.seq + 1  # the number the next message gets
         common: dict[str, Any] = {
             "source_path": str(job.path),
             "sha256": job.sha256,
@@ -530,6 +541,7 @@ class Daemon:
                 backend=model.engine.backend,
                 particles=seg.particles,
             )
+            read_ms = job.frame.read_ms
             header = {
                 "frame_id": frame_id,
                 "source": str(job.path),
@@ -537,16 +549,22 @@ class Daemon:
                 "sha256": job.sha256,
                 "material": job.material,
                 "model_id": model.model_id,
+                "model_source": model.source,
                 "backend": model.engine.name,
                 "threshold": seg.threshold,
                 "threshold_source": outcome.threshold_source,
                 "n_particles": seg.n_particles,
                 "area_fraction": seg.area_fraction,
                 "pixel_nm": job.frame.pixel_nm,
-                "received_at": job.received_at.isoformat(),
-                "latency_ms": round(latency_ms, 3),
-                "infer_ms": round(outcome.infer_ms, 3),
                 "particles": [p.to_dict() for p in seg.particles],
+                "timing_ms": {
+                    "read": round(read_ms, 3),
+                    "infer": round(outcome.infer_ms, 3),
+                    "total": round(read_ms + outcome.infer_ms + outcome.segment_ms, 3),
+                },
+                "latency_ms": round(latency_ms, 3),
+                "acquired_at": None if job.mtime is None else _iso_utc(job.mtime),
+                "received_at": job.received_at.isoformat(),
             }
             probability = outcome.probability if self.settings.send_probability else None
             publisher.publish_mask(header, seg.mask, probability)
@@ -607,3 +625,13 @@ def run_daemon(
     finally:
         stats = daemon.stop()
     return stats
+
+
+def serve(settings: Settings, *, notifier: Notifier | None = None) -> DaemonStats:
+    """Run in the foreground until SIGTERM or SIGINT (main thread only), then stop cleanly."""
+    stop_event = threading.Event()
+    restore = install_stop_signals(stop_event)
+    try:
+        return run_daemon(settings, stop_event=stop_event, notifier=notifier)
+    finally:
+        restore()
