@@ -81,7 +81,8 @@ def test_tiled_equals_whole_frame(bundle: ModelBundle, engine: RecordingEngine) 
     assert engine.shapes == [(1, 1, 200, 264)]
     engine.shapes.clear()
     tiled = predict_probability(image, engine, bundle, tile=96, overlap=64)
-    assert len(engine.shapes) > 4 and all(s == (1, 1, 96, 96) for s in engine.shapes)
+    assert len(engine.shapes) > 4 and len(set(engine.shapes)) == 1
+    assert max(engine.shapes[0][2:]) <= 96
     assert np.abs(tiled - whole).max() < 1e-4
     np.testing.assert_array_equal(tiled >= 0.5, whole >= 0.5)
     # without overlap the tile borders show: the comparison above is not vacuous

@@ -11,6 +11,7 @@ whole-frame inference.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from itertools import pairwise
 
@@ -38,25 +39,30 @@ def pad_to_multiple(
     return padded, (h, w)
 
 
-def _starts(length: int, tile: int, step: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, step))
-    starts.append(length - tile)
-    return starts
+def _axis_plan(length: int, tile: int, overlap: int, multiple: int) -> tuple[int, list[int]]:
+    """Tile size and origins along one axis of ``length`` pixels (a multiple of ``multiple``).
 
-
-def _effective_tile(tile: int, overlap: int, multiple: int) -> tuple[int, int]:
+    Uses the fewest tiles of at most ``tile`` pixels that overlap by at least
+    ``overlap`` pixels, each as small as that allows, so little is computed twice.
+    """
     if overlap < 0:
         raise ValueError(f"overlap must be >= 0, got {overlap}")
-    size = max(multiple, tile // multiple * multiple)
-    step = (size - overlap) // multiple * multiple
-    if step < multiple:
+    limit = max(multiple, tile // multiple * multiple)
+    if (limit - overlap) // multiple < 1:
         raise ValueError(
-            f"overlap {overlap} px leaves no step inside a {size} px tile "
+            f"overlap {overlap} px leaves no step inside a {limit} px tile "
             f"(size multiple {multiple} px)"
         )
-    return size, step
+    if length <= limit:
+        return length, [0]
+    n = math.ceil((length - overlap) / (limit - overlap))
+    while True:
+        smallest = math.ceil((length + (n - 1) * overlap) / n / multiple) * multiple
+        for size in range(min(smallest, limit), limit + 1, multiple):
+            step = (size - overlap) // multiple * multiple
+            if step >= multiple and 1 + math.ceil((length - size) / step) <= n:
+                return size, [*range(0, length - size, step), length - size]
+        n += 1
 
 
 def tile_windows(
@@ -65,19 +71,16 @@ def tile_windows(
     """Overlapping windows of at most ``tile`` x ``tile`` pixels covering ``shape``.
 
     ``shape`` must be multiples of ``multiple``; ``tile`` is rounded down to a
-    multiple. All windows have the same size, start on multiples of
-    ``multiple`` and overlap their neighbours by at least ``overlap`` pixels.
+    multiple. All windows have the same size (the smallest that covers the
+    frame with the fewest tiles), start on multiples of ``multiple`` and
+    overlap their neighbours by at least ``overlap`` pixels.
     """
     h, w = int(shape[0]), int(shape[1])
     if h % multiple or w % multiple:
         raise ValueError(f"shape {shape} is not a multiple of {multiple} pixels; pad it first")
-    size, step = _effective_tile(tile, overlap, multiple)
-    th, tw = min(size, h), min(size, w)
-    return [
-        (slice(y, y + th), slice(x, x + tw))
-        for y in _starts(h, th, step)
-        for x in _starts(w, tw, step)
-    ]
+    th, ys = _axis_plan(h, tile, overlap, multiple)
+    tw, xs = _axis_plan(w, tile, overlap, multiple)
+    return [(slice(y, y + th), slice(x, x + tw)) for y in ys for x in xs]
 
 
 def _owned(starts: list[int], size: int, length: int) -> list[tuple[int, int]]:
@@ -111,9 +114,8 @@ def predict_tiled(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     padded, (h, w) = pad_to_multiple(image, multiple)
     ph, pw = padded.shape
-    size, step = _effective_tile(tile, overlap, multiple)
-    th, tw = min(size, ph), min(size, pw)
-    ys, xs = _starts(ph, th, step), _starts(pw, tw, step)
+    th, ys = _axis_plan(ph, tile, overlap, multiple)
+    tw, xs = _axis_plan(pw, tile, overlap, multiple)
     own_y, own_x = _owned(ys, th, ph), _owned(xs, tw, pw)
     jobs = [
         (y, x, oy, ox)
