@@ -33,8 +33,10 @@ def _net(seed: int) -> UNet:
     # Non-trivial batch-norm statistics, so that folding them into the convolutions matters.
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
+            mean, var = module.running_mean, module.running_var
+            assert mean is not None and var is not None
+            mean.uniform_(-0.2, 0.2)
+            var.uniform_(0.5, 2.0)
     return net.eval()
 
 
