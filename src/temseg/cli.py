@@ -171,13 +171,11 @@ def segment(
     """Segment frames and print one JSON line per frame (particles, sizes, timings)."""
     import dataclasses
     import json
-    import os
     from pathlib import Path
-
-    import tifffile
 
     from temseg.engine import EngineError, load_engine
     from temseg.frames import FrameError, read_frame
+    from temseg.frames.write import write_mask_tiff
     from temseg.inference import segment_frame
     from temseg.model.bundle import BundleError, load_bundle
 
@@ -212,9 +210,7 @@ def segment(
                     mask_file = out_dir / f"{path.stem}_mask.tif"
                     if mask_file.resolve() in inputs:
                         raise FrameError(f"{path}: refusing to overwrite input {mask_file}")
-                    partial = mask_file.with_name(mask_file.name + ".part")
-                    tifffile.imwrite(partial, result.segmentation.mask, compression="zlib")
-                    os.replace(partial, mask_file)
+                    write_mask_tiff(mask_file, result.segmentation.mask)
             except (FrameError, OSError, ValueError) as exc:
                 failed += 1
                 typer.echo(f"error: {exc}", err=True)
