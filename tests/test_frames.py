@@ -300,6 +300,21 @@ def test_sidecar_link_out_of_folder_refused(tmp_path: Path) -> None:
         read_frame(path)
 
 
+def test_reads_what_the_project_writers_write(tmp_path: Path) -> None:
+    from temseg.frames.write import write_frame_tiff, write_mask_tiff, write_sidecar
+
+    image = ramp(dtype="uint16")
+    path = write_frame_tiff(tmp_path / "w.tif", image, pixel_nm=0.08, metadata={"material": "Pt"})
+    frame = read_frame(path)
+    np.testing.assert_array_equal(frame.image, image)
+    assert (frame.pixel_nm, frame.material) == (pytest.approx(0.08), "Pt")
+    write_sidecar(path, {"pixel_nm": 0.09, "material": "Au"})
+    frame = read_frame(path)
+    assert (frame.pixel_nm, frame.material) == (pytest.approx(0.09), "Au")
+    mask = (image > 100).astype(np.uint8)
+    np.testing.assert_array_equal(read_frame(write_mask_tiff(tmp_path / "m.tif", mask)).image, mask)
+
+
 # --- normalisation ---------------------------------------------------------------------------
 
 
