@@ -197,6 +197,18 @@ def _pad_px(conditions: dict[str, Any], pixel_nm: float) -> int:
     return int(np.clip(np.ceil(shift / pixel_nm) + 8, MIN_PAD_PX, MAX_PAD_PX))
 
 
+def project_atoms(
+    atoms_nm: np.ndarray, centre_px: tuple[float, float], pixel_nm: float
+) -> np.ndarray:
+    """Image-plane (row, col) pixel coordinates of lab-frame atoms (N x 3, nm).
+
+    Lab ``x`` runs along columns, lab ``y`` along rows, the beam along ``z``;
+    the particle centre lands on ``centre_px``. Used for both the potential
+    and the mask, so the two always agree.
+    """
+    return atoms_nm[:, 1::-1] / pixel_nm + np.asarray(centre_px, dtype=float)
+
+
 def _particle_record(
     particle: Particle,
     centre: tuple[float, float],
@@ -279,9 +291,7 @@ def simulate_frame(
         carbon = np.bincount(pixels, minlength=grid[0] * grid[1]).reshape(grid)
         counts["C"] = carbon.astype(np.float32)
     for element in mat.elements:
-        parts = [
-            p.atoms[element][:, 1::-1] / pixel_nm + c for p, c in particles if element in p.atoms
-        ]
+        parts = [project_atoms(p.atoms[element], c, pixel_nm) for p, c in particles]
         if parts:
             counts[element] = bin_atoms(np.concatenate(parts) + pad, grid)
 
@@ -317,7 +327,7 @@ def simulate_frame(
     mask = np.zeros(shape, dtype=bool)
     records = []
     for particle, centre in particles:
-        xy = np.concatenate([p[:, 1::-1] for p in particle.atoms.values()]) / pixel_nm + centre
+        xy = np.concatenate([project_atoms(a, centre, pixel_nm) for a in particle.atoms.values()])
         own = outline_mask(xy, shape)
         mask |= own
         records.append(_particle_record(particle, centre, own, mat))
