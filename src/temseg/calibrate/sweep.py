@@ -95,8 +95,11 @@ def threshold_histograms(prob: np.ndarray, mask: np.ndarray, n_thresholds: int =
     prob, mask = np.asarray(prob), np.asarray(mask)
     if prob.shape != mask.shape:
         raise ValueError(f"probability shape {prob.shape} != mask shape {mask.shape}")
+    grid = threshold_grid(n_thresholds)
+    if prob.dtype.kind == "f":  # compare in the map's own precision, as binarize does
+        grid = grid.astype(prob.dtype)
     # bins = number of thresholds <= p; bin 0 (below every threshold) is dropped
-    bins = np.searchsorted(threshold_grid(n_thresholds), prob.ravel(), side="right")
+    bins = np.searchsorted(grid, prob.ravel(), side="right")
     particle = mask.ravel() > 0
     return np.stack(
         [

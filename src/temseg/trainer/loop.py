@@ -67,9 +67,10 @@ class TrainConfig:
     a bundle to fine-tune (its architecture, normalisation and pixel size are
     kept, ``preset`` is ignored). ``patience`` epochs without a lower
     validation loss stop training (0 disables). ``steps_per_epoch`` caps the
-    optimiser steps per epoch. ``on_epoch`` is called on rank 0 after each
-    epoch; ``on_step(step, loss, model)`` after each backward pass, before the
-    optimiser updates the weights.
+    optimiser steps per epoch; ``max_minutes`` ends training after the epoch
+    that passes this wall-clock time (the best epoch so far is kept).
+    ``on_epoch`` is called on rank 0 after each epoch; ``on_step(step, loss,
+    model)`` after each backward pass, before the optimiser updates the weights.
     """
 
     data: Sequence[Path] = ()
@@ -90,6 +91,7 @@ class TrainConfig:
     workers: int = 0
     patience: int = 10
     steps_per_epoch: int | None = None
+    max_minutes: float | None = None
     name: str | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     on_epoch: Callable[[EpochStats], None] | None = None
@@ -225,6 +227,18 @@ def _evaluate(
     return float(values[0] / max(values[1], 1)), values[2:].reshape(len(materials), 4)
 
 
+def _out_of_time(
+    max_minutes: float | None, start: float, device: torch.device, ranks: _Ranks
+) -> bool:
+    """Rank 0's verdict on the time budget, shared so that all processes stop together."""
+    if max_minutes is None:
+        return False
+    late = torch.tensor([int(time.perf_counter() - start > 60.0 * max_minutes)], device=device)
+    if ranks.distributed:
+        dist.broadcast(late, src=0)
+    return bool(late.item())
+
+
 def _scores(counts: np.ndarray) -> dict[str, float]:
     tp, fp, fn, n = (float(c) for c in counts)
     return {
@@ -346,6 +360,8 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
             best_loss, best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.state_dict())
         elif config.patience > 0 and epoch - best_epoch >= config.patience:
+            break
+        if _out_of_time(config.max_minutes, start, device, ranks):
             break
 
     model.load_state_dict(best_state)
