@@ -70,9 +70,12 @@ def find_particles(
     labels, n = ndimage.label(mask > 0, structure=_EIGHT_CONNECTED)
     if n == 0:
         return []
-    index = np.arange(1, n + 1)
-    areas = ndimage.sum_labels(np.ones_like(labels), labels, index).astype(np.int64)
-    centroids = ndimage.center_of_mass(np.ones_like(labels), labels, index)
+    flat = labels.ravel()
+    areas = np.bincount(flat, minlength=n + 1)[1:]
+    rows, cols = np.indices(labels.shape, dtype=np.float64)
+    centroids_y = np.bincount(flat, weights=rows.ravel(), minlength=n + 1)[1:] / areas
+    centroids_x = np.bincount(flat, weights=cols.ravel(), minlength=n + 1)[1:] / areas
+    centroids = zip(centroids_y.tolist(), centroids_x.tolist(), strict=True)
     slices = ndimage.find_objects(labels)
     h, w = mask.shape
     particles: list[Particle] = []
