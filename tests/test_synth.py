@@ -268,6 +268,13 @@ def test_vacuum_dose_and_shot_noise() -> None:
     assert frame.image.var() == pytest.approx(mean, rel=0.1)  # Poisson
 
 
+def test_drawn_gain_keeps_large_pixels_below_saturation() -> None:
+    frame = simulate_frame("Au", 96, seed=9, pixel_nm=0.2, dose_e_per_A2=2000.0)
+    vacuum_e = 2000.0 * (10.0 * 0.2) ** 2
+    assert frame.metadata["gain_adu_per_e"] * vacuum_e <= 16000.0 + 1e-6
+    assert frame.image.max() < np.iinfo(np.uint16).max
+
+
 def test_particle_crystallography() -> None:
     rng = np.random.default_rng(0)
     au = make_particle(MATERIALS["Au"], 4.0, rng, zone="[110]", tilt_deg=0.0)

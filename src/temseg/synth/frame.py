@@ -35,6 +35,7 @@ DEFAULT_PIXEL_NM = 0.05
 CARBON_DENSITY_G_CM3 = 2.0
 CARBON_ATOMS_PER_NM3 = CARBON_DENSITY_G_CM3 * 6.02214076e23 / 12.011 * 1e-21
 MIN_PAD_PX, MAX_PAD_PX = 16, 64
+MAX_VACUUM_ADU = 16000.0  # a drawn gain is capped so vacuum stays well below uint16 saturation
 
 CONDITION_KEYS = (
     "voltage_kv",
@@ -267,6 +268,9 @@ def simulate_frame(
         rng = np.random.default_rng(seed_value)
 
     conditions = draw_conditions(rng, overrides)
+    if "gain_adu_per_e" not in overrides:
+        vacuum_e = conditions["dose_e_per_A2"] * (10.0 * pixel_nm) ** 2
+        conditions["gain_adu_per_e"] = min(conditions["gain_adu_per_e"], MAX_VACUUM_ADU / vacuum_e)
     count = draw_n_particles(rng) if n_particles is None else int(n_particles)
 
     particles: list[tuple[Particle, tuple[float, float]]] = []
