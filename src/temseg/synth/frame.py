@@ -249,7 +249,8 @@ def simulate_frame(
     :func:`draw_conditions` by its metadata key, and ``diameter_nm``,
     ``zone_axis`` (a label of ``MATERIALS[material].zone_axes``) or
     ``tilt_deg`` for every particle; ``noise=False`` records the noise-free
-    mean image. An int (or None, then drawn and recorded) ``seed`` makes the
+    mean image. A drawn (not overridden) gain is capped so that vacuum reads
+    at most ``MAX_VACUUM_ADU``. An int (or None, then drawn and recorded) ``seed`` makes the
     frame reproducible.
     """
     mat = get_material(material)
