@@ -4,8 +4,9 @@ CPU (default): PyTorch fp32 vs ONNX Runtime with a fixed thread count::
 
     python benchmarks/bench_engines.py --threads 2 --sizes 512 2048
 
-CUDA: PyTorch eager fp32, eager fp16 + channels_last, torch.compile'd fp16,
-and TensorRT fp16 when it is installed::
+CUDA: PyTorch eager fp32, eager fp16 + channels_last, torch.compile'd fp16
+(max-autotune without and reduce-overhead with CUDA graphs), and TensorRT fp16
+when it is installed::
 
     python benchmarks/bench_engines.py --device cuda --sizes 512 2048 4096
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,14 +29,23 @@ from temseg.engine import EngineError, load_engine, tensorrt_importable, warmup
 from temseg.model.bundle import ModelBundle, load_bundle
 from temseg.model.unet import build_unet
 
-CPU_CONFIGS = [
+CPU_CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("torch-cpu-fp32", {"backend": "torch"}),
     ("onnxruntime-cpu", {"backend": "onnxruntime"}),
 ]
-CUDA_CONFIGS = [
+CUDA_CONFIGS: list[tuple[str, dict[str, Any]]] = [
     ("torch eager fp32", {"backend": "torch", "precision": "fp32"}),
     ("torch eager fp16 channels_last", {"backend": "torch", "precision": "fp16"}),
     ("torch compiled fp16", {"backend": "torch", "precision": "fp16", "compile": True}),
+    (
+        "torch compiled fp16 cudagraphs",
+        {
+            "backend": "torch",
+            "precision": "fp16",
+            "compile": True,
+            "compile_mode": "reduce-overhead",
+        },
+    ),
     ("tensorrt fp16", {"backend": "tensorrt", "precision": "fp16"}),
 ]
 
@@ -57,6 +68,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", default=None, help="bundle directory (default: random net)")
     parser.add_argument("--cache", default=None, help="engine cache directory")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], help="engine labels to leave out, e.g. 'tensorrt fp16'"
+    )
     args = parser.parse_args()
 
     if args.model:
@@ -67,12 +81,14 @@ def main() -> None:
     configs = CPU_CONFIGS if args.device == "cpu" else CUDA_CONFIGS
     if args.device == "cuda" and not tensorrt_importable():
         configs = [c for c in configs if c[1]["backend"] != "tensorrt"]
+    configs = [c for c in configs if c[0] not in args.skip]
     rng = np.random.default_rng(0)
     print(f"device {args.device}, threads {args.threads}, torch {torch.__version__}")
     if args.device == "cuda":
         print(f"GPU {torch.cuda.get_device_name()}")
-    print(f"{'engine':34s} {'size':>6s} {'ms/frame':>10s} {'frames/s':>9s}")
+    print(f"{'engine':34s} {'size':>6s} {'ms/frame':>10s} {'frames/s':>9s} {'setup s':>8s}")
     for label, options in configs:
+        start = time.perf_counter()
         try:
             engine = load_engine(
                 bundle,
@@ -81,16 +97,22 @@ def main() -> None:
                 cache_dir=args.cache,
                 max_size=max(args.sizes),
                 batch=1,
-                **options,  # type: ignore[arg-type]
+                **options,
             )
         except EngineError as exc:
             print(f"{label:34s} unavailable: {exc}")
             continue
+        print(f"{label:34s} loaded in {time.perf_counter() - start:.1f} s", flush=True)
         for size in args.sizes:
             frame = rng.random((1, 1, size, size), dtype=np.float32)
-            warmup(engine, [frame.shape])
+            start = time.perf_counter()
+            warmup(engine, [frame.shape])  # compilation / autotuning / first-run allocations
+            setup = time.perf_counter() - start
             seconds = time_engine(engine, frame, args.repeats)
-            print(f"{label:34s} {size:6d} {1e3 * seconds:10.1f} {1 / seconds:9.2f}", flush=True)
+            print(
+                f"{label:34s} {size:6d} {1e3 * seconds:10.1f} {1 / seconds:9.2f} {setup:8.1f}",
+                flush=True,
+            )
         engine.close()
 
 

@@ -50,6 +50,7 @@ def load_engine(
     threads: int = 0,
     *,
     compile: bool = False,
+    compile_mode: str = "max-autotune-no-cudagraphs",
     precision: str | None = None,
     cache_dir: str | Path | None = None,
     max_size: int = 4096,
@@ -58,7 +59,8 @@ def load_engine(
     """Create an engine for ``bundle``. ``backend`` is one of :data:`BACKENDS`.
 
     ``device``: "auto", "cpu", "cuda" or "cuda:N". ``threads``: CPU threads
-    (0 = all cores). ``compile``: ``torch.compile`` the PyTorch CUDA engine.
+    (0 = all cores). ``compile``: ``torch.compile`` the PyTorch CUDA engine
+    with ``compile_mode`` ("max-autotune-no-cudagraphs" or "reduce-overhead").
     ``precision``: "fp16" or "fp32" (default fp16 on CUDA, fp32 on CPU).
     ``cache_dir``: where ONNX exports and TensorRT plans are kept (default
     ``$XDG_CACHE_HOME/temseg/engines``). ``max_size`` (pixels per side) and
@@ -82,7 +84,14 @@ def load_engine(
     if backend == "torch":
         from temseg.engine.torch_engine import TorchEngine
 
-        return TorchEngine(bundle, threads, device=resolved, precision=precision, compile=compile)
+        return TorchEngine(
+            bundle,
+            threads,
+            device=resolved,
+            precision=precision,
+            compile=compile,
+            compile_mode=compile_mode,
+        )
     if backend == "onnxruntime":
         from temseg.engine.onnx_engine import OnnxRuntimeEngine
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# GPU check for the inference engines, on a machine with an NVIDIA GPU and a CUDA build of PyTorch.
+#
+#   bash benchmarks/gpu_check.sh            # from the repository root
+#   PYTHON=/path/to/python bash benchmarks/gpu_check.sh
+#
+# 1. the gpu-marked engine tests (CUDA fp16 + channels_last, torch.compile, ONNX Runtime CUDA
+#    and TensorRT when installed) against PyTorch fp32 on the CPU;
+# 2. frames/s of PyTorch eager fp32, eager fp16 channels_last, compiled fp16 (and TensorRT fp16
+#    when installed) at 512, 2048 and 4096 pixels, printed as a table.
+# Nothing is installed; caches go to a temporary directory that is removed at the end.
+set -u
+PY=${PYTHON:-python3}
+SIZES=${SIZES:-512 2048 4096}
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export XDG_CACHE_HOME
+XDG_CACHE_HOME=$(mktemp -d)
+trap 'rm -rf "$XDG_CACHE_HOME"' EXIT
+
+"$PY" - <<'PYEOF' || exit 1
+import importlib.util, sys
+import torch
+if not torch.cuda.is_available():
+    sys.exit(f"torch {torch.__version__}: no CUDA device")
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}")
+for name in ("onnx", "onnxruntime", "tensorrt", "safetensors", "scipy", "typer", "pytest"):
+    print(f"  {name}: {'yes' if importlib.util.find_spec(name) else 'missing'}")
+PYEOF
+
+status=0
+echo "== gpu tests =="
+timeout 420 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_engines.py || status=1
+
+echo "== engine benchmark (batch 1, ms per frame end to end) =="
+# shellcheck disable=SC2086
+timeout 420 "$PY" benchmarks/bench_engines.py --device cuda --sizes $SIZES --repeats 10 \
+    --cache "$XDG_CACHE_HOME/engines" || status=1
+exit $status
