@@ -718,4 +718,56 @@ def compile_engine(
     typer.echo(f"{plan} ({how}; model {bundle.model_id}, {limits})")
 
 
-# --- bench ---
+@app.command()
+def bench(
+    size: int = typer.Option(
+        512, "--size", min=16, help="Frame side in pixels, e.g. 512, 1024, 2048, 4096."
+    ),
+    frames: int = typer.Option(20, "--frames", "-n", min=1, help="Synthetic frames per stage."),
+    backend: str = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: all cores)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Model bundle folder (default: the bundled model)."
+    ),
+    paced: int | None = typer.Option(
+        None, "--paced", min=0, help="Frames sent one at a time after the burst (default 10)."
+    ),
+    json_out: str | None = typer.Option(None, "--json", help="Write every figure to this file."),
+) -> None:
+    """Throughput and latency from the bare engine to the daemon through ZeroMQ.
+
+    Writes synthetic uint16 TIFF frames to a temporary folder, then measures
+    (a) the bare engine on preloaded arrays, (b) TIFF decode, (c) a naive
+    tifffile + PyTorch loop and (d) the daemon end to end (a burst of all
+    frames, then frames one at a time), and checks the performance targets.
+    """
+    import json
+    from pathlib import Path
+
+    from temseg.bench import BenchError, format_report, run_bench
+    from temseg.config import ConfigError
+    from temseg.engine import EngineError
+    from temseg.model.bundle import BundleError
+
+    try:
+        report = run_bench(
+            size,
+            frames,
+            backend=backend,
+            device=device,
+            threads=threads,
+            model=model,
+            paced=paced,
+            on_status=lambda text: typer.echo(f"bench: {text}", err=True),
+        )
+    except (BenchError, BundleError, ConfigError, EngineError, OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(format_report(report))
+    if json_out is not None:
+        try:
+            Path(json_out).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        except OSError as exc:
+            typer.echo(f"error: cannot write {json_out}: {exc}", err=True)
+            raise typer.Exit(1) from exc
