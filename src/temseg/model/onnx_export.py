@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 
@@ -88,9 +88,8 @@ def export_onnx(
     example = torch.zeros(example_shape, dtype=dtype)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # A unique sibling name (not mkstemp, which would make the file owner-only).
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         with warnings.catch_warnings():
             # The TorchScript exporter is deprecated in favour of the dynamo
