@@ -673,8 +673,12 @@ def calibrate(
 @app.command("compile")
 def compile_engine(
     model: str | None = typer.Option(
-        None, "--model", help="Model bundle folder (default: settings, else the bundled model)."
+        None,
+        "--model",
+        help="Model bundle folder (default: settings, else the database's active model, "
+        "else the bundled model).",
     ),
+    db: str | None = typer.Option(None, "--db", help="Database URL (default: settings)."),
     max_size: int = typer.Option(
         4096, "--max-size", min=16, help="Largest frame side in pixels the engine accepts."
     ),
@@ -692,6 +696,7 @@ def compile_engine(
     from temseg.engine import EngineError
     from temseg.engine.tensorrt_engine import build_engine, import_tensorrt
     from temseg.model.bundle import BundleError, load_bundle
+    from temseg.store import SchemaError, active_model, connect
 
     try:
         import_tensorrt()
@@ -699,8 +704,18 @@ def compile_engine(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     try:
-        settings = load_settings(overrides={"model": model, "engine_cache": cache})
-        bundle = load_bundle(settings.model)
+        settings = load_settings(overrides={"model": model, "engine_cache": cache, "db": db})
+        path = settings.model
+        if path is None:
+            try:
+                store = connect(settings.db, create=False)
+            except FileNotFoundError:
+                pass  # no database yet: the bundled model serves
+            else:
+                record = active_model(store)
+                store.dispose()
+                path = None if record is None else record.path
+        bundle = load_bundle(path)
         start = time.perf_counter()
         plan, built = build_engine(
             bundle,
@@ -710,7 +725,7 @@ def compile_engine(
             precision=precision,
             cache_dir=settings.engine_cache,
         )
-    except (ConfigError, BundleError, EngineError, OSError) as exc:
+    except (ConfigError, BundleError, EngineError, SchemaError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     how = f"built in {time.perf_counter() - start:.0f} s" if built else "already in the cache"
