@@ -749,6 +749,9 @@ def bench(
         None, "--paced", min=0, help="Frames sent one at a time after the burst (default 10)."
     ),
     json_out: str | None = typer.Option(None, "--json", help="Write every figure to this file."),
+    workdir: str | None = typer.Option(
+        None, "--workdir", help="Keep frames, watched folder and database here (default: temp)."
+    ),
 ) -> None:
     """Throughput and latency from the bare engine to the daemon through ZeroMQ.
 
@@ -774,6 +777,7 @@ def bench(
             threads=threads,
             model=model,
             paced=paced,
+            workdir=workdir,
             on_status=lambda text: typer.echo(f"bench: {text}", err=True),
         )
     except (BenchError, BundleError, ConfigError, EngineError, OSError, ValueError) as exc:

@@ -151,8 +151,8 @@ def run_bench(
     per call, then in daemon-sized batches), (c) the naive notebook loop,
     (d) the daemon through ZeroMQ, as a burst of all frames then ``paced``
     frames one at a time (default: ``min(frames, 10)``). ``threads``: CPU
-    threads (0 = all cores). ``workdir`` keeps the frames, database and
-    watched folder (default: a temporary folder, removed afterwards).
+    threads (0 = all cores). ``workdir`` (new or empty) keeps the frames,
+    database and watched folder (default: a temporary folder, removed afterwards).
     """
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
@@ -172,6 +172,8 @@ def run_bench(
             )
     say = on_status or (lambda _text: None)
     work = Path(workdir)
+    if work.is_dir() and any(work.iterdir()):
+        raise ValueError(f"work folder {work} is not empty")
     work.mkdir(parents=True, exist_ok=True)
     resolved = resolve_device(device)
     cpu_threads = resolve_threads(threads)

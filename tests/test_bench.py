@@ -1,0 +1,129 @@
+"""temseg bench on tiny frames: every stage runs on real components and counts add up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from temseg.bench import BenchReport, StageResult, evaluate, format_report
+from temseg.cli import app
+from temseg.store import connect, recorded_paths
+
+STAGES = {"engine", "engine_batched", "decode", "naive", "daemon", "daemon_paced"}
+FRAMES = 3
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict, Path]:
+    """One ``temseg bench --frames 3 --size 64`` run: (stdout, JSON report, work folder)."""
+    root = tmp_path_factory.mktemp("bench")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(root / "cache"))  # ONNX exports stay in the test folder
+    try:
+        out, work = root / "report.json", root / "work"
+        args = ["bench", "--frames", str(FRAMES), "--size", "64", "--threads", "1"]
+        args += ["--json", str(out), "--workdir", str(work)]
+        result = CliRunner().invoke(app, args)
+    finally:
+        mp.undo()
+    assert result.exit_code == 0, result.output
+    return result.stdout, json.loads(out.read_text()), work
+
+
+def test_report_has_every_stage_with_its_frame_count(bench_run: tuple[str, dict, Path]) -> None:
+    _, report, _ = bench_run
+    assert report["size"] == 64 and report["frames"] == FRAMES
+    assert set(report["stages"]) == STAGES
+    for name, stage in report["stages"].items():
+        assert stage["name"] == name
+        assert stage["frames"] == FRAMES
+        assert stage["seconds"] > 0 and stage["frames_per_s"] > 0
+        assert stage["ms_p50"] <= stage["ms_p99"]
+        assert stage["peak_rss_mb"] > 0
+        assert stage["peak_gpu_mb"] is None  # CPU run
+    assert report["device"] == "cpu" and report["threads"] == 1
+    assert report["stages"]["engine"]["details"]["engine"] == report["backend"]
+
+
+def test_daemon_processed_every_frame_once(bench_run: tuple[str, dict, Path]) -> None:
+    _, report, work = bench_run
+    burst, paced = report["stages"]["daemon"], report["stages"]["daemon_paced"]
+    stats = burst["details"]["daemon_stats"]
+    warmups = burst["details"]["warmup_frames"]
+    assert warmups >= 1
+    assert stats["done"] == stats["published"] == FRAMES + FRAMES + warmups
+    assert stats["failed"] == stats["skipped"] == 0
+    assert burst["details"]["errors"] == paced["details"]["errors"] == 0
+    assert burst["details"]["stream_gaps"] == []
+    # masks are published after the files arrived
+    assert len(burst["details"]["latency_ms"]) == FRAMES
+    assert all(ms > 0 for ms in burst["details"]["latency_ms"] + paced["details"]["latency_ms"])
+
+    watched = sorted(p.name for p in (work / "daemon" / "watch").iterdir())
+    frames = sorted(p.name for p in (work / "frames").glob("*.tif"))
+    assert len(frames) == FRAMES
+    assert not [n for n in watched if n.endswith(".part")]
+    assert len(watched) == FRAMES + FRAMES + warmups
+    assert set(frames) <= set(watched)
+    db = connect(work / "daemon" / "daemon.db", create=False)
+    try:
+        recorded = {Path(path).name for path, _ in recorded_paths(db)}
+    finally:
+        db.dispose()
+    assert recorded == set(watched)
+
+
+def test_report_lists_ratios_and_targets(bench_run: tuple[str, dict, Path]) -> None:
+    stdout, report, _ = bench_run
+    ratios = report["ratios"]
+    daemon = report["stages"]["daemon"]["frames_per_s"]
+    naive = report["stages"]["naive"]["frames_per_s"]
+    assert ratios["daemon/naive"] == pytest.approx(daemon / naive)
+    assert len(report["targets"]) == 3
+    assert all(isinstance(t["met"], bool) for t in report["targets"])
+    for tag in ("(a)", "(b)", "(c)", "(d)", "daemon/naive", "targets:"):
+        assert tag in stdout
+
+
+def _stage(name: str, fps: float, p50: float) -> StageResult:
+    return StageResult(name, name, 10, 10 / fps, fps, p50, p50, 100.0)
+
+
+def test_targets_compare_the_right_figures() -> None:
+    report = BenchReport(64, 10, "cpu", 2, "onnxruntime-cpu", "m", "test", "now", {})
+    report.stages = {
+        "engine": _stage("engine", 40.0, 25.0),
+        "naive": _stage("naive", 10.0, 100.0),
+        "daemon": _stage("daemon", 30.0, 200.0),
+        "daemon_paced": _stage("daemon_paced", 20.0, 50.0),
+    }
+    evaluate(report)
+    values = {t.name: (t.value, t.met) for t in report.targets}
+    assert values["daemon frames/s >= 1.5 x naive"] == (pytest.approx(3.0), True)
+    assert values["daemon frames/s >= 0.9 x bare engine"] == (pytest.approx(0.75), False)
+    assert values["daemon p50 latency (paced) <= 1.5 x single-frame inference"] == (
+        pytest.approx(2.0),
+        False,
+    )
+    assert report.ratios["burst_latency_p50/engine_p50"] == pytest.approx(8.0)
+    assert "MISSED" in format_report(report)
+
+
+def test_size_must_fit_the_network(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["bench", "--size", "72", "--frames", "1", "--workdir", str(tmp_path / "w")]
+    )
+    assert result.exit_code == 1
+    assert "multiple" in result.output
+    assert not (tmp_path / "w" / "frames").exists()
+
+
+def test_refuses_a_work_folder_in_use(tmp_path: Path) -> None:
+    (tmp_path / "keep.tif").write_bytes(b"raw data")
+    result = CliRunner().invoke(app, ["bench", "--frames", "1", "--workdir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "not empty" in result.output
+    assert (tmp_path / "keep.tif").read_bytes() == b"raw data"
