@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -318,3 +319,40 @@ def test_refuses_newer_and_unknown_schemas(tmp_path: Path) -> None:
         )
     with pytest.raises(store.SchemaError, match="unknown database schema version 0"):
         store.connect(zero)
+
+
+def test_concurrent_writers_and_readers(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    engines = [store.connect(path) for _ in range(2)]
+    errors: list[BaseException] = []
+    ids: dict[int, int] = {}
+
+    def work(k: int) -> None:
+        try:
+            for i in range(30):
+                frame_id = store.record_frame(
+                    engines[k % 2],
+                    source_path=f"/acq/{i}.tif",
+                    sha256=SHA,
+                    size_bytes=1,
+                    status="done",
+                    particles=_particles(),
+                )
+                assert ids.setdefault(i, frame_id) == frame_id
+                store.status_summary(engines[(k + 1) % 2])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert len(store.recorded_paths(engines[0])) == 30
+        with engines[1].connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM particles")).scalar() == 30 * 2
+    finally:
+        for engine in engines:
+            engine.dispose()
