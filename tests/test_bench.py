@@ -42,7 +42,7 @@ def test_report_has_every_stage_with_its_frame_count(bench_run: tuple[str, dict,
         assert stage["frames"] == FRAMES
         assert stage["seconds"] > 0 and stage["frames_per_s"] > 0
         assert stage["ms_p50"] <= stage["ms_p99"]
-        assert stage["peak_rss_mb"] > 0
+        assert stage["peak_rss_mb"] > 0 and stage["cpu_ms_per_frame"] > 0
         assert stage["peak_gpu_mb"] is None  # CPU run
     assert report["device"] == "cpu" and report["threads"] == 1
     assert report["stages"]["engine"]["details"]["engine"] == report["backend"]

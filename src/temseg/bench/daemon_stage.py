@@ -18,7 +18,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from temseg.bench.stats import StageResult, percentile_ms, reset_gpu_peak, timed_stage
+from temseg.bench.stats import (
+    Clock,
+    StageResult,
+    cpu_split_ms,
+    percentile_ms,
+    reset_gpu_peak,
+    thread_cpu_s,
+    timed_stage,
+)
 from temseg.config import Settings
 from temseg.daemon import Daemon
 from temseg.stream import StreamMessage, Subscriber
@@ -168,8 +176,11 @@ def _burst(
 ) -> StageResult:
     staged = [_stage(path, watch, path.name) for path in frames]
     reset_gpu_peak(device)
+    clock = Clock()
+    threads_before = thread_cpu_s()
     arrivals = {final.name: _arrive(part, final) for part, final in staged}
     got = _wait_for(subscriber, set(arrivals), timeout_s)
+    cpu_by_thread = cpu_split_ms(threads_before, thread_cpu_s(), len(frames))
     first = min(arrivals.values())
     last = max(received for _, received in got.values())
     latency = [(_published_s(m.header) - arrivals[n]) * 1e3 for n, (m, _) in got.items()]
@@ -181,12 +192,11 @@ def _burst(
         "received_ms_p50": percentile_ms(received, 50),
         "received_ms_p99": percentile_ms(received, 99),
         "latency_ms": [round(v, 3) for v in latency],
+        "cpu_ms_per_frame_by_thread": cpu_by_thread,
         **_timing_summary(messages),
     }
-    result = timed_stage(
-        "daemon", "daemon, burst (ZeroMQ end to end)", last - first, latency, device, details
-    )
-    return result
+    label = "daemon, burst (ZeroMQ end to end)"
+    return timed_stage("daemon", label, clock, latency, device, details, seconds=last - first)
 
 
 def _paced(
@@ -200,6 +210,7 @@ def _paced(
     latency: list[float] = []
     messages: list[StreamMessage] = []
     seconds = 0.0  # arrival -> mask received, summed over frames
+    clock = Clock()
     for i in range(count):
         part, final = _stage(frames[i % len(frames)], watch, f"paced_{i:04d}.tif")
         arrival = _arrive(part, final)
@@ -212,6 +223,5 @@ def _paced(
         "latency_ms": [round(v, 3) for v in latency],
         **_timing_summary(messages),
     }
-    return timed_stage(
-        "daemon_paced", "daemon, paced (one frame in flight)", seconds, latency, device, details
-    )
+    label = "daemon, paced (one frame in flight)"
+    return timed_stage("daemon_paced", label, clock, latency, device, details, seconds=seconds)

@@ -274,8 +274,8 @@ def format_report(report: BenchReport) -> str:
         f"{report.size} px, device {report.device}{threads}, engine {report.backend}, "
         f"model {report.model_id} ({report.model_source})",
         "",
-        f"{'stage':48s} {'frames/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'peak RSS MiB':>13s}"
-        + (f" {'GPU MiB':>8s}" if gpu else ""),
+        f"{'stage':48s} {'frames/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'CPU ms/fr':>10s} "
+        f"{'load':>5s} {'peak RSS MiB':>13s}" + (f" {'GPU MiB':>8s}" if gpu else ""),
     ]
     order = [name for name in STAGE_TAGS if name in report.stages]
     for name in order:
@@ -287,11 +287,16 @@ def format_report(report: BenchReport) -> str:
             label += " [latency]"
         row = (
             f"{label:48s} {_num(stage.frames_per_s, 2):>9s} {_num(stage.ms_p50):>9s} "
-            f"{_num(stage.ms_p99):>9s} {_num(stage.peak_rss_mb, 0):>13s}"
+            f"{_num(stage.ms_p99):>9s} {_num(stage.cpu_ms_per_frame):>10s} "
+            f"{_num(stage.load, 2):>5s} {_num(stage.peak_rss_mb, 0):>13s}"
         )
         if gpu:
             row += f" {_num(stage.peak_gpu_mb, 0):>8s}"
         lines.append(row)
+    lines.append(
+        "daemon p50/p99: latency, file renamed into the watched folder -> mask published; "
+        "CPU ms/fr: this process's CPU time (all threads) per frame; load: 1-min load average"
+    )
     lines.append("")
     lines.append(
         "ratios: "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from temseg.bench.stats import StageResult, reset_gpu_peak, timed_stage
+from temseg.bench.stats import Clock, StageResult, reset_gpu_peak, timed_stage
 from temseg.engine import Engine
 from temseg.engine.base import resolve_threads
 from temseg.frames import Frame, read_frame
@@ -92,14 +92,13 @@ def bench_engine(
         run(batches[i % len(batches)])
     reset_gpu_peak(device)
     times = []
-    start = time.perf_counter()
+    clock = Clock()
     for x in batches:
         t = time.perf_counter()
         run(x)
         times.append((time.perf_counter() - t) * 1e3)
-    seconds = time.perf_counter() - start
     details = {"engine": engine.name, "tiled": tiled, "warmup_calls": ENGINE_WARMUP_CALLS}
-    return timed_stage("engine", "bare engine, 1 frame/call", seconds, times, device, details)
+    return timed_stage("engine", "bare engine, 1 frame/call", clock, times, device, details)
 
 
 def bench_engine_batched(
@@ -115,28 +114,26 @@ def bench_engine_batched(
     engine.predict(batches[0])
     reset_gpu_peak(device)
     times: list[float] = []
-    start = time.perf_counter()
+    clock = Clock()
     for x in batches:
         t = time.perf_counter()
         engine.predict(x)
         times.extend([(time.perf_counter() - t) * 1e3 / len(x)] * len(x))
-    seconds = time.perf_counter() - start
     label = f"bare engine, {batch} frames/call"
     details = {"engine": engine.name, "batch": batch, "calls": len(batches)}
-    return timed_stage("engine_batched", label, seconds, times, device, details)
+    return timed_stage("engine_batched", label, clock, times, device, details)
 
 
 def bench_decode(paths: list[Path], device: str) -> tuple[StageResult, list[Frame]]:
     """(b) TIFF decode alone: :func:`temseg.frames.read_frame` per file; also the frames read."""
     read_frame(paths[0])  # imports and the first file's page cache, untimed
     frames, times = [], []
-    start = time.perf_counter()
+    clock = Clock()
     for path in paths:
         t = time.perf_counter()
         frames.append(read_frame(path))
         times.append((time.perf_counter() - t) * 1e3)
-    seconds = time.perf_counter() - start
-    return timed_stage("decode", "TIFF decode (read_frame)", seconds, times, device), frames
+    return timed_stage("decode", "TIFF decode (read_frame)", clock, times, device), frames
 
 
 def bench_naive(
@@ -167,16 +164,15 @@ def bench_naive(
     segment(model, paths[0])
     reset_gpu_peak(device)
     times, particle_px = [], 0
-    start = time.perf_counter()
+    clock = Clock()
     for path in paths:
         t = time.perf_counter()
         particle_px += int(segment(model, path).sum())
         times.append((time.perf_counter() - t) * 1e3)
-    seconds = time.perf_counter() - start
     result = timed_stage(
         "naive",
         "naive loop (tifffile + torch eager fp32)",
-        seconds,
+        clock,
         times,
         device,
         {"threshold": threshold, "particle_pixels": particle_px},

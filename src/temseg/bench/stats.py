@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +48,23 @@ def gpu_peak_mb(device: str) -> float | None:
 
 
 @dataclass
+class Clock:
+    """Wall time, this process's CPU time (all threads) and the 1-min load average at a start."""
+
+    wall: float = field(default_factory=time.perf_counter)
+    cpu: float = field(default_factory=time.process_time)
+    load: float = field(default_factory=lambda: os.getloadavg()[0])
+
+    def wall_s(self) -> float:
+        """Wall seconds since the start."""
+        return time.perf_counter() - self.wall
+
+    def cpu_s(self) -> float:
+        """CPU seconds this process used since the start."""
+        return time.process_time() - self.cpu
+
+
+@dataclass
 class StageResult:
     """One benchmark stage.
 
@@ -54,7 +73,10 @@ class StageResult:
     from the file's arrival to the mask being published). ``peak_rss_mb`` is
     the process's peak resident memory once the stage ended (stages run one
     after another in one process, so it never decreases); ``peak_gpu_mb`` is
-    PyTorch's CUDA peak during the stage (None on CPU).
+    PyTorch's CUDA peak during the stage (None on CPU). ``cpu_ms_per_frame``
+    is this process's CPU time (all threads) per frame: unlike wall time it
+    hardly grows when other programs share the cores. ``load`` is the 1-min
+    load average when the stage started.
     """
 
     name: str
@@ -66,28 +88,77 @@ class StageResult:
     ms_p99: float | None
     peak_rss_mb: float
     peak_gpu_mb: float | None = None
+    cpu_ms_per_frame: float | None = None
+    load: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 
 def timed_stage(
     name: str,
     label: str,
-    seconds: float,
+    clock: Clock,
     per_frame_ms: list[float],
     device: str,
     details: dict[str, Any] | None = None,
+    *,
+    seconds: float | None = None,
 ) -> StageResult:
-    """A :class:`StageResult` from the timed wall time and the per-frame times (ms)."""
+    """A :class:`StageResult` from a stage's clock and per-frame times (ms).
+
+    ``seconds`` (default: wall time on ``clock``) is the time the frames took.
+    """
     frames = len(per_frame_ms)
+    wall = clock.wall_s() if seconds is None else seconds
     return StageResult(
         name=name,
         label=label,
         frames=frames,
-        seconds=seconds,
-        frames_per_s=frames / seconds if seconds > 0 else float("nan"),
+        seconds=wall,
+        frames_per_s=frames / wall if wall > 0 else float("nan"),
         ms_p50=percentile_ms(per_frame_ms, 50),
         ms_p99=percentile_ms(per_frame_ms, 99),
         peak_rss_mb=peak_rss_mb(),
         peak_gpu_mb=gpu_peak_mb(device),
+        cpu_ms_per_frame=clock.cpu_s() * 1e3 / frames if frames else None,
+        load=clock.load,
         details=details or {},
     )
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds used so far by each thread of this process, keyed by thread name.
+
+    Python threads appear under their ``threading`` names (numbered ones such
+    as ``temseg-reader_0`` summed under ``temseg-reader``); threads started
+    by native libraries (e.g. ONNX Runtime's pool) are summed under
+    ``"native"``. Empty where ``/proc`` is unavailable.
+    """
+    import re
+    import threading
+
+    task_dir = f"/proc/{os.getpid()}/task"
+    if not os.path.isdir(task_dir):
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: re.sub(r"_\d+$", "", t.name) for t in threading.enumerate()}
+    usage: dict[str, float] = {}
+    for tid in os.listdir(task_dir):
+        try:
+            with open(f"{task_dir}/{tid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        name = names.get(int(tid), "native")
+        usage[name] = usage.get(name, 0.0) + seconds
+    return usage
+
+
+def cpu_split_ms(
+    before: dict[str, float], after: dict[str, float], frames: int
+) -> dict[str, float]:
+    """CPU ms per frame of each thread group between two :func:`thread_cpu_s` readings."""
+    if frames < 1:
+        return {}
+    split = {k: (v - before.get(k, 0.0)) * 1e3 / frames for k, v in after.items()}
+    return {k: round(v, 2) for k, v in sorted(split.items(), key=lambda kv: -kv[1]) if v > 0}
