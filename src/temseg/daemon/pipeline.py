@@ -73,6 +73,8 @@ class DaemonStats:
     model_rejects: int = 0
     latency_ms_total: float = 0.0
     backlog: int = 0  # frames found in the folder at start
+    batches: int = 0  # engine calls
+    largest_batch: int = 0
 
     @property
     def mean_latency_ms(self) -> float | None:
@@ -86,6 +88,7 @@ class _Job:
     relative: str
     received_at: datetime
     detected: float  # time.monotonic() at detection
+    ticket: int = 0  # acceptance order: frames enter the queue in this order
     sha256: str = _EMPTY_SHA256
     size_bytes: int = 0
     mtime: float | None = None  # POSIX seconds, when the file was last written
@@ -156,8 +159,15 @@ class Daemon:
     backlog is being processed.
     """
 
-    def __init__(self, settings: Settings, *, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        notifier: Notifier | None = None,
+        db_busy_timeout_ms: int = 5000,
+    ) -> None:
         self.settings = settings
+        self._busy_timeout_ms = db_busy_timeout_ms
         self.root = check_daemon_settings(settings)
         self.stats = DaemonStats()
         self.notifier = notifier if notifier is not None else Notifier()
@@ -172,7 +182,11 @@ class Daemon:
         self._outstanding = 0  # accepted and not yet recorded or skipped
         self._reading = 0  # accepted and not yet queued
         self._idle = threading.Condition(self._lock)
+        self._next_ticket = 0  # acceptance order of frames
+        self._queued_ticket = 0  # the ticket whose turn it is to enter the queue
+        self._turn = threading.Condition()
         self._inference_done = threading.Event()
+        self._backlog_submitted = threading.Event()
         self._publisher_ready = threading.Event()
         self._publisher_error: BaseException | None = None
         self._threads: list[threading.Thread] = []
@@ -190,7 +204,7 @@ class Daemon:
         """Connect, load and warm the model, bind the socket, start watching; then READY=1."""
         s = self.settings
         self.notifier.status("loading model")
-        self._db = connect(s.db)
+        self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
         try:
             self._models = ModelServer(
                 self._db, pinned=s.model, backend=s.backend, device=s.device, threads=s.threads
@@ -229,9 +243,9 @@ class Daemon:
             self._shutdown()
             raise
         self._started = True
+        self.notifier.ready(f"watching {self.root}, publishing on {self.bound_url}")
         self._pinger = WatchdogPinger(self.notifier, self.healthy)
         self._pinger.start()
-        self.notifier.ready(f"watching {self.root}, publishing on {self.bound_url}")
         logger.info(
             "ready watch=%s publish=%s db=%s model_id=%s",
             self.root,
@@ -258,7 +272,8 @@ class Daemon:
         return self.stats
 
     def _shutdown(self) -> None:
-        self._closing.set()
+        with self._lock:
+            self._closing.set()
         if self._watcher is not None:
             self._watcher.stop()
         if self._readers is not None:
@@ -290,9 +305,13 @@ class Daemon:
         return None if self._models is None else self._models.current
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
-        """Wait until no accepted frame is pending; False on timeout."""
+        """Wait until the backlog is submitted and no accepted frame is pending (False: timeout)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if not self._backlog_submitted.wait(timeout_s):
+            return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         with self._idle:
-            return self._idle.wait_for(lambda: self._outstanding == 0, timeout_s)
+            return self._idle.wait_for(lambda: self._outstanding == 0, remaining)
 
     # ----------------------------------------------------------------- intake
 
@@ -308,17 +327,25 @@ class Daemon:
         while not self._slots.acquire(timeout=0.1):
             if self._closing.is_set():
                 return False
-        if self._closing.is_set() or self._readers is None:
-            self._slots.release()
-            return False
-        with self._lock:
+        with self._lock:  # _shutdown() closes the intake under this lock
+            if self._closing.is_set() or self._readers is None:
+                self._slots.release()
+                return False
             self._outstanding += 1
             self._reading += 1
+            job.ticket = self._next_ticket
+            self._next_ticket += 1
+            self._readers.submit(self._read, job)
         logger.debug("accepted path=%s", path)
-        self._readers.submit(self._read, job)
         return True
 
     def _backlog(self) -> None:
+        try:
+            self._submit_backlog()
+        finally:
+            self._backlog_submitted.set()
+
+    def _submit_backlog(self) -> None:
         try:
             paths = scan_backlog(
                 self.root,
@@ -344,16 +371,25 @@ class Daemon:
     # ----------------------------------------------------------------- readers
 
     def _read(self, job: _Job) -> None:
+        """Prepare ``job`` in parallel with the other readers, queue it in acceptance order."""
         queued = False
         try:
-            if self._prepare(job):
+            ready = self._prepare(job)
+        except Exception:
+            logger.exception("reader failed path=%s", job.path)
+            ready = False
+        with self._turn:
+            self._turn.wait_for(lambda: self._queued_ticket == job.ticket)
+        try:
+            if ready:
                 self._queue.put(job)
                 queued = True
         except Stopped:
             logger.warning("frame not processed (aborted) path=%s", job.path)
-        except Exception:
-            logger.exception("reader failed path=%s", job.path)
         finally:
+            with self._turn:
+                self._queued_ticket += 1
+                self._turn.notify_all()
             with self._lock:
                 self._reading -= 1
             self._slots.release()
@@ -441,6 +477,8 @@ class Daemon:
                 overlap=self.settings.tile_overlap,
             )
             infer_ms = (time.perf_counter() - start) * 1e3 / len(frames)
+            self.stats.batches += 1
+            self.stats.largest_batch = max(self.stats.largest_batch, len(frames))
             for outcome, probability, frame in zip(outcomes, probabilities, frames, strict=True):
                 assert outcome.threshold is not None
                 start = time.perf_counter()

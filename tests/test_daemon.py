@@ -1,0 +1,512 @@
+"""The daemon end to end: real watchdog observer, ZeroMQ on 127.0.0.1, SQLite files, TIFFs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import queue
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from temseg.config import ConfigError, Settings
+from temseg.daemon import Daemon, Notifier
+from temseg.model import build_unet, save_bundle
+from temseg.store import (
+    connect,
+    get_frame,
+    promote_model,
+    record_calibration,
+    register_model,
+)
+from temseg.stream import StreamMessage, Subscriber
+
+SIZE = 64  # pixels
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def tiff_bytes(seed: int, *, material: str | None = None, rgb: bool = False) -> bytes:
+    """A small TIFF frame in memory, with ``material`` in its ImageDescription JSON."""
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    if rgb:
+        tifffile.imwrite(buffer, rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8))
+    else:
+        image = rng.integers(0, 4000, (SIZE, SIZE), dtype=np.uint16)
+        metadata = {"material": material} if material else {}
+        tifffile.imwrite(buffer, image, metadata=metadata)
+    return buffer.getvalue()
+
+
+def write_slowly(path: Path, data: bytes, chunks: int = 4, pause_s: float = 0.1) -> None:
+    """Write ``data`` in chunks with pauses, as a camera streaming a frame to disk."""
+    step = -(-len(data) // chunks)
+    with open(path, "wb") as fh:
+        for i in range(0, len(data), step):
+            fh.write(data[i : i + step])
+            fh.flush()
+            time.sleep(pause_s)
+
+
+def write_renamed(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path.part`` and rename it into place."""
+    part = path.with_name(path.name + ".part")
+    part.write_bytes(data)
+    part.rename(path)
+
+
+def fingerprint(path: Path) -> tuple[str, int]:
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+def frame_rows(db: Path) -> list[dict[str, Any]]:
+    with closing(sqlite3.connect(db)) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM frames ORDER BY id")]
+
+
+@contextmanager
+def store(db: Path) -> Iterator[Any]:
+    """A temseg.store engine on ``db``, disposed on exit."""
+    engine = connect(str(db))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def row_for(db: Path, path: Path) -> dict[str, Any]:
+    matches = [r for r in frame_rows(db) if r["source_path"] == str(path)]
+    assert len(matches) == 1, matches
+    return matches[0]
+
+
+def receive_for(sub: Subscriber, path: Path, timeout_s: float = 20.0) -> StreamMessage:
+    """The next message about ``path`` (others are skipped)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = sub.receive(timeout_ms=200)
+        if message is not None and message.header.get("source") == str(path):
+            return message
+    raise AssertionError(f"no message for {path} within {timeout_s} s")
+
+
+def receive_all(sub: Subscriber, paths: list[Path], timeout_s: float = 20.0) -> dict[Path, Any]:
+    """The messages about each of ``paths``, whatever their order."""
+    wanted = {str(p): p for p in paths}
+    got: dict[Path, StreamMessage] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(got) < len(wanted):
+        assert time.monotonic() < deadline, (
+            f"missing messages for {set(wanted) - set(map(str, got))}"
+        )
+        message = sub.receive(timeout_ms=200)
+        if message is not None and message.header.get("source") in wanted:
+            got[wanted[message.header["source"]]] = message
+    return got
+
+
+def subscribe(daemon: Daemon, acq: Path) -> Subscriber:
+    """A subscriber proven connected: probe frames are written until one is received."""
+    assert daemon.bound_url is not None
+    sub = Subscriber(daemon.bound_url, timeout_ms=200)
+    probes = acq / "probes"
+    probes.mkdir(exist_ok=True)
+    for i in range(20):
+        path = probes / f"probe_{i}.tif"
+        write_renamed(path, tiff_bytes(10_000 + i))
+        try:
+            receive_for(sub, path, timeout_s=2.0)
+            return sub
+        except AssertionError:
+            continue
+    sub.close()
+    raise AssertionError("subscriber never received a probe frame")
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny bundles with different weights, CdSe threshold 0.6, default 0.5."""
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        meta = {"default_threshold": 0.5, "thresholds": {"CdSe": 0.6}, "materials": ["Au", "CdSe"]}
+        out[name] = save_bundle(build_unet(), meta, root / name)
+    return out
+
+
+def bundle_id(path: Path) -> str:
+    import json
+
+    return str(json.loads((path / "model.json").read_text())["model_id"])
+
+
+@pytest.fixture
+def acq(tmp_path: Path) -> Path:
+    folder = tmp_path / "acq"
+    folder.mkdir()
+    return folder.resolve()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "temseg.db"
+
+
+@pytest.fixture
+def make_daemon(acq: Path, db_path: Path, bundles: dict[str, Path]):
+    started: list[Daemon] = []
+
+    def make(db_busy_timeout_ms: int = 5000, **overrides: Any) -> Daemon:
+        values: dict[str, Any] = {
+            "watch": acq,
+            "db": str(db_path),
+            "publish": "tcp://127.0.0.1:0",
+            "model": str(bundles["a"]),
+            "stable_s": 0.3,
+            "threads": 1,
+        }
+        values.update(overrides)
+        daemon = Daemon(Settings(**values), db_busy_timeout_ms=db_busy_timeout_ms)
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_frames_segmented_published_recorded_and_folder_untouched(
+    make_daemon, acq: Path, db_path: Path, bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    old = acq / "old.tif"
+    old.write_bytes(tiff_bytes(1))
+    untouched = {old: fingerprint(old)}
+    masks = tmp_path / "masks"
+    daemon = make_daemon(masks=masks)
+    sub = subscribe(daemon, acq)
+    for probe in (acq / "probes").iterdir():
+        untouched[probe] = fingerprint(probe)
+
+    slow = acq / "slow.tif"
+    write_slowly(slow, tiff_bytes(2))
+    untouched[slow] = fingerprint(slow)
+    (acq / "CdSe").mkdir()
+    time.sleep(0.2)  # let inotify add the new folder's watch
+    renamed = acq / "CdSe" / "renamed.tif"
+    write_renamed(renamed, tiff_bytes(3, material="CdSe"))
+    untouched[renamed] = fingerprint(renamed)
+
+    messages = receive_all(sub, [slow, renamed])
+    sub.close()
+    assert daemon.wait_idle(20)
+    daemon.stop()
+
+    model_id = bundle_id(bundles["a"])
+    for path, material, threshold in ((slow, "Au", 0.5), (renamed, "CdSe", 0.6)):
+        header, mask = messages[path].header, messages[path].mask
+        row = row_for(db_path, path)
+        assert messages[path].topic == f"temseg.mask.{material}"
+        assert (row["status"], row["material"], row["model_id"]) == ("done", material, model_id)
+        assert header["frame_id"] == row["id"] and header["seq"] == row["seq"]
+        assert header["threshold"] == row["threshold"] == threshold
+        assert header["n_particles"] == row["n_particles"]
+        assert mask is not None and mask.shape == (SIZE, SIZE) == (row["height"], row["width"])
+        with store(db_path) as engine:
+            record = get_frame(engine, row["id"])
+        assert record is not None and len(record.particles) == header["n_particles"]
+        written = Path(row["mask_path"])
+        assert written == masks / path.relative_to(acq)
+        np.testing.assert_array_equal(tifffile.imread(written), mask)
+    assert row_for(db_path, old)["status"] == "done"  # the backlog
+
+    for path, print_ in untouched.items():
+        assert fingerprint(path) == print_, path
+    present = {p for p in acq.rglob("*") if p.is_file()}
+    assert present == set(untouched)
+
+
+def test_bad_frames_recorded_as_failed_and_published_on_error_topic(
+    make_daemon, acq: Path, db_path: Path
+) -> None:
+    daemon = make_daemon()
+    sub = subscribe(daemon, acq)
+    empty, corrupt, rgb, good = (acq / n for n in ("empty.tif", "corrupt.tif", "rgb.tif", "ok.tif"))
+    empty.write_bytes(b"")
+    write_renamed(corrupt, tiff_bytes(4)[:200])  # truncated: header, no pixel data
+    write_renamed(rgb, tiff_bytes(5, rgb=True))
+    vanished = acq / "vanished.tif"  # reported complete, deleted before it could be read
+    assert daemon.submit(vanished)
+    write_renamed(good, tiff_bytes(6))
+
+    expected = {
+        empty: "empty file",
+        corrupt: "truncated",
+        rgb: "RGB frames are not supported",
+        vanished: "cannot read",
+    }
+    messages = receive_all(sub, [*expected, good])
+    for path, text in expected.items():
+        message = messages[path]
+        assert message.topic == "temseg.error" and message.is_error
+        assert text in message.header["error"]
+        row = row_for(db_path, path)
+        assert row["status"] == "failed" and text in row["error"]
+        assert row["n_particles"] is None and row["seq"] == message.header["seq"]
+    assert messages[good].topic == "temseg.mask.Au"  # the daemon kept going
+    assert row_for(db_path, good)["status"] == "done"
+    sub.close()
+    assert daemon.stats.failed == 4
+
+
+def test_backlog_oldest_first_materials_and_restart(make_daemon, acq: Path, db_path: Path) -> None:
+    (acq / "CdSe").mkdir()
+    frames = {  # path -> (bytes, expected material); listed oldest first
+        acq / "z_default.tif": (tiff_bytes(7), "Au"),
+        acq / "CdSe" / "by_rule.tif": (tiff_bytes(8), "CdSe"),
+        acq / "CdSe" / "by_sidecar.tif": (tiff_bytes(9), "Pt"),
+        acq / "a_metadata.tif": (tiff_bytes(10, material="Pd"), "Pd"),
+    }
+    (acq / "CdSe" / "by_sidecar.json").write_text('{"material": "Pt"}')
+    for age, (path, (data, _)) in enumerate(frames.items()):
+        path.write_bytes(data)
+        os.utime(path, ns=(1_600_000_000_000_000_000 + age, 1_600_000_000_000_000_000 + age))
+    rules = {"CdSe/**": "CdSe"}
+
+    daemon = make_daemon(folder_rules=rules, batch_size=1)
+    assert daemon.wait_idle(30)
+    daemon.stop()
+    rows = frame_rows(db_path)
+    assert [r["source_path"] for r in rows] == [str(p) for p in frames]
+    assert [r["material"] for r in rows] == [m for _, m in frames.values()]
+    assert daemon.stats.backlog == 4 and daemon.stats.done == 4
+
+    changed = acq / "a_metadata.tif"
+    changed.write_bytes(tiff_bytes(11, material="Pd"))  # new content at the same path
+    again = make_daemon(folder_rules=rules)
+    assert again.wait_idle(30)
+    again.stop()
+    assert again.stats.skipped == 3 and again.stats.done == 1
+    rows = frame_rows(db_path)
+    assert len(rows) == 5 and rows[-1]["source_path"] == str(changed)
+    assert {r["sha256"] for r in rows if r["source_path"] == str(changed)} == {
+        hashlib.sha256(tiff_bytes(10, material="Pd")).hexdigest(),
+        hashlib.sha256(tiff_bytes(11, material="Pd")).hexdigest(),
+    }
+
+
+def test_threshold_follows_latest_calibration_live(
+    make_daemon, acq: Path, db_path: Path, bundles: dict[str, Path]
+) -> None:
+    daemon = make_daemon()
+    sub = subscribe(daemon, acq)
+    first = acq / "first.tif"
+    write_renamed(first, tiff_bytes(12, material="CdSe"))
+    header = receive_for(sub, first).header
+    assert (header["threshold"], header["threshold_source"]) == (0.6, "bundle")
+
+    with store(db_path) as engine:
+        record_calibration(
+            engine,
+            material="CdSe",
+            model_id=bundle_id(bundles["a"]),
+            threshold=0.35,
+            precision=0.9,
+            recall=0.8,
+            dice=0.85,
+            n_images=4,
+            curve={},
+            plot_path=None,
+            criterion="max_f1",
+        )
+    second = acq / "second.tif"
+    write_renamed(second, tiff_bytes(13, material="CdSe"))
+    header = receive_for(sub, second).header
+    sub.close()
+    assert (header["threshold"], header["threshold_source"]) == (0.35, "calibration")
+    assert row_for(db_path, second)["threshold"] == 0.35
+
+
+def test_promoted_model_used_live_and_broken_bundle_rejected(
+    make_daemon,
+    acq: Path,
+    db_path: Path,
+    bundles: dict[str, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    id_a, id_b = bundle_id(bundles["a"]), bundle_id(bundles["b"])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text("{not json")
+    (broken / "model.safetensors").write_bytes(b"\0" * 64)
+    with store(db_path) as engine:
+        register_model(engine, id_a, "a", str(bundles["a"]), {})
+        register_model(engine, id_b, "b", str(bundles["b"]), {})
+        register_model(engine, "broken0000000000", "broken", str(broken), {})
+        promote_model(engine, id_a)
+
+    daemon = make_daemon(model=None)
+    assert daemon.model is not None and daemon.model.model_id == id_a
+    sub = subscribe(daemon, acq)
+    with store(db_path) as engine:
+        promote_model(engine, id_b)
+    one = acq / "one.tif"
+    write_renamed(one, tiff_bytes(14))
+    header = receive_for(sub, one).header
+    assert (header["model_id"], header["model_source"]) == (id_b, "active")
+
+    with caplog.at_level(logging.ERROR, logger="temseg.daemon"), store(db_path) as engine:
+        promote_model(engine, "broken0000000000")
+        two = acq / "two.tif"
+        write_renamed(two, tiff_bytes(15))
+        header = receive_for(sub, two).header
+    assert header["model_id"] == id_b  # the old model kept serving
+    assert row_for(db_path, two)["status"] == "done"
+    assert daemon.stats.model_rejects == 1
+    assert any("model rejected" in r.getMessage() for r in caplog.records)
+
+    with store(db_path) as engine:
+        promote_model(engine, id_a)
+    three = acq / "three.tif"
+    write_renamed(three, tiff_bytes(16))
+    assert receive_for(sub, three).header["model_id"] == id_a
+    sub.close()
+
+
+def test_locked_database_is_retried(
+    make_daemon, acq: Path, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = make_daemon(db_busy_timeout_ms=50)
+    sub = subscribe(daemon, acq)
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    frame = acq / "while_locked.tif"
+    try:
+        with caplog.at_level(logging.WARNING, logger="temseg.daemon"):
+            locker.execute("BEGIN EXCLUSIVE")
+            write_renamed(frame, tiff_bytes(17))
+            deadline = time.monotonic() + 20
+            while not any("database busy" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the daemon never met the lock"
+                time.sleep(0.05)
+            assert all(r["source_path"] != str(frame) for r in frame_rows(db_path))
+    finally:
+        locker.execute("COMMIT")
+        locker.close()
+    assert receive_for(sub, frame).topic == "temseg.mask.Au"
+    sub.close()
+    assert row_for(db_path, frame)["status"] == "done"
+
+
+def test_settings_that_would_write_into_the_watched_folder_are_refused(
+    acq: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="mask folder"):
+        Daemon(Settings(watch=acq, masks=acq / "masks", db=str(tmp_path / "t.db")))
+    with pytest.raises(ConfigError, match="database"):
+        Daemon(Settings(watch=acq, db=f"sqlite:///{acq}/sub/t.db"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        Daemon(Settings(watch=tmp_path / "missing", db=str(tmp_path / "t.db")))
+    assert list(acq.iterdir()) == []
+
+
+def test_sd_notify_on_abstract_socket() -> None:
+    name = f"temseg-test-{os.getpid()}-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(b"\0" + name.encode())
+        server.settimeout(5)
+        notifier = Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "4000000"})
+        assert notifier.enabled and notifier.watchdog_interval_s == 2.0
+        assert notifier.ready("serving")
+        lines = server.recv(4096).decode().splitlines()
+        assert lines[0] == "READY=1" and "STATUS=serving" in lines
+        assert notifier.watchdog()
+        assert server.recv(4096) == b"WATCHDOG=1"
+    assert not Notifier({}).ready()  # outside systemd: a no-op
+
+
+def test_sigterm_drains_frame_in_flight_and_notifies_systemd(
+    acq: Path, db_path: Path, bundles: dict[str, Path]
+) -> None:
+    sock_dir = Path(tempfile.mkdtemp(prefix="temseg-"))  # short path: unix socket limit
+    notify_path = sock_dir / "notify"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(60)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
+    env.pop("WATCHDOG_PID", None)
+    command = [
+        sys.executable,
+        "-c",
+        "from temseg.cli import app; app()",
+        "daemon",
+        "--watch", str(acq),
+        "--db", str(db_path),
+        "--publish", "tcp://127.0.0.1:0",
+        "--model", str(bundles["a"]),
+        "--log-level", "DEBUG",
+        "--threads", "1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(
+        target=lambda: [lines.put(line) for line in proc.stderr],
+        daemon=True,  # type: ignore[union-attr]
+    )
+    reader.start()
+
+    def wait_line(text: str) -> str:
+        while True:
+            line = lines.get(timeout=60)
+            if text in line:
+                return line
+
+    try:
+        received = []
+        while "WATCHDOG=1" not in received:
+            received += notify.recv(4096).decode().splitlines()
+        assert received.index("READY=1") < received.index("WATCHDOG=1")
+        wait_line(" ready ")
+        frame = acq / "in_flight.tif"
+        write_renamed(frame, tiff_bytes(18))
+        wait_line(f"accepted path={frame}")
+        proc.send_signal(signal.SIGTERM)  # while the frame is read, queued or inferred
+        assert proc.wait(timeout=60) == 0
+        notify.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            while True:
+                received += notify.recv(4096).decode().splitlines()
+        assert "STOPPING=1" in received
+        assert received.index("READY=1") < received.index("STOPPING=1")
+        row = row_for(db_path, frame)
+        assert row["status"] == "done" and row["n_particles"] is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+        notify_path.unlink(missing_ok=True)
+        sock_dir.rmdir()
