@@ -297,7 +297,42 @@ def daemon(
         raise typer.Exit(1) from exc
 
 
-# --- demo ---
+@app.command()
+def demo(
+    frames: int = typer.Option(12, "--frames", min=1, help="Frames the simulated camera writes."),
+    size: int = typer.Option(256, "--size", min=32, help="Frame side (pixels)."),
+    interval: float = typer.Option(0.4, "--interval", min=0.0, help="Seconds between frames."),
+    db: str | None = typer.Option(None, "--db", help="Database (default: a temporary file)."),
+    publish: str | None = typer.Option(
+        None, "--publish", help="Endpoint to bind (default: 127.0.0.1, a free port)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Model bundle (default: bundled)."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the temporary frames and database."),
+    log_level: str = typer.Option("WARNING", "--log-level", help="Daemon log level."),
+) -> None:
+    """Live demo: a simulated camera writes Au/CdSe frames, the daemon segments them."""
+    from temseg.config import ConfigError
+    from temseg.daemon import configure_logging
+    from temseg.daemon.demo import run_demo
+    from temseg.model.bundle import BundleError
+
+    configure_logging(log_level)
+    try:
+        summary = run_demo(
+            frames=frames,
+            size=size,
+            interval_s=interval,
+            db=db,
+            publish=publish,
+            model=model,
+            keep=keep,
+            echo=typer.echo,
+        )
+    except (ConfigError, BundleError, OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if summary.masks + summary.errors < summary.frames:
+        raise typer.Exit(1)
 
 
 @app.command()
