@@ -296,7 +296,7 @@ def test_backlog_oldest_first_materials_and_restart(make_daemon, acq: Path, db_p
         os.utime(path, ns=(1_600_000_000_000_000_000 + age, 1_600_000_000_000_000_000 + age))
     rules = {"CdSe/**": "CdSe"}
 
-    daemon = make_daemon(folder_rules=rules, batch_size=1)
+    daemon = make_daemon(folder_rules=rules, batch_size=1, queue_size=1)  # back-pressure
     assert daemon.wait_idle(30)
     daemon.stop()
     rows = frame_rows(db_path)
@@ -316,6 +316,20 @@ def test_backlog_oldest_first_materials_and_restart(make_daemon, acq: Path, db_p
         hashlib.sha256(tiff_bytes(10, material="Pd")).hexdigest(),
         hashlib.sha256(tiff_bytes(11, material="Pd")).hexdigest(),
     }
+
+
+def test_polling_daemon_reads_slowly_written_frame_once_complete(
+    make_daemon, acq: Path, db_path: Path
+) -> None:
+    daemon = make_daemon(polling=True, poll_interval_s=0.1, stable_s=0.5)
+    sub = subscribe(daemon, acq)
+    frame = acq / "on_share.tif"
+    write_slowly(frame, tiff_bytes(19), chunks=5, pause_s=0.2)
+    assert receive_for(sub, frame).header["n_particles"] is not None
+    sub.close()
+    assert daemon.wait_idle(20)
+    row = row_for(db_path, frame)  # exactly one row: never read half-written
+    assert row["status"] == "done" and row["size_bytes"] == frame.stat().st_size
 
 
 def test_threshold_follows_latest_calibration_live(

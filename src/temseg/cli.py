@@ -290,10 +290,12 @@ def daemon(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    except Exception as exc:
+    except Exception as exc:  # e.g. no model bundle, port in use, database schema too new
         import logging
 
-        logging.getLogger("temseg.daemon").critical("daemon failed: %s", exc, exc_info=True)
+        log = logging.getLogger("temseg.daemon")
+        log.critical("daemon failed: %s", exc)
+        log.debug("traceback of the failure", exc_info=True)
         raise typer.Exit(1) from exc
 
 
@@ -523,7 +525,10 @@ def train(
         None, "--steps-per-epoch", min=1, help="Cap on optimiser steps per epoch."
     ),
 ) -> None:
-    """Train a U-Net on labelled frames and write a model bundle (works under torchrun)."""
+    """Train a U-Net on labelled frames and write a model bundle.
+
+    Several processes: torchrun --nproc-per-node N --no-python temseg train ...
+    """
     import os
     from pathlib import Path
 

@@ -195,8 +195,8 @@ class Daemon:
         self._pinger: WatchdogPinger | None = None
         self._models: ModelServer | None = None
         self._db: Any = None
-        self._started = False
         self._stopped = False
+        self._shut = False
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -242,7 +242,6 @@ class Daemon:
         except BaseException:
             self._shutdown()
             raise
-        self._started = True
         self.notifier.ready(f"watching {self.root}, publishing on {self.bound_url}")
         self._pinger = WatchdogPinger(self.notifier, self.healthy)
         self._pinger.start()
@@ -273,6 +272,9 @@ class Daemon:
 
     def _shutdown(self) -> None:
         with self._lock:
+            if self._shut:
+                return
+            self._shut = True
             self._closing.set()
         if self._watcher is not None:
             self._watcher.stop()
@@ -290,8 +292,10 @@ class Daemon:
             self._db.dispose()
 
     def healthy(self) -> bool:
-        """True while every pipeline thread is alive (gates the systemd watchdog ping)."""
-        return all(t.is_alive() for t in self._threads) and not self._closing.is_set()
+        """True while the pipeline threads and the watcher run (gates the systemd watchdog ping)."""
+        threads_alive = all(t.is_alive() for t in self._threads)
+        watching = self._watcher is not None and self._watcher.is_alive()
+        return threads_alive and watching and not self._closing.is_set()
 
     @property
     def pending(self) -> int:
@@ -456,6 +460,8 @@ class Daemon:
                 self.stats.model_swaps += 1
         except OperationalError as exc:
             logger.warning("active model check skipped: database busy (%s)", exc.orig)
+        except Exception:  # the serving model stays; the next batch checks again
+            logger.exception("active model check failed")
         self.stats.model_rejects = models.rejects
         model = models.current
         outcomes = [_Outcome(job, model=model) for job in batch]

@@ -124,9 +124,8 @@ class _StabilityTracker:
         with self._lock:
             self._pending.pop(path, None)
 
-    def __contains__(self, path: object) -> bool:
-        with self._lock:
-            return path in self._pending
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _due(self) -> list[Path]:
         now = time.monotonic()
@@ -244,6 +243,10 @@ class FrameWatcher:
         self._observer.stop()
         if self._observer.is_alive():
             self._observer.join(timeout=5)
+
+    def is_alive(self) -> bool:
+        """True while the observer and the stability checker run."""
+        return self._observer.is_alive() and self._tracker.is_alive()
 
     def _candidate(self, path: Path, *, complete: bool) -> None:
         if not matches(path.name, self.patterns):
