@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 from sqlalchemy import Engine as DbEngine
 
-from temseg.engine import Engine, load_engine
+from temseg.engine import Engine, load_engine, warmup
 from temseg.model.bundle import ModelBundle, load_bundle
 from temseg.store import active_model, latest_calibration
 
@@ -41,27 +41,53 @@ class ServedModel:
         return self.bundle.model_id
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How engines are created: see :func:`temseg.engine.load_engine`.
+
+    ``max_size`` (pixels per side) and ``batch`` (frames) bound a TensorRT
+    profile; ``cache_dir`` holds ONNX exports and TensorRT plans.
+    """
+
+    backend: str = "auto"
+    device: str = "auto"
+    threads: int = 0
+    cache_dir: Path | None = None
+    max_size: int = 2048
+    batch: int = 4
+
+
 def load_served(
-    path: str | None,
-    source: str,
-    registry_id: str | None,
-    *,
-    backend: str,
-    device: str,
-    threads: int,
+    path: str | None, source: str, registry_id: str | None, options: EngineOptions
 ) -> ServedModel:
     """Load a bundle (None = the bundled default) and its engine, and warm the engine up."""
     bundle = load_bundle(path)
-    engine = load_engine(bundle, backend=backend, device=device, threads=threads)
-    warm_up(engine, bundle)
+    engine = load_engine(
+        bundle,
+        backend=options.backend,
+        device=options.device,
+        threads=options.threads,
+        cache_dir=options.cache_dir,
+        max_size=options.max_size,
+        batch=options.batch,
+    )
+    try:
+        warm_up(engine, bundle)
+    except BaseException:
+        engine.close()
+        raise
     return ServedModel(bundle=bundle, engine=engine, source=source, registry_id=registry_id)
 
 
 def warm_up(engine: Engine, bundle: ModelBundle, size: int = 64) -> float:
-    """Run one small batch so the first real frame does not pay for lazy set-up; return ms."""
+    """Run one small batch so the first real frame does not pay for lazy set-up; return ms.
+
+    Engines that compile per shape (TensorRT, ``torch.compile``) still
+    compile each new frame shape on its first frame.
+    """
     side = max(size, bundle.config.size_multiple)
     start = time.perf_counter()
-    engine.predict(np.zeros((1, 1, side, side), dtype=np.float32))
+    warmup(engine, [(1, 1, side, side)])
     return (time.perf_counter() - start) * 1e3
 
 
@@ -73,27 +99,18 @@ class ModelServer:
         db: DbEngine,
         *,
         pinned: str | None = None,
-        backend: str = "auto",
-        device: str = "auto",
-        threads: int = 0,
+        options: EngineOptions | None = None,
     ) -> None:
         self._db = db
         self._pinned = pinned
-        self._backend, self._device, self._threads = backend, device, threads
+        self._options = options if options is not None else EngineOptions()
         self._rejected: str | None = None
         self.swaps = 0
         self.rejects = 0
         self.current = self._initial()
 
     def _load(self, path: str | None, source: str, registry_id: str | None) -> ServedModel:
-        return load_served(
-            path,
-            source,
-            registry_id,
-            backend=self._backend,
-            device=self._device,
-            threads=self._threads,
-        )
+        return load_served(path, source, registry_id, self._options)
 
     def _initial(self) -> ServedModel:
         if self._pinned is not None:

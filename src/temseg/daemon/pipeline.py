@@ -45,7 +45,7 @@ from sqlalchemy.exc import OperationalError
 from temseg.config import Settings
 from temseg.daemon.frame_queue import FrameQueue, SeenCache, Stopped
 from temseg.daemon.lifecycle import Notifier, WatchdogPinger, install_stop_signals
-from temseg.daemon.models import ModelServer, ServedModel
+from temseg.daemon.models import EngineOptions, ModelServer, ServedModel
 from temseg.daemon.rules import check_daemon_settings, mask_path, relative_posix, resolve_material
 from temseg.daemon.watcher import FrameWatcher, scan_backlog
 from temseg.frames import Frame, FrameError, read_frame
@@ -206,9 +206,15 @@ class Daemon:
         self.notifier.status("loading model")
         self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
         try:
-            self._models = ModelServer(
-                self._db, pinned=s.model, backend=s.backend, device=s.device, threads=s.threads
+            options = EngineOptions(
+                backend=s.backend,
+                device=s.device,
+                threads=s.threads,
+                cache_dir=s.engine_cache,
+                max_size=max(s.tile, 64),
+                batch=s.batch_size,
             )
+            self._models = ModelServer(self._db, pinned=s.model, options=options)
             model = self._models.current
             logger.info(
                 "model loaded model_id=%s source=%s backend=%s",
