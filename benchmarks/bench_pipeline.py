@@ -59,6 +59,8 @@ def run_once(size: int, frames: int, args: argparse.Namespace, out: Path) -> dic
     ]
     if args.model:
         command += ["--model", args.model]
+    if args.batch_size:
+        command += ["--batch-size", str(args.batch_size)]
     subprocess.run(command, check=True, stdout=sys.stderr)
     return json.loads(out.read_text())
 
@@ -76,7 +78,8 @@ def markdown(reports: dict[int, list[dict[str, Any]]]) -> str:
     """Median figures per size (stages table), then the targets table."""
     first = next(iter(reports.values()))[0]
     lines = [
-        f"Engine {first['backend']} on {first['device']}, {first['threads']} threads; "
+        f"Engine {first['backend']} on {first['device']}, {first['threads']} threads, "
+        f"daemon batch size {first['batch_size']}; "
         f"model {first['model_id']} ({first['model_source']}); "
         f"torch {first['host']['torch']}, onnxruntime {first['host'].get('onnxruntime', '-')}. "
         "Medians over the repeats.",
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    parser.add_argument("--batch-size", type=int, default=None, help="daemon batch size")
     parser.add_argument("--model", default=None, help="bundle directory (default: bundled)")
     parser.add_argument("--out", default=None, help="folder for each run's JSON report")
     args = parser.parse_args()

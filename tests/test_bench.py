@@ -44,7 +44,7 @@ def test_report_has_every_stage_with_its_frame_count(bench_run: tuple[str, dict,
         assert stage["ms_p50"] <= stage["ms_p99"]
         assert stage["peak_rss_mb"] > 0 and stage["cpu_ms_per_frame"] > 0
         assert stage["peak_gpu_mb"] is None  # CPU run
-    assert report["device"] == "cpu" and report["threads"] == 1
+    assert report["device"] == "cpu" and report["threads"] == 1 and report["batch_size"] == 4
     assert report["stages"]["engine"]["details"]["engine"] == report["backend"]
 
 
@@ -93,7 +93,18 @@ def _stage(name: str, fps: float, p50: float) -> StageResult:
 
 
 def test_targets_compare_the_right_figures() -> None:
-    report = BenchReport(64, 10, "cpu", 2, "onnxruntime-cpu", "m", "test", "now", {})
+    report = BenchReport(
+        size=64,
+        frames=10,
+        device="cpu",
+        threads=2,
+        backend="onnxruntime-cpu",
+        batch_size=4,
+        model_id="m",
+        model_source="test",
+        started_at="now",
+        host={},
+    )
     report.stages = {
         "engine": _stage("engine", 40.0, 25.0),
         "naive": _stage("naive", 10.0, 100.0),

@@ -788,6 +788,9 @@ def bench(
     paced: int | None = typer.Option(
         None, "--paced", min=0, help="Frames sent one at a time after the burst (default 10)."
     ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="The daemon's batch size (default: its setting, 4)."
+    ),
     json_out: str | None = typer.Option(None, "--json", help="Write every figure to this file."),
     workdir: str | None = typer.Option(
         None, "--workdir", help="Keep frames, watched folder and database here (default: temp)."
@@ -817,6 +820,7 @@ def bench(
             threads=threads,
             model=model,
             paced=paced,
+            batch_size=batch_size,
             workdir=workdir,
             on_status=lambda text: typer.echo(f"bench: {text}", err=True),
         )

@@ -101,6 +101,7 @@ def bench_daemon(
     device: str,
     threads: int,
     paced: int,
+    batch_size: int | None = None,
     timeout_s: float = 120.0,
     on_status: Callable[[str], object] | None = None,
 ) -> tuple[StageResult, StageResult]:
@@ -111,7 +112,8 @@ def bench_daemon(
     per frame is ``published_at`` minus its arrival. Paced: ``paced`` more
     frames (copies of the first ones under new names), each arriving only
     once the previous mask was received: latency with an idle pipeline.
-    ``workdir`` gets ``watch/`` and ``daemon.db``; ``model`` is pinned.
+    ``workdir`` gets ``watch/`` and ``daemon.db``; ``model`` is pinned;
+    ``batch_size`` overrides the daemon's setting.
     """
     say = on_status or (lambda _text: None)
     watch = workdir / "watch"
@@ -126,6 +128,8 @@ def bench_daemon(
         threads=threads,
         log_level="WARNING",
     )
+    if batch_size is not None:
+        settings.batch_size = batch_size
     daemon = Daemon(settings)
     daemon.start()
     try:

@@ -64,6 +64,7 @@ class BenchReport:
     device: str
     threads: int
     backend: str
+    batch_size: int
     model_id: str
     model_source: str
     started_at: str
@@ -141,6 +142,7 @@ def run_bench(
     threads: int = 0,
     model: str | None = None,
     paced: int | None = None,
+    batch_size: int | None = None,
     seed: int = 0,
     workdir: str | Path | None = None,
     on_status: Callable[[str], object] | None = None,
@@ -150,7 +152,9 @@ def run_bench(
     Stages, in one process: (b) TIFF decode, (a) the bare engine (one frame
     per call, then in daemon-sized batches), (c) the naive notebook loop,
     (d) the daemon through ZeroMQ, as a burst of all frames then ``paced``
-    frames one at a time (default: ``min(frames, 10)``). ``threads``: CPU
+    frames one at a time (default: ``min(frames, 10)``). ``batch_size``:
+    the daemon's (and the batched engine stage's) batch size, default the
+    daemon's setting. ``threads``: CPU
     threads (0 = all cores). ``workdir`` (new or empty) keeps the frames,
     database and watched folder (default: a temporary folder, removed afterwards).
     """
@@ -166,6 +170,7 @@ def run_bench(
                 threads=threads,
                 model=model,
                 paced=paced,
+                batch_size=batch_size,
                 seed=seed,
                 workdir=tmp,
                 on_status=on_status,
@@ -175,6 +180,10 @@ def run_bench(
     if work.is_dir() and any(work.iterdir()):
         raise ValueError(f"work folder {work} is not empty")
     work.mkdir(parents=True, exist_ok=True)
+    defaults = Settings()
+    batch = defaults.batch_size if batch_size is None else batch_size
+    if batch < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch}")
     resolved = resolve_device(device)
     cpu_threads = resolve_threads(threads)
     bundle, source = _bench_model(model, work)
@@ -189,6 +198,7 @@ def run_bench(
         device=resolved,
         threads=cpu_threads,
         backend=backend,
+        batch_size=batch,
         model_id=bundle.model_id,
         model_source=source,
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -202,7 +212,6 @@ def run_bench(
     inputs = [model_input(f, bundle) for f in decoded]
     del decoded
 
-    defaults = Settings()
     say("(a) bare engine")
     engine = load_engine(bundle, backend=backend, device=resolved, threads=threads)
     try:
@@ -210,9 +219,9 @@ def run_bench(
         report.stages["engine"] = bench_engine(
             inputs, engine, bundle, resolved, tile=defaults.tile, overlap=defaults.tile_overlap
         )
-        if not report.stages["engine"].details["tiled"]:
+        if batch > 1 and not report.stages["engine"].details["tiled"]:
             report.stages["engine_batched"] = bench_engine_batched(
-                inputs, engine, bundle, resolved, defaults.batch_size
+                inputs, engine, bundle, resolved, batch
             )
     finally:
         engine.close()
@@ -231,6 +240,7 @@ def run_bench(
         device=resolved,
         threads=threads,
         paced=min(frames, DEFAULT_PACED) if paced is None else paced,
+        batch_size=batch,
         on_status=say,
     )
     report.stages["daemon"] = burst
@@ -272,6 +282,7 @@ def format_report(report: BenchReport) -> str:
     lines = [
         f"temseg bench {report.started_at}: {report.frames} frames of {report.size} x "
         f"{report.size} px, device {report.device}{threads}, engine {report.backend}, "
+        f"daemon batch {report.batch_size}, "
         f"model {report.model_id} ({report.model_source})",
         "",
         f"{'stage':48s} {'frames/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'CPU ms/fr':>10s} "
