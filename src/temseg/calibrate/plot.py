@@ -20,21 +20,20 @@ def plot_calibration(curves: Curves, choice: Choice, path: str | Path, *, title:
         ax.plot(t, curves.precision, label="precision", color="tab:blue")
         ax.plot(t, curves.recall, label="recall", color="tab:orange")
         ax.plot(t, curves.f1, label="F1 (Dice)", color="tab:green", linestyle="--", linewidth=1)
-        ax.axvline(choice.threshold, color="black", linestyle=":", linewidth=1)
-        ax.annotate(
-            f"t = {choice.threshold:.2f}\nP = {choice.precision:.3f}\n"
-            f"R = {choice.recall:.3f}\nF1 = {choice.f1:.3f}",
-            xy=(choice.threshold, 0.05),
-            xytext=(6, 0),
-            textcoords="offset points",
-            fontsize=8,
+        ax.axvline(
+            choice.threshold,
+            color="black",
+            linestyle=":",
+            linewidth=1,
+            label=f"chosen {choice.threshold:.2f}: P {choice.precision:.3f}, "
+            f"R {choice.recall:.3f}, F1 {choice.f1:.3f}",
         )
         ax.set_xlim(0.0, 1.0)
         ax.set_ylim(0.0, 1.02)
         ax.set_xlabel("threshold (particle probability)")
         ax.set_ylabel("pixel-wise score")
         ax.set_title(title or f"calibration ({choice.criterion}), {curves.n_images} frames")
-        ax.legend(loc="lower left", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         out = Path(path)
