@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from temseg.frames.tiling import pad_to_multiple
-from temseg.model.bundle import load_bundle
+from temseg.model.bundle import ModelBundle, load_bundle
 from temseg.model.unet import UNet, build_unet
 from temseg.trainer.augment import AugmentConfig
 from temseg.trainer.data import (
@@ -382,7 +382,7 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
             normalisation=normalisation,
             pixel_nm=pixel_nm,
             preset=preset,
-            init_id=None if init is None else init.model_id,
+            init=init,
             device=device,
             ranks=ranks,
             best_epoch=best_epoch,
@@ -415,7 +415,7 @@ def _write_outputs(
     normalisation: str,
     pixel_nm: float | None,
     preset: str | None,
-    init_id: str | None,
+    init: ModelBundle | None,
     device: torch.device,
     ranks: _Ranks,
     best_epoch: int,
@@ -425,8 +425,8 @@ def _write_outputs(
     if config.hdf5 is not None:
         data_names += [Path(p).name for p in config.hdf5]
     seen = {f.material for f in frames if f.material is not None}
-    if config.init is not None:
-        seen.update(load_bundle(config.init).metadata.get("materials", []))
+    if init is not None:
+        seen.update(init.metadata.get("materials", []))
     metadata = {
         "name": config.name or out.resolve().name,
         "materials": sorted(seen),
@@ -446,7 +446,7 @@ def _write_outputs(
             "batch": config.batch,
             "lr": config.lr,
             "preset": preset,
-            "init": init_id,
+            "init": None if init is None else init.model_id,
             "device": device.type,
             "world_size": ranks.world,
             "seconds": round(seconds, 1),
