@@ -20,15 +20,10 @@ FRAMES = 3
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict, Path]:
     """One ``temseg bench --frames 3 --size 64`` run: (stdout, JSON report, work folder)."""
     root = tmp_path_factory.mktemp("bench")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("XDG_CACHE_HOME", str(root / "cache"))  # ONNX exports stay in the test folder
-    try:
-        out, work = root / "report.json", root / "work"
-        args = ["bench", "--frames", str(FRAMES), "--size", "64", "--threads", "1"]
-        args += ["--json", str(out), "--workdir", str(work)]
-        result = CliRunner().invoke(app, args)
-    finally:
-        mp.undo()
+    out, work = root / "report.json", root / "work"
+    args = ["bench", "--frames", str(FRAMES), "--size", "64", "--threads", "1"]
+    args += ["--json", str(out), "--workdir", str(work)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return result.stdout, json.loads(out.read_text()), work
 

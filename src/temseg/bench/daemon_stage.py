@@ -72,8 +72,20 @@ def _wait_for(
     return got
 
 
-def _published_s(header: dict[str, Any]) -> float:
-    return datetime.fromisoformat(str(header["published_at"])).timestamp()
+def _header_s(header: dict[str, Any], key: str) -> float:
+    """A header timestamp (ISO 8601) as POSIX seconds."""
+    return datetime.fromisoformat(str(header[key])).timestamp()
+
+
+def _detect_ms(
+    got: dict[str, tuple[StreamMessage, float]], arrivals: dict[str, float]
+) -> list[float]:
+    """Arrival -> the daemon accepting the file (header ``received_at``), ms, per mask."""
+    return [
+        (_header_s(m.header, "received_at") - arrivals[name]) * 1e3
+        for name, (m, _) in got.items()
+        if "received_at" in m.header
+    ]
 
 
 def _handshake(
@@ -187,7 +199,9 @@ def _burst(
     cpu_by_thread = cpu_split_ms(threads_before, thread_cpu_s(), len(frames))
     first = min(arrivals.values())
     last = max(received for _, received in got.values())
-    latency = [(_published_s(m.header) - arrivals[n]) * 1e3 for n, (m, _) in got.items()]
+    latency = [
+        (_header_s(m.header, "published_at") - arrivals[n]) * 1e3 for n, (m, _) in got.items()
+    ]
     received = [(r - arrivals[n]) * 1e3 for n, (_, r) in got.items()]
     messages = [m for m, _ in got.values()]
     details: dict[str, Any] = {
@@ -195,6 +209,7 @@ def _burst(
         "errors": sum(m.is_error for m in messages),
         "received_ms_p50": percentile_ms(received, 50),
         "received_ms_p99": percentile_ms(received, 99),
+        "detect_ms_p50": percentile_ms(_detect_ms(got, arrivals), 50),
         "latency_ms": [round(v, 3) for v in latency],
         "cpu_ms_per_frame_by_thread": cpu_by_thread,
         **_timing_summary(messages),
@@ -213,18 +228,22 @@ def _paced(
 ) -> StageResult:
     latency: list[float] = []
     messages: list[StreamMessage] = []
+    detect: list[float] = []
     seconds = 0.0  # arrival -> mask received, summed over frames
     clock = Clock()
     for i in range(count):
         part, final = _stage(frames[i % len(frames)], watch, f"paced_{i:04d}.tif")
         arrival = _arrive(part, final)
-        message, received = _wait_for(subscriber, {final.name}, timeout_s)[final.name]
+        got = _wait_for(subscriber, {final.name}, timeout_s)
+        message, received = got[final.name]
+        detect += _detect_ms(got, {final.name: arrival})
         seconds += received - arrival
-        latency.append((_published_s(message.header) - arrival) * 1e3)
+        latency.append((_header_s(message.header, "published_at") - arrival) * 1e3)
         messages.append(message)
     details: dict[str, Any] = {
         "errors": sum(m.is_error for m in messages),
         "latency_ms": [round(v, 3) for v in latency],
+        "detect_ms_p50": percentile_ms(detect, 50),
         **_timing_summary(messages),
     }
     label = "daemon, paced (one frame in flight)"
