@@ -133,3 +133,17 @@ def test_refuses_a_work_folder_in_use(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "not empty" in result.output
     assert (tmp_path / "keep.tif").read_bytes() == b"raw data"
+
+
+def test_batch_size_one_and_no_paced_run_leave_those_stages_out(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    args = ["bench", "--frames", "1", "--size", "64", "--threads", "1", "--paced", "0"]
+    args += ["--batch-size", "1", "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert set(report["stages"]) == STAGES - {"engine_batched", "daemon_paced"}
+    assert report["batch_size"] == 1
+    assert report["stages"]["daemon"]["details"]["daemon_stats"]["largest_batch"] == 1
+    latency = [t for t in report["targets"] if "latency" in t["name"]]
+    assert latency[0]["value"] is None and latency[0]["met"] is None

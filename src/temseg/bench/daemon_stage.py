@@ -116,14 +116,15 @@ def bench_daemon(
     batch_size: int | None = None,
     timeout_s: float = 120.0,
     on_status: Callable[[str], object] | None = None,
-) -> tuple[StageResult, StageResult]:
+) -> tuple[StageResult, StageResult | None]:
     """Burst and paced runs of the daemon; returns (burst, paced) stage results.
 
     Burst: all ``frames`` are renamed into the watched folder at once;
     throughput is frames over first arrival -> last mask received, latency
     per frame is ``published_at`` minus its arrival. Paced: ``paced`` more
     frames (copies of the first ones under new names), each arriving only
-    once the previous mask was received: latency with an idle pipeline.
+    once the previous mask was received: latency with an idle pipeline
+    (None when ``paced`` is 0).
     ``workdir`` gets ``watch/`` and ``daemon.db``; ``model`` is pinned;
     ``batch_size`` overrides the daemon's setting.
     """
@@ -155,8 +156,10 @@ def bench_daemon(
             burst = _burst(subscriber, watch, frames, device, timeout_s)
             if not daemon.wait_idle(timeout_s):
                 raise BenchError(f"the daemon was still busy {timeout_s:g} s after the burst")
-            say(f"paced run of {paced} frames")
-            paced_result = _paced(subscriber, watch, frames, paced, device, timeout_s)
+            paced_result = None
+            if paced > 0:
+                say(f"paced run of {paced} frames")
+                paced_result = _paced(subscriber, watch, frames, paced, device, timeout_s)
             gaps = list(subscriber.gaps)
     finally:
         stats = daemon.stop()
@@ -168,8 +171,8 @@ def bench_daemon(
             "failed": stats.failed,
             "skipped": stats.skipped,
             "published": stats.published,
-            "batches": getattr(stats, "batches", None),
-            "largest_batch": getattr(stats, "largest_batch", None),
+            "batches": stats.batches,
+            "largest_batch": stats.largest_batch,
         },
         engine=None if daemon.model is None else daemon.model.engine.name,
     )

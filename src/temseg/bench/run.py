@@ -244,7 +244,8 @@ def run_bench(
         on_status=say,
     )
     report.stages["daemon"] = burst
-    report.stages["daemon_paced"] = paced_result
+    if paced_result is not None:
+        report.stages["daemon_paced"] = paced_result
     evaluate(report)
     return report
 
