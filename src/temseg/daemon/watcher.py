@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from watchdog.events import (
+    DirCreatedEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileModifiedEvent,
@@ -158,6 +159,9 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         w = self._w
+        if isinstance(event, DirCreatedEvent):
+            w._new_folder(Path(os.fsdecode(event.src_path)))
+            return
         if event.is_directory:
             return
         if isinstance(event, FileMovedEvent):
@@ -217,6 +221,7 @@ class FrameWatcher:
             str(self.root),
             recursive=recursive,
             event_filter=[
+                DirCreatedEvent,
                 FileClosedEvent,
                 FileCreatedEvent,
                 FileModifiedEvent,
@@ -255,6 +260,15 @@ class FrameWatcher:
             self._report(path)
         else:
             self._tracker.add(path)
+
+    def _new_folder(self, folder: Path) -> None:
+        """Files written into a new folder before its watch existed raise no event:
+        treat those already there as appearing now (reported once stable)."""
+        if not self.recursive or self.polling:
+            return  # polling snapshots see them; non-recursive ignores sub-folders
+        for dirpath, _dirnames, filenames in os.walk(folder, followlinks=self.follow_symlinks):
+            for name in filenames:
+                self._candidate(Path(dirpath, name), complete=False)
 
     def _report(self, path: Path) -> None:
         if not admissible(path, self.root, self.follow_symlinks):
