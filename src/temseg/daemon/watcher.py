@@ -275,4 +275,7 @@ class FrameWatcher:
             if path.is_symlink():
                 logger.info("ignoring symbolic link path=%s", path)
             return
-        self._on_frame(path)
+        try:
+            self._on_frame(path)
+        except Exception:  # the watcher threads must survive whatever the callback does
+            logger.exception("frame callback failed path=%s", path)
