@@ -1,9 +1,10 @@
 """Inference engines give the same masks as PyTorch fp32 on the CPU.
 
-The model is the bundled one when the package ships it, else a paper-size
-U-Net trained here for a few seconds on bright discs in noise (a random
-network sits at probability ~0.5 everywhere, where any rounding flips the mask).
-CUDA and TensorRT tests are marked gpu and skip without a CUDA device.
+Two models: a paper-size U-Net trained here for a few seconds on bright discs
+in noise (a random network sits at probability ~0.5 everywhere, where any
+rounding flips the mask), run on disc frames; and the bundled model, run on
+simulated HRTEM frames (the frames it was trained for). CUDA and TensorRT
+tests are marked gpu and skip without a CUDA device.
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ from temseg.engine import (
 from temseg.engine.base import Engine, resolve_device, resolve_threads
 from temseg.engine.onnx_engine import select_providers, session_options
 from temseg.engine.torch_engine import TorchEngine, engine_name
+from temseg.frames import normalise
 from temseg.model.bundle import (
     ModelBundle,
-    default_model_path,
     load_bundle,
     save_bundle,
     torch_state_equal,
 )
 from temseg.model.unet import UNet, build_unet
 from temseg.segment import binarize
+from temseg.synth import simulate_frame
 
 THRESHOLD = 0.5
 SHAPES = [(2, 1, 128, 128), (1, 1, 96, 160)]
@@ -95,9 +97,22 @@ def _restore_torch_threads() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def bundle() -> ModelBundle:
-    if (default_model_path() / "model.json").is_file():
-        return load_bundle(None)
     return ModelBundle(model=train_tiny_unet(), metadata={"default_threshold": THRESHOLD})
+
+
+@pytest.fixture(scope="module")
+def hrtem() -> tuple[ModelBundle, list[np.ndarray], list[np.ndarray]]:
+    """The bundled model, two simulated 256 px HRTEM batches and its fp32 CPU probabilities."""
+    bundled = load_bundle(None)
+    frames = []
+    for material, seed in (("Au", 11), ("CdSe", 12)):
+        image = simulate_frame(material, 256, seed).image
+        frames.append(normalise(image, bundled.normalisation)[None, None])
+    engine = TorchEngine(bundled, threads=1)
+    try:
+        return bundled, frames, [engine.predict(x) for x in frames]
+    finally:
+        engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +149,6 @@ def assert_same_masks(
 
 
 def test_reference_model_segments_the_frames(bundle: ModelBundle) -> None:
-    if bundle.path is not None:
-        pytest.skip("bundled model: trained on HRTEM frames, not on these discs")
     x, truth = blob_frames(np.random.default_rng(3), (2, 1, 128, 128))
     probability = TorchEngine(bundle, threads=1).predict(x)
     assert (binarize(probability, THRESHOLD) == truth).mean() > 0.97
@@ -150,6 +163,18 @@ def test_onnxruntime_cpu_matches_torch_fp32(
     try:
         assert (engine.backend, engine.name) == ("onnxruntime", "onnxruntime-cpu")
         assert isinstance(engine, Engine)
+        assert_same_masks(engine, frames, reference, atol=1e-4)
+    finally:
+        engine.close()
+
+
+def test_onnxruntime_cpu_matches_torch_fp32_on_hrtem_frames(
+    hrtem: tuple[ModelBundle, list[np.ndarray], list[np.ndarray]], tmp_path: Path
+) -> None:
+    bundled, frames, reference = hrtem
+    assert any(binarize(p, THRESHOLD).any() for p in reference)  # particles were found
+    engine = load_engine(bundled, "onnxruntime", "cpu", threads=1, cache_dir=tmp_path)
+    try:
         assert_same_masks(engine, frames, reference, atol=1e-4)
     finally:
         engine.close()
@@ -314,6 +339,19 @@ def test_torch_cuda_fp16_channels_last_agrees_with_fp32(
         again = [engine.predict(x) for x in reversed(frames)]
         for a, b in zip(reversed(again), reference, strict=True):
             assert agreement(a, b) >= 0.999
+    finally:
+        engine.close()
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_torch_cuda_fp16_bundled_model_agrees_on_hrtem_frames(
+    hrtem: tuple[ModelBundle, list[np.ndarray], list[np.ndarray]],
+) -> None:
+    bundled, frames, reference = hrtem
+    engine = TorchEngine(bundled, device="cuda")
+    try:
+        assert_same_masks(engine, frames, reference, atol=None)
     finally:
         engine.close()
 
