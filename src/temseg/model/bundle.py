@@ -149,9 +149,8 @@ def load_bundle(path: str | Path | None = None) -> ModelBundle:
         raise BundleError(f"{root}: weights do not load: {exc}") from exc
     actual_id = _file_sha256(weights_file)[:16]
     if metadata.get("model_id") != actual_id:
-        raise BundleError(
-            f"{root}: model_id {metadata.get('model_id')!r} does not match the weights ({actual_id})"
-        )
+        declared = metadata.get("model_id")
+        raise BundleError(f"{root}: model_id {declared!r} does not match the weights ({actual_id})")
     model.eval()
     return ModelBundle(model=model, metadata=metadata, path=root.resolve())
 
