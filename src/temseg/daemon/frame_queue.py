@@ -30,6 +30,7 @@ class FrameQueue(Generic[T]):
         if maxsize < 1:
             raise ValueError(f"queue size must be >= 1, got {maxsize}")
         self.maxsize = maxsize
+        self.high_water = 0  # most items ever queued at once
         self._items: deque[T] = deque()
         self._cond = threading.Condition()
         self._stop = stop
@@ -46,6 +47,7 @@ class FrameQueue(Generic[T]):
                     raise Stopped
                 self._cond.wait(poll_s)
             self._items.append(item)
+            self.high_water = max(self.high_water, len(self._items))
             self._cond.notify_all()
 
     def take_batch(

@@ -43,6 +43,7 @@ import numpy as np
 from sqlalchemy.exc import OperationalError
 
 from temseg.config import Settings
+from temseg.daemon.faults import FaultPoints
 from temseg.daemon.frame_queue import FrameQueue, SeenCache, Stopped
 from temseg.daemon.lifecycle import Notifier, WatchdogPinger, install_stop_signals
 from temseg.daemon.models import EngineOptions, ModelServer, ServedModel
@@ -75,6 +76,8 @@ class DaemonStats:
     backlog: int = 0  # frames found in the folder at start
     batches: int = 0  # engine calls
     largest_batch: int = 0
+    max_pending: int = 0  # most frames accepted and not yet finished at one time
+    max_queued: int = 0  # most frames waiting in the frame queue at one time
 
     @property
     def mean_latency_ms(self) -> float | None:
@@ -169,6 +172,7 @@ class Daemon:
         self.settings = settings
         self._busy_timeout_ms = db_busy_timeout_ms
         self.root = check_daemon_settings(settings)
+        self._faults = FaultPoints.from_env()
         self.stats = DaemonStats()
         self.notifier = notifier if notifier is not None else Notifier()
         self.bound_url: str | None = None
@@ -267,6 +271,7 @@ class Daemon:
         self.notifier.stopping("finishing frames in flight")
         logger.info("stopping: finishing %d accepted frame(s)", self.pending)
         self._shutdown()
+        self.stats.max_queued = self._queue.high_water
         logger.info(
             "stopped done=%d failed=%d skipped=%d published=%d",
             self.stats.done,
@@ -342,6 +347,7 @@ class Daemon:
                 self._slots.release()
                 return False
             self._outstanding += 1
+            self.stats.max_pending = max(self.stats.max_pending, self._outstanding)
             self._reading += 1
             job.ticket = self._next_ticket
             self._next_ticket += 1
@@ -385,6 +391,8 @@ class Daemon:
         queued = False
         try:
             ready = self._prepare(job)
+            if ready:
+                self._faults.reached("read")
         except Exception:
             logger.exception("reader failed path=%s", job.path)
             ready = False
@@ -446,7 +454,9 @@ class Daemon:
                     if self._closing.is_set() and self._drained():
                         return
                     continue
-                for outcome in self._infer(batch):
+                outcomes = self._infer(batch)
+                self._faults.reached("infer")
+                for outcome in outcomes:
                     self._results.put(outcome)
         finally:
             self._inference_done.set()
@@ -537,6 +547,7 @@ class Daemon:
                     continue
                 try:
                     self._complete(outcome, publisher)
+                    self._faults.reached("publish")
                 except Exception:
                     logger.exception("recording failed path=%s", outcome.job.path)
                 finally:
@@ -640,9 +651,11 @@ class Daemon:
         )
 
     def _record(self, common: dict[str, Any], **fields: Any) -> int:
-        return _retry_locked(
+        frame_id = _retry_locked(
             lambda: record_frame(self._db, **common, **fields), "record", self._abort.is_set
         )
+        self._faults.reached("record")
+        return frame_id
 
     def _write_mask(self, job: _Job, mask: np.ndarray) -> Path | None:
         from temseg.frames.write import write_mask_tiff
