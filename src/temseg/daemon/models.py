@@ -2,11 +2,14 @@
 
 The model is, in order: the bundle named by ``--model`` (pinned: never
 swapped), else the model promoted to active in the database, else the bundle
-shipped with temseg. :meth:`ModelServer.refresh` is called between batches
-by the inference thread; when the database's active model changed it loads
-the new bundle and engine, warms them up and swaps them in. A bundle that
-fails to load is rejected with an ERROR log and the current model keeps
-serving; it is tried again only once the active model changes again.
+shipped with temseg. :meth:`ModelServer.refresh` is called by the
+inference thread before a batch (when frames arrive after an idle spell,
+and at least every few seconds under load); when the database's active
+model changed it loads the new bundle and engine, warms them up and swaps
+them in. A bundle that fails to load is rejected with an ERROR log and the
+current model keeps serving; it is tried again only once the active model
+changes again. Thresholds are cached per (model id, material) between
+refreshes, so a frame costs no database query for its threshold.
 """
 
 from __future__ import annotations
@@ -57,6 +60,17 @@ class EngineOptions:
     batch: int = 4
 
 
+def frames_per_call(engine: Engine, batch_size: int) -> int:
+    """How many frames the daemon passes to ``engine`` in one call.
+
+    Up to ``batch_size`` on a GPU (TensorRT, or a CUDA engine); one on CPU,
+    where a batch costs more CPU time per frame than single frames and,
+    at 2048 px, far more memory (see ``benchmarks/RESULTS.md``).
+    """
+    on_gpu = engine.backend == "tensorrt" or "cuda" in engine.name
+    return batch_size if on_gpu else 1
+
+
 def load_served(
     path: str | None, source: str, registry_id: str | None, options: EngineOptions
 ) -> ServedModel:
@@ -105,6 +119,7 @@ class ModelServer:
         self._pinned = pinned
         self._options = options if options is not None else EngineOptions()
         self._rejected: str | None = None
+        self._thresholds: dict[tuple[str, str], tuple[float, str]] = {}
         self.swaps = 0
         self.rejects = 0
         self.current = self._initial()
@@ -138,7 +153,10 @@ class ModelServer:
         """Swap in the database's active model if it changed; True when a swap happened.
 
         With no active model any more, the bundled model takes over again.
+        Cached thresholds are forgotten, so new calibrations apply from the
+        next lookup on.
         """
+        self._thresholds.clear()
         if self._pinned is not None:
             return False
         record = active_model(self._db)
@@ -174,13 +192,21 @@ class ModelServer:
 
         The latest calibration in the database for (material, model id) wins,
         else the bundle's own per-material or default threshold. ``source`` is
-        "calibration" or "bundle".
+        "calibration" or "bundle". The answer is cached per (model id,
+        material) until the next :meth:`refresh`.
         """
         model = self.current
+        key = (model.model_id, material)
+        cached = self._thresholds.get(key)
+        if cached is not None:
+            return cached
         calibration = latest_calibration(self._db, material, model.model_id)
         if calibration is not None:
-            return float(calibration.threshold), "calibration"
-        return model.bundle.threshold_for(material), "bundle"
+            found = float(calibration.threshold), "calibration"
+        else:
+            found = model.bundle.threshold_for(material), "bundle"
+        self._thresholds[key] = found
+        return found
 
     def close(self) -> None:
         self.current.engine.close()

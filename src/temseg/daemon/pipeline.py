@@ -9,13 +9,18 @@ Stages and threads:
    the SHA-256 identity, skip (path, SHA-256) pairs already handled or
    recorded, decode the TIFF, decide the material, and put the job on the
    bounded :class:`FrameQueue` (waiting while it is full).
-3. **Inference** (one thread): between batches, follow the database's active
-   model; take the frames that arrived together (same shape and pixel size,
-   up to ``batch_size``), run them through the engine in one call, threshold
-   each with its material's calibrated threshold and measure its particles.
-4. **Recorder** (one thread, the only user of the ZeroMQ socket): write the
-   mask TIFF if asked, record the frame in the database first (its id goes
-   into the message), then publish the mask, or the error on ``temseg.error``.
+3. **Inference** (one thread, nothing but the engine's work): follow the
+   database's active model and calibrations (checked when frames arrive
+   after an idle spell and every ``MODEL_CHECK_S`` under load; thresholds
+   are cached in between); take the frames that arrived together (same
+   shape and pixel size; up to ``batch_size`` on a GPU, one at a time on
+   CPU, see :func:`frames_per_call`) and run them through the engine in one
+   call. The probability map goes on with its material's threshold.
+4. **Recorder** (one thread, the only user of the ZeroMQ socket): threshold
+   the probability and measure the particles (here, so the engine starts
+   the next frame at once), write the mask TIFF if asked, record the frame
+   in the database first (its id goes into the message), then publish the
+   mask, or the error on ``temseg.error``.
 
 A database that stays locked (``OperationalError``) is retried with back-off.
 Stopping closes the intake, finishes every frame already accepted (at most
@@ -46,7 +51,7 @@ from temseg.config import Settings
 from temseg.daemon.faults import FaultPoints
 from temseg.daemon.frame_queue import FrameQueue, SeenCache, Stopped
 from temseg.daemon.lifecycle import Notifier, WatchdogPinger, install_stop_signals
-from temseg.daemon.models import EngineOptions, ModelServer, ServedModel
+from temseg.daemon.models import EngineOptions, ModelServer, ServedModel, frames_per_call
 from temseg.daemon.rules import check_daemon_settings, mask_path, relative_posix, resolve_material
 from temseg.daemon.watcher import FrameWatcher, scan_backlog
 from temseg.frames import Frame, FrameError, read_frame
@@ -57,6 +62,7 @@ from temseg.store import connect, is_recorded, record_frame
 logger = logging.getLogger("temseg.daemon")
 
 READERS = 2
+MODEL_CHECK_S = 2.0  # seconds between checks of the active model and calibrations under load
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _T = TypeVar("_T")
 
@@ -109,10 +115,11 @@ class _Job:
 class _Outcome:
     job: _Job
     model: ServedModel | None = None
-    segmentation: Segmentation | None = None
+    segmentation: Segmentation | None = None  # made by the recorder thread
     probability: np.ndarray | None = None
     threshold: float | None = None
     threshold_source: str = ""
+    pixel_nm: float | None = None  # nm per pixel, for the particles' sizes
     infer_ms: float = 0.0  # per frame: the batch's engine time divided among its frames
     segment_ms: float = 0.0  # thresholding and particle measurement
 
@@ -190,6 +197,8 @@ class Daemon:
         self._queued_ticket = 0  # the ticket whose turn it is to enter the queue
         self._turn = threading.Condition()
         self._inference_done = threading.Event()
+        self._check_due = True  # inference thread only: check the database before the next batch
+        self._last_check = 0.0  # time.monotonic() of the last check
         self._backlog_submitted = threading.Event()
         self._publisher_ready = threading.Event()
         self._publisher_error: BaseException | None = None
@@ -445,11 +454,14 @@ class Daemon:
     # ----------------------------------------------------------------- inference
 
     def _inference_loop(self) -> None:
+        models = self._models
+        assert models is not None
         try:
             while True:
-                batch = self._queue.take_batch(
-                    self.settings.batch_size, _Job.batch_key, timeout_s=0.1
-                )
+                if len(self._queue) == 0:  # idle: the next frame sees the database as it is then
+                    self._check_due = True
+                limit = frames_per_call(models.current.engine, self.settings.batch_size)
+                batch = self._queue.take_batch(limit, _Job.batch_key, timeout_s=0.1)
                 if not batch:
                     if self._closing.is_set() and self._drained():
                         return
@@ -471,14 +483,11 @@ class Daemon:
             return [_Outcome(job) for job in batch]
         models = self._models
         assert models is not None
-        try:
-            if models.refresh():
-                self.stats.model_swaps += 1
-        except OperationalError as exc:
-            logger.warning("active model check skipped: database busy (%s)", exc.orig)
-        except Exception:  # the serving model stays; the next batch checks again
-            logger.exception("active model check failed")
-        self.stats.model_rejects = models.rejects
+        now = time.monotonic()
+        if self._check_due or now - self._last_check >= MODEL_CHECK_S:
+            self._check_due = False
+            self._last_check = now
+            self._check_models(models)
         model = models.current
         outcomes = [_Outcome(job, model=model) for job in batch]
         try:
@@ -502,20 +511,28 @@ class Daemon:
             self.stats.batches += 1
             self.stats.largest_batch = max(self.stats.largest_batch, len(frames))
             for outcome, probability, frame in zip(outcomes, probabilities, frames, strict=True):
-                assert outcome.threshold is not None
-                start = time.perf_counter()
-                outcome.segmentation = segment_probability(
-                    probability, outcome.threshold, frame.pixel_nm
-                )
-                outcome.segment_ms = (time.perf_counter() - start) * 1e3
                 outcome.probability = probability
+                outcome.pixel_nm = frame.pixel_nm
                 outcome.infer_ms = infer_ms
         except Exception as exc:  # an engine failure fails these frames, not the daemon
             logger.exception("inference failed for %d frame(s)", len(batch))
             for outcome in outcomes:
                 outcome.job.error = f"{outcome.job.path}: inference failed ({exc})"
-                outcome.segmentation = None
+                outcome.probability = None
         return outcomes
+
+    def _check_models(self, models: ModelServer) -> None:
+        """Follow the database's active model; forget cached thresholds (new calibrations)."""
+        try:
+            if models.refresh():
+                self.stats.model_swaps += 1
+        except OperationalError as exc:
+            logger.warning("active model check skipped: database busy (%s)", exc.orig)
+            self._check_due = True
+        except Exception:  # the serving model stays; the next batch checks again
+            logger.exception("active model check failed")
+            self._check_due = True
+        self.stats.model_rejects = models.rejects
 
     # ----------------------------------------------------------------- recorder
 
@@ -555,7 +572,23 @@ class Daemon:
         finally:
             publisher.close()
 
+    def _segment(self, outcome: _Outcome) -> None:
+        """Threshold the probability map and measure its particles (a failure fails the frame)."""
+        job = outcome.job
+        if outcome.probability is None or outcome.threshold is None or job.error is not None:
+            return
+        start = time.perf_counter()
+        try:
+            outcome.segmentation = segment_probability(
+                outcome.probability, outcome.threshold, outcome.pixel_nm
+            )
+        except Exception as exc:
+            logger.exception("segmentation failed path=%s", job.path)
+            job.error = f"{job.path}: segmentation failed ({exc})"
+        outcome.segment_ms = (time.perf_counter() - start) * 1e3
+
     def _complete(self, outcome: _Outcome, publisher: Any) -> None:
+        self._segment(outcome)
         job, seg = outcome.job, outcome.segmentation
         failed = seg is None or job.error is not None
         written_mask = None
@@ -598,7 +631,7 @@ class Daemon:
                 mask_path=None if written_mask is None else str(written_mask),
                 height=height,
                 width=width,
-                pixel_nm=job.frame.pixel_nm,
+                pixel_nm=outcome.pixel_nm,
                 backend=model.engine.backend,
                 particles=seg.particles,
             )
@@ -616,7 +649,7 @@ class Daemon:
                 "threshold_source": outcome.threshold_source,
                 "n_particles": seg.n_particles,
                 "area_fraction": seg.area_fraction,
-                "pixel_nm": job.frame.pixel_nm,
+                "pixel_nm": outcome.pixel_nm,
                 "particles": [p.to_dict() for p in seg.particles],
                 "timing_ms": {
                     "read": round(read_ms, 3),
