@@ -524,3 +524,45 @@ def test_sigterm_drains_frame_in_flight_and_notifies_systemd(
         notify.close()
         notify_path.unlink(missing_ok=True)
         sock_dir.rmdir()
+
+
+def test_cpu_engine_runs_one_frame_per_call(make_daemon, acq: Path, db_path: Path) -> None:
+    from temseg.daemon.models import frames_per_call
+
+    paths = [acq / f"backlog_{i}.tif" for i in range(6)]
+    for i, path in enumerate(paths):
+        path.write_bytes(tiff_bytes(100 + i))
+    daemon = make_daemon(batch_size=4)
+    assert daemon.model is not None and frames_per_call(daemon.model.engine, 4) == 1
+    assert daemon.wait_idle(30)
+    assert daemon.stats.done == len(paths)
+    assert daemon.stats.largest_batch == 1 and daemon.stats.batches == len(paths)
+    assert all(row_for(db_path, p)["n_particles"] is not None for p in paths)
+
+
+def test_thresholds_cached_until_the_model_check(db_path: Path, bundles: dict[str, Path]) -> None:
+    from temseg.daemon.models import ModelServer
+
+    with store(db_path) as engine:
+        server = ModelServer(engine, pinned=str(bundles["a"]))
+        try:
+            assert server.threshold("CdSe") == (0.6, "bundle")
+            record_calibration(
+                engine,
+                material="CdSe",
+                model_id=bundle_id(bundles["a"]),
+                threshold=0.35,
+                precision=0.9,
+                recall=0.8,
+                dice=0.85,
+                n_images=4,
+                curve={},
+                plot_path=None,
+                criterion="max_f1",
+            )
+            assert server.threshold("CdSe") == (0.6, "bundle")  # cached
+            assert server.threshold("Au") == (0.5, "bundle")
+            assert server.refresh() is False  # pinned: no swap, but the cache is gone
+            assert server.threshold("CdSe") == (0.35, "calibration")
+        finally:
+            server.close()
