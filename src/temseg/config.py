@@ -54,7 +54,7 @@ class Settings:
     tile: int = 2048  # pixels; frames larger than this are tiled
     tile_overlap: int = 64  # pixels
     queue_size: int = 16  # frames waiting for inference
-    batch_size: int = 4  # frames that arrived together are batched up to this many
+    batch_size: int = 4  # GPU: frames that arrived together are batched up to this many; CPU: 1
     log_level: str = "INFO"
 
 
