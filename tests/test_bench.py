@@ -40,6 +40,8 @@ def test_report_has_every_stage_with_its_frame_count(bench_run: tuple[str, dict,
         assert stage["peak_rss_mb"] > 0 and stage["cpu_ms_per_frame"] > 0
         assert stage["peak_gpu_mb"] is None  # CPU run
     assert report["device"] == "cpu" and report["threads"] == 1 and report["batch_size"] == 4
+    assert report["frames_per_call"] == 1  # the daemon batches on GPU engines only
+    assert report["stages"]["daemon"]["details"]["daemon_stats"]["largest_batch"] == 1
     assert report["stages"]["engine"]["details"]["engine"] == report["backend"]
 
 

@@ -23,6 +23,7 @@ from temseg.bench.stages import (
 )
 from temseg.bench.stats import StageResult
 from temseg.config import Settings
+from temseg.daemon.models import frames_per_call
 from temseg.engine import load_engine
 from temseg.engine.base import resolve_device, resolve_threads
 from temseg.model.bundle import BundleError, ModelBundle, load_bundle, save_bundle
@@ -64,7 +65,7 @@ class BenchReport:
     device: str
     threads: int
     backend: str
-    batch_size: int
+    batch_size: int  # the daemon's setting: a cap, used on GPU engines only
     model_id: str
     model_source: str
     started_at: str
@@ -72,6 +73,7 @@ class BenchReport:
     stages: dict[str, StageResult] = field(default_factory=dict)
     ratios: dict[str, float | None] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
+    frames_per_call: int = 1  # frames per engine call in the daemon with this engine
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy, each target with its ``met`` flag."""
@@ -216,6 +218,7 @@ def run_bench(
     engine = load_engine(bundle, backend=backend, device=resolved, threads=threads)
     try:
         report.backend = engine.name
+        report.frames_per_call = frames_per_call(engine, batch)
         report.stages["engine"] = bench_engine(
             inputs, engine, bundle, resolved, tile=defaults.tile, overlap=defaults.tile_overlap
         )
@@ -283,7 +286,7 @@ def format_report(report: BenchReport) -> str:
     lines = [
         f"temseg bench {report.started_at}: {report.frames} frames of {report.size} x "
         f"{report.size} px, device {report.device}{threads}, engine {report.backend}, "
-        f"daemon batch {report.batch_size}, "
+        f"daemon batch {report.batch_size} ({report.frames_per_call} frame(s) per engine call), "
         f"model {report.model_id} ({report.model_source})",
         "",
         f"{'stage':48s} {'frames/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'CPU ms/fr':>10s} "
