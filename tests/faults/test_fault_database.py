@@ -1,0 +1,163 @@
+"""The database becomes unusable for a while: locked by another process, or on a full disk.
+
+Frames must wait and be retried, the daemon must log it and keep running,
+and once the lock is released or space freed every frame is recorded once.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faultkit import (
+    DaemonProcess,
+    assert_recorded_once,
+    count_rows,
+    frame_rows,
+    integrity,
+    scaled,
+    tiff_bytes,
+    wait_for,
+    write_renamed,
+)
+
+# Holds a write lock until told to release it on stdin.
+LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+conn.close()
+"""
+
+
+def write_frames(folder: Path, prefix: str, seeds: range) -> dict[Path, str]:
+    """Write one frame per seed (renamed into place); return path -> SHA-256."""
+    written = {}
+    for seed in seeds:
+        data = tiff_bytes(seed)
+        path = folder / f"{prefix}_{seed:04d}.tif"
+        write_renamed(path, data)
+        written[path] = hashlib.sha256(data).hexdigest()
+    return written
+
+
+@pytest.mark.slow
+def test_database_locked_by_another_process(
+    make_daemon, acq: Path, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hold_s = scaled(3, 10)
+    n = scaled(20, 200)
+    daemon = make_daemon(db_busy_timeout_ms=100, queue_size=4, batch_size=2)
+    busy = "database busy during record"
+    with caplog.at_level(logging.WARNING, logger="temseg.daemon"):
+        locker = subprocess.Popen(
+            [sys.executable, "-c", LOCKER, str(db_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert locker.stdout is not None and locker.stdin is not None
+            assert locker.stdout.readline().strip() == "locked"
+            locked_at = time.monotonic()
+            expected = write_frames(acq, "locked", range(n))
+            assert wait_for(lambda: any(busy in r.getMessage() for r in caplog.records), 30)
+            assert count_rows(db_path) == 0  # readers still read; no frame got in
+            time.sleep(max(0.0, hold_s - (time.monotonic() - locked_at)))
+            assert daemon.healthy() and daemon.pending > 0  # waiting, not dropping
+            locker.stdin.write("release\n")
+            locker.stdin.flush()
+            assert locker.wait(timeout=30) == 0
+        finally:
+            if locker.poll() is None:
+                locker.kill()
+                locker.wait()
+        assert wait_for(lambda: count_rows(db_path) >= n, scaled(60, 300))
+    expected |= write_frames(acq, "after", range(n, n + 3))  # and it keeps going
+    assert wait_for(lambda: count_rows(db_path) >= n + 3, 60)
+    assert daemon.wait_idle(30) and daemon.healthy()
+    stats = daemon.stop()
+    rows = frame_rows(db_path)
+    assert_recorded_once(rows, expected)
+    assert {r["status"] for r in rows} == {"done"} and stats.failed == 0
+    assert integrity(db_path) == "ok"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs mounted for the test (needs root; skipped where mounting is not allowed)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(path: Path) -> int:
+    """Write zeros to ``path`` until the file system is full; return the bytes written."""
+    written = 0
+    with open(path, "wb", buffering=0) as fh:
+        for chunk in (b"\0" * (1 << 16), b"\0" * 4096, b"\0"):
+            try:
+                while True:
+                    written += fh.write(chunk) or 0
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    return written
+
+
+@pytest.mark.slow
+def test_database_on_a_full_disk(small_disk: Path, acq: Path) -> None:
+    db = small_disk / "temseg.db"
+    n = scaled(10, 100)
+    daemon = DaemonProcess(
+        "--watch", str(acq),
+        "--db", str(db),
+        "--publish", "tcp://127.0.0.1:0",
+        "--threads", "1",
+    )  # fmt: skip
+    try:
+        daemon.wait_line(" ready ")
+        expected = write_frames(acq, "before", range(3))
+        assert wait_for(lambda: count_rows(db) >= 3, 60)
+
+        filler = small_disk / "filler"
+        assert fill(filler) > 0
+        expected |= write_frames(acq, "full", range(3, 3 + n))
+        daemon.wait_line("database or disk is full")  # logged and retried
+        assert count_rows(db) == 3
+        assert daemon.proc.poll() is None  # still running
+
+        filler.unlink()  # space freed: the waiting frames go in
+        assert wait_for(lambda: count_rows(db) >= 3 + n, 60)
+        expected |= write_frames(acq, "after", range(3 + n, 6 + n))
+        assert wait_for(lambda: count_rows(db) >= 6 + n, 60)
+        assert daemon.terminate() == 0
+    finally:
+        daemon.close()
+    rows = frame_rows(db)
+    assert_recorded_once(rows, expected)
+    assert {r["status"] for r in rows} == {"done"}
+    assert integrity(db) == "ok"
