@@ -52,7 +52,15 @@ from temseg.daemon.faults import FaultPoints
 from temseg.daemon.frame_queue import FrameQueue, SeenCache, Stopped
 from temseg.daemon.lifecycle import Notifier, WatchdogPinger, install_stop_signals
 from temseg.daemon.models import EngineOptions, ModelServer, ServedModel, frames_per_call
-from temseg.daemon.rules import check_daemon_settings, mask_path, relative_posix, resolve_material
+from temseg.daemon.rules import (
+    MATERIAL_RULE,
+    check_daemon_settings,
+    is_loopback_endpoint,
+    mask_path,
+    relative_posix,
+    resolve_material,
+    valid_material,
+)
 from temseg.daemon.watcher import FrameWatcher, scan_backlog
 from temseg.frames import Frame, FrameError, read_frame
 from temseg.inference import predict_batch
@@ -180,6 +188,12 @@ class Daemon:
         self._busy_timeout_ms = db_busy_timeout_ms
         self.root = check_daemon_settings(settings)
         self._faults = FaultPoints.from_env()
+        if settings.curve_keys is None and not is_loopback_endpoint(settings.publish):
+            logger.warning(
+                "publishing on %s WITHOUT CURVE: every host that can reach this port receives "
+                "the masks; set curve_keys (temseg keys generate) or bind 127.0.0.1",
+                settings.publish,
+            )
         self.stats = DaemonStats()
         self.notifier = notifier if notifier is not None else Notifier()
         self.bound_url: str | None = None
@@ -446,6 +460,12 @@ class Daemon:
                 job.error = str(exc)
             except (OSError, MemoryError) as exc:
                 job.error = f"{job.path}: cannot read ({exc})"
+        if frame_material and not valid_material(frame_material):
+            job.error = (
+                f"{job.path}: material {frame_material[:80]!r} in the frame's metadata "
+                f"is not a valid name ({MATERIAL_RULE})"
+            )
+            job.frame, frame_material = None, None
         job.material, _ = resolve_material(
             frame_material, job.relative, self.settings.folder_rules, self.settings.material
         )

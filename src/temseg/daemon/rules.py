@@ -3,12 +3,50 @@
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 from temseg.config import ConfigError, Settings
+
+MATERIAL_RULE = "1 to 64 letters, digits, '_', '.', '+' or '-', starting with a letter or digit"
+_MATERIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+_LOCAL_TRANSPORTS = ("ipc", "inproc")
+_LOOPBACK_NAMES = ("localhost", "lo")
+
+
+def valid_material(name: str) -> bool:
+    """True when ``name`` may be used as a material (see ``MATERIAL_RULE``).
+
+    Materials go into stream topics, log lines and database rows; the rule
+    keeps out path separators, '..' prefixes, spaces and control characters.
+    """
+    return _MATERIAL_NAME.fullmatch(name) is not None
+
+
+def is_loopback_endpoint(url: str) -> bool:
+    """True when a ZeroMQ bind endpoint is reachable from this host only.
+
+    ``ipc://`` and ``inproc://`` are local; ``tcp://HOST:PORT`` is local when
+    HOST is a loopback address, ``localhost`` or the interface ``lo``.
+    ``*``, ``0.0.0.0``, other addresses and interfaces, and other transports
+    are not.
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme in _LOCAL_TRANSPORTS:
+        return True
+    if scheme != "tcp":
+        return False
+    host = rest.rpartition(":")[0].strip("[]")
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def resolve_material(
@@ -64,8 +102,9 @@ def sqlite_file(db_url: str) -> Path | None:
 def check_daemon_settings(settings: Settings) -> Path:
     """Validate what the daemon needs; return the resolved watched folder.
 
-    Refuses (:class:`ConfigError`) a missing watched folder, and a mask
-    folder or SQLite database inside it: the daemon never writes there.
+    Refuses (:class:`ConfigError`) a missing watched folder, a mask folder
+    or SQLite database inside it (the daemon never writes there), and
+    material names that break ``MATERIAL_RULE``.
     """
     if settings.watch is None:
         raise ConfigError("no folder to watch: pass --watch DIR or set 'watch' in the config")
@@ -88,4 +127,7 @@ def check_daemon_settings(settings: Settings) -> Path:
         raise ConfigError("queue_size and batch_size must be at least 1")
     if not settings.patterns:
         raise ConfigError("patterns is empty: nothing would ever be processed")
+    for material in (settings.material, *settings.folder_rules.values()):
+        if not valid_material(material):
+            raise ConfigError(f"material {material!r} is not a valid name: {MATERIAL_RULE}")
     return root
