@@ -258,6 +258,12 @@ def daemon(
     queue_size: int | None = typer.Option(None, "--queue-size", min=1, help="Frame queue."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Max batch."),
     log_level: str | None = typer.Option(None, "--log-level", help="DEBUG | INFO | WARNING."),
+    curve_keys: str | None = typer.Option(
+        None,
+        "--curve-keys",
+        help="Key folder from `temseg keys generate`: encrypt the stream (CURVE) and accept "
+        "only the clients whose public keys are in its authorized/.",
+    ),
 ) -> None:
     """Watch a folder and segment each new frame until SIGTERM/SIGINT (systemd: Type=notify)."""
     from temseg.config import ConfigError, load_settings
@@ -278,6 +284,7 @@ def daemon(
         "queue_size": queue_size,
         "batch_size": batch_size,
         "log_level": log_level,
+        "curve_keys": curve_keys,
     }
     try:
         settings = load_settings(config, overrides)
