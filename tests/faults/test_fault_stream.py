@@ -1,0 +1,83 @@
+"""A subscriber that connects and never reads must not slow down or block the pipeline."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from faultkit import count_rows, frame_rows, scaled, tiff_bytes, wait_for, write_renamed
+
+from temseg.daemon import Daemon
+from temseg.stream import StreamMessage, Subscriber
+
+SIZE = 256  # pixels: a mask plus float16 probabilities is 192 KiB per message
+
+
+def probe_until_connected(daemon: Daemon, acq: Path, fast: Subscriber, stalled: zmq.Socket) -> int:
+    """Write probe frames until both subscribers have one waiting; return how many were written."""
+    probes = acq / "probes"
+    probes.mkdir()
+    for i in range(40):
+        write_renamed(probes / f"probe_{i:02d}.tif", tiff_bytes(90_000 + i, SIZE))
+        if fast.receive(timeout_ms=500) is not None and stalled.poll(500, zmq.POLLIN):
+            return i + 1
+    raise AssertionError("subscribers never received a probe")
+
+
+def receive_frames(
+    sub: Subscriber, n: int, got: list[StreamMessage], timeout_s: float = 120
+) -> None:
+    """Append the next ``n`` non-probe messages to ``got`` (gives up after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        message = sub.receive(timeout_ms=200)
+        if message is not None and "probe_" not in message.header["source"]:
+            got.append(message)
+
+
+@pytest.mark.slow
+def test_subscriber_that_never_reads_does_not_block_the_pipeline(
+    make_daemon, acq: Path, db_path: Path
+) -> None:
+    n = scaled(80, 400)
+    daemon = make_daemon(send_hwm=4, send_probability=True)
+    assert daemon.bound_url is not None
+    context = zmq.Context()
+    stalled = context.socket(zmq.SUB)
+    stalled.setsockopt(zmq.RCVHWM, 1)
+    stalled.setsockopt(zmq.RCVBUF, 4096)  # bytes: a small kernel buffer fills at once
+    stalled.setsockopt(zmq.LINGER, 0)
+    stalled.setsockopt(zmq.SUBSCRIBE, b"temseg.")
+    stalled.connect(daemon.bound_url)
+    fast = Subscriber(daemon.bound_url, timeout_ms=200)
+    try:
+        n_probes = probe_until_connected(daemon, acq, fast, stalled)
+        got: list[StreamMessage] = []
+        receiver = threading.Thread(target=receive_frames, args=(fast, n, got))
+        receiver.start()
+        for i in range(n):
+            write_renamed(acq / f"frame_{i:04d}.tif", tiff_bytes(i, SIZE))
+        assert wait_for(lambda: count_rows(db_path) >= n + n_probes, scaled(60, 300))
+        assert daemon.wait_idle(30) and daemon.healthy()
+        receiver.join(timeout=60)
+
+        # Every frame was recorded and reached the subscriber that reads, without gaps ...
+        assert {r["status"] for r in frame_rows(db_path)} == {"done"}
+        assert len(got) == n and fast.gaps == []
+        assert got[0].probability is not None and got[0].probability.shape == (SIZE, SIZE)
+        # ... while the one that never read was given up on: it holds only part of the stream.
+        held = 0
+        while stalled.poll(200, zmq.POLLIN):
+            stalled.recv_multipart()
+            held += 1
+        assert held < n, f"the stalled subscriber was sent all {n} messages"
+        print(f"\n{n} frames recorded and received; the stalled subscriber held {held}")
+    finally:
+        fast.close()
+        stalled.close()
+        context.term()
+    stats = daemon.stop()
+    assert stats.done == n + n_probes
