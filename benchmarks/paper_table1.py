@@ -16,12 +16,17 @@ Frame seeds (``temseg.synth.frame_seed(run, material, index)``): training
 run ``100 + seed``, threshold-sweep run 20000, test run 30000, all disjoint
 from the bundled model's runs (0 for training, 10000 for its held-out
 scores). Training frames are written to a temporary folder, removed at the
-end; ``--out`` keeps the trained bundles and ``results.json``.
+end; ``--out`` keeps the trained bundles and ``results.json`` (rewritten
+after each seed). ``--report`` prints the tables of saved ``results.json``
+files, so seeds run one invocation each are reported together.
 
-Example (2 CPU cores, about 15 minutes)::
+Example (2 CPU cores, 5-12 minutes per seed)::
 
-    nice -n 10 python benchmarks/paper_table1.py --n-images 64 --epochs 6 \\
-        --patch 256 --seeds 0,1,2 --out /tmp/table1
+    for s in 0 1 2; do
+        nice -n 10 python benchmarks/paper_table1.py --n-images 64 --epochs 6 \\
+            --patch 256 --seeds $s --out /tmp/table1/s$s
+    done
+    python benchmarks/paper_table1.py --report /tmp/table1/s*/results.json
 """
 
 from __future__ import annotations
@@ -196,11 +201,24 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def markdown(results: list[dict[str, dict[str, Any]]], args: argparse.Namespace) -> str:
+SETTINGS = ("n_images", "epochs", "patch", "size", "batch", "lr", "test_frames", "sweep_frames")
+
+
+def settings_line(settings: dict[str, Any]) -> str:
+    """One line describing a run's settings."""
+    return (
+        f"{settings['n_images']} frames per model ({settings['size']} px), "
+        f"{settings['epochs']} epochs, patch {settings['patch']}, batch {settings['batch']}, "
+        f"lr {settings['lr']:g}; CdSe test frames: {settings['test_frames']} x "
+        f"{settings['size']} px (run {TEST_RUN}), threshold sweep on {settings['sweep_frames']} "
+        f"CdSe frames (run {SWEEP_RUN})"
+    )
+
+
+def markdown(results: list[dict[str, dict[str, Any]]], settings: dict[str, Any]) -> str:
     """The comparison table, a per-seed table and the paired Dice differences."""
     lines = [
-        f"CdSe test frames: {args.test_frames} x {args.size} px (run {TEST_RUN}); "
-        f"{len(results)} seed(s), mean ± sd over seeds.",
+        settings_line(settings) + f"; {len(results)} seed(s), mean ± sd over seeds.",
         "",
         "| training set | Dice @0.5 | precision @0.5 | recall @0.5 | max-F1 threshold "
         "(sweep) | Dice @it | precision @it | recall @it | Au Dice @0.5 | "
@@ -256,6 +274,16 @@ def markdown(results: list[dict[str, dict[str, Any]]], args: argparse.Namespace)
     return "\n".join(lines)
 
 
+def report(paths: Sequence[Path]) -> str:
+    """The tables of saved ``results.json`` files (same settings, e.g. one file per seed)."""
+    records = [json.loads(Path(p).read_text()) for p in paths]
+    settings = records[0]["settings"]
+    for path, record in zip(paths, records, strict=True):
+        if record["settings"] != settings:
+            raise SystemExit(f"{path}: other settings than {paths[0]}; not merged")
+    return markdown([r for record in records for r in record["results"]], settings)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-images", type=int, default=64, help="labelled frames per model")
@@ -269,13 +297,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-frames", type=int, default=20, help="CdSe frames for the sweep")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch CPU threads")
-    parser.add_argument("--out", type=Path, default=None, help="keep bundles + results.json")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="keep bundles + results.json (after each seed)"
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only print the tables of saved results.json files (no training)",
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return 0
     if args.n_images < 4 or args.n_images % 2:
         parser.error("--n-images must be an even number >= 4")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     torch.set_num_threads(args.threads)
     eval_device = resolve_device(args.device).type
+    settings = {k: getattr(args, k) for k in SETTINGS}
 
     start = time.perf_counter()
     sweep = simulate_set("CdSe", args.sweep_frames, args.size, SWEEP_RUN)
@@ -285,17 +326,13 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out if args.out is not None else Path(tmp) / "bundles"
         for seed in seeds:
             results.append(run_seed(seed, Path(tmp), out, sweep, test, args, eval_device))
+            if args.out is not None:
+                args.out.mkdir(parents=True, exist_ok=True)
+                record = {"settings": settings, "device": eval_device, "results": results}
+                (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
     minutes = (time.perf_counter() - start) / 60
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        record = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}
-        (args.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(
-        f"\n{args.n_images} frames per model ({args.size} px), {args.epochs} epochs, "
-        f"patch {args.patch}, batch {args.batch}, lr {args.lr:g}, device {eval_device}, "
-        f"{minutes:.1f} min in all\n"
-    )
-    print(markdown(results, args))
+    print(f"\ndevice {eval_device}, {args.threads} threads, {minutes:.1f} min in all\n")
+    print(markdown(results, settings))
     return 0
 
 
