@@ -30,6 +30,7 @@ from temseg.calibrate.run import calibrate
 from temseg.synth import frame_name, frame_seed, simulate_frame
 
 DEFAULT_INDEX = 50  # threshold 0.5 on calibrate's 101-point grid
+SHOWN = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # thresholds of the curve table
 
 
 def write_frames(folder: Path, material: str, count: int, size: int, run: int) -> None:
@@ -91,10 +92,20 @@ def main(argv: list[str] | None = None) -> int:
         size_kb = r.plot_path.stat().st_size / 1024
         print(
             f"| {material} | {r.curves.n_images} | {c.threshold:.2f} | {c.precision:.3f} | "
-            f"{c.recall:.3f} | {c.f1:.3f} | {r.curves.precision[k]:.3f} | "
-            f"{r.curves.recall[k]:.3f} | {r.curves.f1[k]:.3f} | "
+            f"{c.recall:.3f} | {c.f1:.4f} | {r.curves.precision[k]:.3f} | "
+            f"{r.curves.recall[k]:.3f} | {r.curves.f1[k]:.4f} | "
             f"{r.plot_path.name} ({size_kb:.0f} KB) |"
         )
+    print("\nPrecision / recall / F1 versus threshold:\n")
+    print("| threshold | " + " | ".join(m for m, _ in rows) + " |")
+    print("|---:|" + "---|" * len(rows))
+    for t in SHOWN:
+        cells = []
+        for _, r in rows:
+            k = round(t * (r.curves.thresholds.size - 1))
+            p, rc, f = r.curves.precision[k], r.curves.recall[k], r.curves.f1[k]
+            cells.append(f"{p:.3f} / {rc:.3f} / {f:.4f}")
+        print(f"| {t:.2f} | " + " | ".join(cells) + " |")
     return 0
 
 
