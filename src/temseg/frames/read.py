@@ -107,15 +107,12 @@ def read_frame(path: str | Path, *, max_pixels: int = 2**28) -> Frame:
     """
     start = time.perf_counter()
     path = Path(path)
-    with _open_tiff(path) as tif:
-        page = _first_page(path, tif)
-        _check_page(path, tif, page, max_pixels)
-        try:
-            image = page.asarray()
-        except Exception as exc:  # tifffile/codecs raise many types for broken data
-            raise FrameError(f"{path}: pixel data cannot be decoded ({exc})") from exc
-        metadata = _collect_metadata(path, tif, page)
-        shape = (int(page.imagelength), int(page.imagewidth))
+    try:
+        image, metadata, shape = _decode(path, max_pixels)
+    except (FrameError, OSError):
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt headers and tags
+        raise FrameError(f"{path}: corrupt TIFF ({type(exc).__name__}: {exc})") from exc
     if image.size != shape[0] * shape[1]:
         raise FrameError(f"{path}: expected a 2-D grayscale image, got shape {image.shape}")
     image = image.reshape(shape)
@@ -131,6 +128,19 @@ def read_frame(path: str | Path, *, max_pixels: int = 2**28) -> Frame:
         path=path,
         read_ms=(time.perf_counter() - start) * 1e3,
     )
+
+
+def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any], tuple[int, int]]:
+    """Pixels as stored, metadata and (height, width) of the first page."""
+    with _open_tiff(path) as tif:
+        page = _first_page(path, tif)
+        _check_page(path, tif, page, max_pixels)
+        try:
+            image = page.asarray()
+        except Exception as exc:  # tifffile/codecs raise many types for broken data
+            raise FrameError(f"{path}: pixel data cannot be decoded ({exc})") from exc
+        metadata = _collect_metadata(path, tif, page)
+        return image, metadata, (int(page.imagelength), int(page.imagewidth))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -195,6 +205,11 @@ def _check_page(
         names = ", ".join(d.name for d in SUPPORTED_DTYPES)
         raise FrameError(f"{path}: unsupported sample type {dtype} (supported: {names})")
     size = tif.filehandle.size
+    if len(page.dataoffsets) != len(page.databytecounts):
+        raise FrameError(
+            f"{path}: corrupt TIFF ({len(page.dataoffsets)} data offsets but "
+            f"{len(page.databytecounts)} byte counts)"
+        )
     for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
         if offset + count > size:
             raise FrameError(
