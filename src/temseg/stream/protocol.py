@@ -121,8 +121,8 @@ def decode_message(parts: Sequence[bytes]) -> StreamMessage:
     try:
         topic = bytes(parts[0]).decode("utf-8")
         header = json.loads(bytes(parts[1]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"unreadable topic or header: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge ints, deep nesting
+        raise ProtocolError(f"unreadable topic or header: {str(exc)[:200]}") from exc
     if not isinstance(header, dict):
         raise ProtocolError("header must be a JSON object")
     if not isinstance(header.get("seq"), int) or not isinstance(header.get("run_id"), str):
