@@ -92,6 +92,8 @@ def test_database_locked_by_another_process(
     assert_recorded_once(rows, expected)
     assert {r["status"] for r in rows} == {"done"} and stats.failed == 0
     assert integrity(db_path) == "ok"
+    retries = sum(busy in r.getMessage() for r in caplog.records)
+    print(f"\n{n} frames waited {hold_s} s for the lock ({retries} retries logged), all recorded")
 
 
 @pytest.fixture
@@ -132,6 +134,7 @@ def fill(path: Path) -> int:
 def test_database_on_a_full_disk(small_disk: Path, acq: Path) -> None:
     db = small_disk / "temseg.db"
     n = scaled(10, 100)
+    full_s = scaled(3, 10)
     daemon = DaemonProcess(
         "--watch", str(acq),
         "--db", str(db),
@@ -147,6 +150,7 @@ def test_database_on_a_full_disk(small_disk: Path, acq: Path) -> None:
         assert fill(filler) > 0
         expected |= write_frames(acq, "full", range(3, 3 + n))
         daemon.wait_line("database or disk is full")  # logged and retried
+        time.sleep(full_s)  # the disk stays full a while
         assert count_rows(db) == 3
         assert daemon.proc.poll() is None  # still running
 
@@ -161,3 +165,5 @@ def test_database_on_a_full_disk(small_disk: Path, acq: Path) -> None:
     assert_recorded_once(rows, expected)
     assert {r["status"] for r in rows} == {"done"}
     assert integrity(db) == "ok"
+    retries = sum("database or disk is full" in line for line in daemon.lines)
+    print(f"\n{n} frames waited {full_s} s for disk space ({retries} retries logged), all recorded")
