@@ -70,14 +70,15 @@ def find_particles(
     labels, n = ndimage.label(mask > 0, structure=_EIGHT_CONNECTED)
     if n == 0:
         return []
-    flat = labels.ravel()
-    areas = np.bincount(flat, minlength=n + 1)[1:]
-    rows, cols = np.indices(labels.shape, dtype=np.float64)
-    centroids_y = np.bincount(flat, weights=rows.ravel(), minlength=n + 1)[1:] / areas
-    centroids_x = np.bincount(flat, weights=cols.ravel(), minlength=n + 1)[1:] / areas
+    h, w = mask.shape
+    inside = np.flatnonzero(labels)  # only particle pixels are counted
+    owner = labels.ravel()[inside]
+    rows, cols = np.divmod(inside, w)
+    areas = np.bincount(owner, minlength=n + 1)[1:]
+    centroids_y = np.bincount(owner, weights=rows, minlength=n + 1)[1:] / areas
+    centroids_x = np.bincount(owner, weights=cols, minlength=n + 1)[1:] / areas
     centroids = zip(centroids_y.tolist(), centroids_x.tolist(), strict=True)
     slices = ndimage.find_objects(labels)
-    h, w = mask.shape
     particles: list[Particle] = []
     for i, (area, centroid, sl) in enumerate(zip(areas, centroids, slices, strict=True)):
         if area < min_area_px or sl is None:
