@@ -24,7 +24,9 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from typer.testing import CliRunner
 
+from temseg.cli import app
 from temseg.config import ConfigError, Settings
 from temseg.daemon import Daemon, Notifier
 from temseg.model import build_unet, save_bundle
@@ -242,6 +244,17 @@ def test_frames_segmented_published_recorded_and_folder_untouched(
         assert written == masks / path.relative_to(acq)
         np.testing.assert_array_equal(tifffile.imread(written), mask)
     assert row_for(db_path, old)["status"] == "done"  # the backlog
+
+    # The published mask is the mask `temseg segment` writes for the same frame.
+    offline = tmp_path / "offline"
+    result = CliRunner().invoke(
+        app,
+        ["segment", str(slow), str(renamed), "--model", str(bundles["a"]), "--out", str(offline)],
+    )
+    assert result.exit_code == 0, result.output
+    for path in (slow, renamed):
+        offline_mask = tifffile.imread(offline / f"{path.stem}_mask.tif")
+        np.testing.assert_array_equal(offline_mask, messages[path].mask)
 
     for path, print_ in untouched.items():
         assert fingerprint(path) == print_, path
