@@ -22,6 +22,7 @@ from temseg.synth import DEFAULT_PIXEL_NM, frame_name, frame_seed, simulate_fram
 
 MATERIALS = ("Au", "CdSe")
 ENGINE_WARMUP_CALLS = 2
+UNIQUE_FRAMES = 8  # simulated frames; the rest are shifted copies (materials still alternate)
 
 
 def write_frames(
@@ -35,16 +36,23 @@ def write_frames(
 ) -> list[Path]:
     """Simulate ``count`` uint16 frames of ``size`` x ``size`` pixels into ``folder``.
 
-    Materials alternate Au, CdSe; each TIFF carries ``pixel_nm`` (nm per
+    Materials alternate Au, CdSe; the first :data:`UNIQUE_FRAMES` are simulated,
+    later ones reuse them shifted by ``i`` columns. Each TIFF carries ``pixel_nm`` (nm per
     pixel) and ``material``. ``on_frame(i)`` is called after frame ``i``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
+    simulated: list[np.ndarray] = []
     for i in range(count):
         material = MATERIALS[i % len(MATERIALS)]
-        frame = simulate_frame(material, size, frame_seed(seed, material, i), pixel_nm=pixel_nm)
+        if i < UNIQUE_FRAMES:
+            seed_i = frame_seed(seed, material, i)
+            simulated.append(simulate_frame(material, size, seed_i, pixel_nm=pixel_nm).image)
+            image = simulated[i]
+        else:  # large frames take seconds to simulate: reuse one, shifted so its bytes differ
+            image = np.roll(simulated[i % UNIQUE_FRAMES], i, axis=1)
         path = folder / f"{frame_name(material, i)}.tif"
-        write_frame_tiff(path, frame.image, metadata={"material": material}, pixel_nm=pixel_nm)
+        write_frame_tiff(path, image, metadata={"material": material}, pixel_nm=pixel_nm)
         paths.append(path)
         if on_frame is not None:
             on_frame(i)
