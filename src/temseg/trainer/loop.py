@@ -258,7 +258,10 @@ def train(config: TrainConfig) -> TrainResult:
         device = torch.device("cuda", ranks.local_rank)
         torch.backends.cudnn.benchmark = True
     try:
-        return _train(config, device, ranks, start)
+        result = _train(config, device, ranks, start)
+        if ranks.distributed:
+            dist.barrier()  # no rank tears the group down while another still uses it
+        return result
     finally:
         if ranks.owns_group:
             dist.destroy_process_group()
