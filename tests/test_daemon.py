@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from framekit import fingerprint, frame_rows, write_renamed, write_slowly
 from typer.testing import CliRunner
 
 from temseg.cli import app
@@ -56,33 +57,6 @@ def tiff_bytes(seed: int, *, material: str | None = None, rgb: bool = False) -> 
         metadata = {"material": material} if material else {}
         tifffile.imwrite(buffer, image, metadata=metadata)
     return buffer.getvalue()
-
-
-def write_slowly(path: Path, data: bytes, chunks: int = 4, pause_s: float = 0.1) -> None:
-    """Write ``data`` in chunks with pauses, as a camera streaming a frame to disk."""
-    step = -(-len(data) // chunks)
-    with open(path, "wb") as fh:
-        for i in range(0, len(data), step):
-            fh.write(data[i : i + step])
-            fh.flush()
-            time.sleep(pause_s)
-
-
-def write_renamed(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path.part`` and rename it into place."""
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(data)
-    part.rename(path)
-
-
-def fingerprint(path: Path) -> tuple[str, int]:
-    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
-
-
-def frame_rows(db: Path) -> list[dict[str, Any]]:
-    with closing(sqlite3.connect(db)) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM frames ORDER BY id")]
 
 
 @contextmanager
@@ -160,18 +134,6 @@ def bundle_id(path: Path) -> str:
     import json
 
     return str(json.loads((path / "model.json").read_text())["model_id"])
-
-
-@pytest.fixture
-def acq(tmp_path: Path) -> Path:
-    folder = tmp_path / "acq"
-    folder.mkdir()
-    return folder.resolve()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "temseg.db"
 
 
 @pytest.fixture

@@ -13,18 +13,6 @@ from temseg.daemon import Daemon
 
 
 @pytest.fixture
-def acq(tmp_path: Path) -> Path:
-    folder = tmp_path / "acq"
-    folder.mkdir()
-    return folder.resolve()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "temseg.db"
-
-
-@pytest.fixture
 def make_daemon(acq: Path, db_path: Path) -> Iterator[Any]:
     """Start in-process daemons on ``acq`` and ``db_path`` (bundled model, one CPU thread)."""
     started: list[Daemon] = []

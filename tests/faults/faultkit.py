@@ -7,7 +7,6 @@ that keep it to a couple of minutes on two CPU cores.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import queue
@@ -51,26 +50,7 @@ def tiff_bytes(
     return buffer.getvalue()
 
 
-def write_renamed(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path.part`` and rename it into place, as acquisition software does."""
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(data)
-    part.rename(path)
-
-
-def fingerprint(path: Path) -> tuple[str, int]:
-    """(SHA-256, mtime in ns) of a file."""
-    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
-
-
 # ---------------------------------------------------------------- database
-
-
-def frame_rows(db: Path) -> list[dict[str, Any]]:
-    """Every row of the frames table, oldest first (plain sqlite3, read-only use)."""
-    with closing(sqlite3.connect(db, timeout=30)) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM frames ORDER BY id")]
 
 
 def count_rows(db: Path) -> int:

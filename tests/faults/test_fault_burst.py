@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from faultkit import assert_recorded_once, count_rows, frame_rows, rss_bytes, scaled, tiff_bytes
+from faultkit import assert_recorded_once, count_rows, rss_bytes, scaled, tiff_bytes
 from faultkit import wait_for as poll_until
+from framekit import frame_rows
 
 from temseg.daemon.pipeline import READERS
 

@@ -21,13 +21,12 @@ from faultkit import (
     DaemonProcess,
     assert_recorded_once,
     count_rows,
-    frame_rows,
     integrity,
     scaled,
     tiff_bytes,
     wait_for,
-    write_renamed,
 )
+from framekit import frame_rows, write_renamed
 
 # Holds a write lock until told to release it on stdin.
 LOCKER = """

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from faultkit import count_rows, frame_rows, tiff_bytes, wait_for, write_renamed
+from faultkit import count_rows, tiff_bytes, wait_for
+from framekit import frame_rows, write_renamed
 
 
 def tiff_of(image: np.ndarray, **kwargs: object) -> bytes:

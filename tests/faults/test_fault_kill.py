@@ -24,15 +24,13 @@ from faultkit import (
     DaemonProcess,
     assert_recorded_once,
     count_rows,
-    fingerprint,
-    frame_rows,
     free_port,
     integrity,
     scaled,
     tiff_bytes,
     wait_for,
-    write_renamed,
 )
+from framekit import fingerprint, frame_rows, write_renamed
 
 from temseg.daemon.faults import ENV_VAR
 from temseg.stream import Subscriber

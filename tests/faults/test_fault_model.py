@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from faultkit import frame_rows, tiff_bytes, wait_for, write_renamed
+from faultkit import tiff_bytes, wait_for
+from framekit import frame_rows, write_renamed
 from typer.testing import CliRunner
 
 from temseg.cli import app

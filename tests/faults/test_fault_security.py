@@ -20,15 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from faultkit import (
-    DaemonProcess,
-    count_rows,
-    frame_rows,
-    free_port,
-    tiff_bytes,
-    wait_for,
-    write_renamed,
-)
+from faultkit import DaemonProcess, count_rows, free_port, tiff_bytes, wait_for
+from framekit import frame_rows, write_renamed
 
 from temseg.config import ConfigError, Settings
 from temseg.daemon import Daemon

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import zmq
-from faultkit import count_rows, frame_rows, scaled, tiff_bytes, wait_for, write_renamed
+from faultkit import count_rows, scaled, tiff_bytes, wait_for
+from framekit import frame_rows, write_renamed
 
 from temseg.daemon import Daemon
 from temseg.stream import StreamMessage, Subscriber
