@@ -495,3 +495,17 @@ def test_predict_tiled_single_call_when_frame_fits() -> None:
         predict_tiled(image, negate, tile=2048, overlap=64, multiple=16), -image
     )
     assert calls == [(1, 1, 48, 64)]
+
+
+def test_read_frame_decodes_the_given_bytes_not_the_file_again(tmp_path: Path) -> None:
+    path = tmp_path / "frame.tif"
+    first = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    tifffile.imwrite(path, first)
+    data = path.read_bytes()
+    tifffile.imwrite(path, first[::-1])  # the file is rewritten after it was read and hashed
+    np.testing.assert_array_equal(read_frame(path, data=data).image, first)
+    np.testing.assert_array_equal(read_frame(path).image, first[::-1])
+    with pytest.raises(FrameError, match="empty file"):
+        read_frame(path, data=b"")
+    with pytest.raises(FrameError):
+        read_frame(path, data=b"not a tiff at all")

@@ -132,16 +132,11 @@ class _Outcome:
     segment_ms: float = 0.0  # thresholding and particle measurement
 
 
-def _sha256_of(path: Path) -> tuple[str, int, float]:
-    """SHA-256 hex digest, size in bytes and modification time (POSIX s) of a file."""
-    digest = hashlib.sha256()
-    size = 0
+def _read_bytes(path: Path) -> tuple[bytes, float]:
+    """A file's content and modification time (POSIX s), from one open (read-only)."""
     with path.open("rb") as fh:
         mtime = os.fstat(fh.fileno()).st_mtime
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size, mtime
+        return fh.read(), mtime
 
 
 def _iso_utc(posix_s: float) -> str:
@@ -439,8 +434,11 @@ class Daemon:
 
     def _prepare(self, job: _Job) -> bool:
         """Hash, deduplicate and decode; False when the frame was already handled."""
+        data = b""
+        started = time.perf_counter()
         try:
-            job.sha256, job.size_bytes, job.mtime = _sha256_of(job.path)
+            data, job.mtime = _read_bytes(job.path)
+            job.sha256, job.size_bytes = hashlib.sha256(data).hexdigest(), len(data)
         except OSError as exc:
             job.error = f"{job.path}: cannot read ({exc.strerror or exc})"
         identity = (str(job.path), job.sha256)
@@ -454,7 +452,8 @@ class Daemon:
         frame_material: str | None = None
         if job.error is None:
             try:
-                job.frame = read_frame(job.path)
+                job.frame = read_frame(job.path, data=data)  # the bytes that were hashed
+                job.frame.read_ms = (time.perf_counter() - started) * 1e3  # read + hash + decode
                 frame_material = job.frame.material
             except FrameError as exc:
                 job.error = str(exc)

@@ -19,6 +19,7 @@ The material comes from the sidecar key ``material``, then the description JSON.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -99,16 +100,18 @@ class Frame:
         return None if value is None else str(value)
 
 
-def read_frame(path: str | Path, *, max_pixels: int = 2**28) -> Frame:
+def read_frame(path: str | Path, *, max_pixels: int = 2**28, data: bytes | None = None) -> Frame:
     """Read the first grayscale plane of a TIFF file with its pixel size (nm) and metadata.
 
     The image size is checked against ``max_pixels`` from the header, before
-    any pixel data is decoded.
+    any pixel data is decoded. ``data``, when given, is the file's content
+    already read (e.g. to hash it): it is decoded instead of reading ``path``
+    again, so the pixels always belong to the bytes that were hashed.
     """
     start = time.perf_counter()
     path = Path(path)
     try:
-        image, metadata, shape = _decode(path, max_pixels)
+        image, metadata, shape = _decode(path, max_pixels, data)
     except (FrameError, OSError):
         raise
     except Exception as exc:  # tifffile raises many types for corrupt headers and tags
@@ -130,9 +133,11 @@ def read_frame(path: str | Path, *, max_pixels: int = 2**28) -> Frame:
     )
 
 
-def _decode(path: Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any], tuple[int, int]]:
+def _decode(
+    path: Path, max_pixels: int, data: bytes | None = None
+) -> tuple[np.ndarray, dict[str, Any], tuple[int, int]]:
     """Pixels as stored, metadata and (height, width) of the first page."""
-    with _open_tiff(path) as tif:
+    with _open_tiff(path, data) as tif:
         page = _first_page(path, tif)
         _check_page(path, tif, page, max_pixels)
         try:
@@ -161,14 +166,17 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.stem + SIDECAR_SUFFIX)
 
 
-def _open_tiff(path: Path) -> tifffile.TiffFile:
-    if not path.exists():
-        raise FrameError(f"{path}: no such file")
-    if not path.is_file():
-        raise FrameError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
+def _open_tiff(path: Path, data: bytes | None = None) -> tifffile.TiffFile:
+    if data is None:
+        if not path.exists():
+            raise FrameError(f"{path}: no such file")
+        if not path.is_file():
+            raise FrameError(f"{path}: not a regular file")
+    if (len(data) if data is not None else path.stat().st_size) == 0:
         raise FrameError(f"{path}: empty file (0 bytes)")
     try:
+        if data is not None:
+            return tifffile.TiffFile(io.BytesIO(data), name=path.name)
         return tifffile.TiffFile(path, mode="r")
     except tifffile.TiffFileError as exc:
         raise FrameError(f"{path}: not a readable TIFF file ({exc})") from exc
