@@ -130,6 +130,23 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def calibrate_cdse(engine: Any, bundle: Path, threshold: float) -> None:
+    """Record a CdSe calibration of ``bundle`` at ``threshold``; other figures are placeholders."""
+    record_calibration(
+        engine,
+        material="CdSe",
+        model_id=bundle_id(bundle),
+        threshold=threshold,
+        precision=0.9,
+        recall=0.8,
+        dice=0.85,
+        n_images=4,
+        curve={},
+        plot_path=None,
+        criterion="max_f1",
+    )
+
+
 def bundle_id(path: Path) -> str:
     import json
 
@@ -137,27 +154,14 @@ def bundle_id(path: Path) -> str:
 
 
 @pytest.fixture
-def make_daemon(acq: Path, db_path: Path, bundles: dict[str, Path]):
-    started: list[Daemon] = []
+def make_daemon(make_daemon: Any, bundles: dict[str, Path]) -> Any:
+    """The shared daemon factory, serving test bundle "a" unless a test names another model."""
 
     def make(db_busy_timeout_ms: int = 5000, **overrides: Any) -> Daemon:
-        values: dict[str, Any] = {
-            "watch": acq,
-            "db": str(db_path),
-            "publish": "tcp://127.0.0.1:0",
-            "model": str(bundles["a"]),
-            "stable_s": 0.3,
-            "threads": 1,
-        }
-        values.update(overrides)
-        daemon = Daemon(Settings(**values), db_busy_timeout_ms=db_busy_timeout_ms)
-        daemon.start()
-        started.append(daemon)
-        return daemon
+        overrides.setdefault("model", str(bundles["a"]))
+        return make_daemon(db_busy_timeout_ms, **overrides)
 
-    yield make
-    for daemon in started:
-        daemon.stop()
+    return make
 
 
 # ---------------------------------------------------------------- tests
@@ -318,19 +322,7 @@ def test_threshold_follows_latest_calibration_live(
     assert (header["threshold"], header["threshold_source"]) == (0.6, "bundle")
 
     with store(db_path) as engine:
-        record_calibration(
-            engine,
-            material="CdSe",
-            model_id=bundle_id(bundles["a"]),
-            threshold=0.35,
-            precision=0.9,
-            recall=0.8,
-            dice=0.85,
-            n_images=4,
-            curve={},
-            plot_path=None,
-            criterion="max_f1",
-        )
+        calibrate_cdse(engine, bundles["a"], threshold=0.35)
     second = acq / "second.tif"
     write_renamed(second, tiff_bytes(13, material="CdSe"))
     header = receive_for(sub, second).header
@@ -522,19 +514,7 @@ def test_thresholds_cached_until_the_model_check(db_path: Path, bundles: dict[st
         server = ModelServer(engine, pinned=str(bundles["a"]))
         try:
             assert server.threshold("CdSe") == (0.6, "bundle")
-            record_calibration(
-                engine,
-                material="CdSe",
-                model_id=bundle_id(bundles["a"]),
-                threshold=0.35,
-                precision=0.9,
-                recall=0.8,
-                dice=0.85,
-                n_images=4,
-                curve={},
-                plot_path=None,
-                criterion="max_f1",
-            )
+            calibrate_cdse(engine, bundles["a"], threshold=0.35)
             assert server.threshold("CdSe") == (0.6, "bundle")  # cached
             assert server.threshold("Au") == (0.5, "bundle")
             assert server.refresh() is False  # pinned: no swap, but the cache is gone
