@@ -121,3 +121,19 @@ def test_bad_metadata(bundle_dir: Path, text: str) -> None:
     (bundle_dir / METADATA_NAME).write_text(text)
     with pytest.raises(BundleError, match=METADATA_NAME):
         load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_probability_is_the_softmax_of_the_last_class(n_classes: int) -> None:
+    torch.manual_seed(n_classes)
+    net = build_unet(UNetConfig(n_classes=n_classes)).eval()
+    with torch.no_grad():
+        for module in net.modules():  # non-trivial batch-norm statistics
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+        x = torch.rand(2, 1, 64, 48)
+        expected = torch.softmax(net(x), dim=1)[:, -1:]
+        got = net.probability(x)
+    assert got.shape == (2, 1, 64, 48)
+    assert torch.allclose(got, expected, atol=1e-6)

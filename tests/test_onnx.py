@@ -13,7 +13,9 @@ import torch
 from temseg.engine.cache import ensure_onnx
 from temseg.model.bundle import ModelBundle, load_bundle, save_bundle, torch_state_equal
 from temseg.model.onnx_export import (
+    GRAPH_VERSION,
     INPUT_NAME,
+    META_GRAPH,
     META_MODEL_ID,
     META_PRECISION,
     OUTPUT_NAME,
@@ -124,6 +126,7 @@ def test_metadata_identifies_weights_and_precision(
     assert onnx_metadata(fp32_onnx) == {
         META_MODEL_ID: model_fingerprint(net),
         META_PRECISION: "fp32",
+        META_GRAPH: GRAPH_VERSION,
     }
     assert onnx_matches(fp32_onnx, net)
     assert not onnx_matches(fp32_onnx, net, fp16=True)
@@ -169,3 +172,18 @@ def test_ensure_onnx_replaces_a_stale_bundled_file_via_the_cache(net: UNet, tmp_
     mtime = path.stat().st_mtime_ns
     assert ensure_onnx(bundle, cache_dir=cache) == path
     assert path.stat().st_mtime_ns == mtime  # reused, not exported again
+
+
+def test_an_export_of_an_older_graph_is_replaced(net: UNet, tmp_path: Path) -> None:
+    bundle_dir = save_bundle(net, {}, tmp_path / "bundle")
+    path = export_onnx(net, bundle_dir / "model.onnx")
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(
+        proto, {**onnx_metadata(path), META_GRAPH: str(int(GRAPH_VERSION) - 1)}
+    )
+    onnx.save(proto, str(path))
+    bundle = load_bundle(bundle_dir)
+    assert not onnx_matches(path, bundle)
+    fresh = ensure_onnx(bundle, cache_dir=tmp_path / "cache")
+    assert fresh.parent == tmp_path / "cache"
+    assert onnx_metadata(fresh)[META_GRAPH] == GRAPH_VERSION

@@ -5,9 +5,10 @@ The graph has one input ``image`` (N, 1, H, W) and one output ``probability``
 width are dynamic axes; height and width must still be multiples of the
 model's ``size_multiple`` pixels at run time.
 
-Every exported file carries two metadata entries, ``temseg.model_id`` and
-``temseg.precision``, so a cached or bundled ``model.onnx`` can be checked
-against the weights it claims to hold (:func:`onnx_matches`).
+Every exported file carries three metadata entries, ``temseg.model_id``,
+``temseg.precision`` and ``temseg.graph`` (:data:`GRAPH_VERSION`), so a cached
+or bundled ``model.onnx`` can be checked against the weights it claims to
+hold and the graph this version of temseg exports (:func:`onnx_matches`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ OUTPUT_NAME = "probability"
 DEFAULT_OPSET = 17
 META_MODEL_ID = "temseg.model_id"
 META_PRECISION = "temseg.precision"
+META_GRAPH = "temseg.graph"
+#: Raised whenever the exported graph changes for the same weights, so that
+#: older exports are replaced. 2: two-class head folded into a sigmoid.
+GRAPH_VERSION = "2"
 _DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
 
 
@@ -114,6 +119,7 @@ def export_onnx(
             {
                 META_MODEL_ID: model_fingerprint(bundle_or_model),
                 META_PRECISION: "fp16" if fp16 else "fp32",
+                META_GRAPH: GRAPH_VERSION,
             },
         )
         onnx.checker.check_model(proto, full_check=True)
@@ -133,11 +139,13 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
 def onnx_matches(
     path: str | Path, bundle_or_model: ModelBundle | UNet | ProbabilityModel, *, fp16: bool = False
 ) -> bool:
-    """True when ``path`` is a readable ONNX export of these weights at this precision."""
+    """True when ``path`` is a readable, current ONNX export of these weights at this precision."""
     try:
         meta = onnx_metadata(path)
     except (OSError, DecodeError):
         return False
-    return meta.get(META_MODEL_ID) == model_fingerprint(bundle_or_model) and meta.get(
-        META_PRECISION
-    ) == ("fp16" if fp16 else "fp32")
+    return (
+        meta.get(META_MODEL_ID) == model_fingerprint(bundle_or_model)
+        and meta.get(META_PRECISION) == ("fp16" if fp16 else "fp32")
+        and meta.get(META_GRAPH) == GRAPH_VERSION
+    )

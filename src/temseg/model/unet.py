@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 PRESETS: dict[str, dict[str, Any]] = {
     "groschner2021": {"filters": (4, 8, 16, 32), "centre": 32},
@@ -96,6 +97,10 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(c_prev, config.n_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the last decoder block, the input of the 1x1 ``head``."""
         skips = []
         for block in self.down:
             x = block(x)
@@ -104,11 +109,24 @@ class UNet(nn.Module):
         x = self.centre(x)
         for up, block, skip in zip(self.up, self.decode, reversed(skips), strict=True):
             x = block(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
+        return x
 
     def probability(self, x: torch.Tensor) -> torch.Tensor:
-        """Particle probability (softmax of the last class), shape (N, 1, H, W)."""
-        return torch.softmax(self.forward(x), dim=1)[:, -1:]
+        """Particle probability (softmax of the last class), shape (N, 1, H, W).
+
+        With two classes, softmax of the last class equals the sigmoid of the
+        logit difference, so the head is folded into one output channel
+        (weights ``w[1] - w[0]``): one 1x1 convolution and an element-wise
+        sigmoid instead of a 2-channel convolution and a channel softmax,
+        which on CPU took a quarter of the network's time at 512 x 512.
+        """
+        features = self.features(x)
+        head_bias = self.head.bias
+        if self.config.n_classes == 2 and head_bias is not None:
+            weight = self.head.weight[1:] - self.head.weight[:1]
+            bias = head_bias[1:] - head_bias[:1]
+            return torch.sigmoid(functional.conv2d(features, weight, bias))
+        return torch.softmax(self.head(features), dim=1)[:, -1:]
 
 
 class ProbabilityModel(nn.Module):
