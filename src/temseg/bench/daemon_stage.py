@@ -114,6 +114,7 @@ def bench_daemon(
     threads: int,
     paced: int,
     batch_size: int | None = None,
+    io_nice: int | None = None,
     timeout_s: float = 120.0,
     on_status: Callable[[str], object] | None = None,
 ) -> tuple[StageResult, StageResult | None]:
@@ -126,7 +127,7 @@ def bench_daemon(
     once the previous mask was received: latency with an idle pipeline
     (None when ``paced`` is 0).
     ``workdir`` gets ``watch/`` and ``daemon.db``; ``model`` is pinned;
-    ``batch_size`` overrides the daemon's setting.
+    ``batch_size`` and ``io_nice`` override the daemon's settings.
     """
     say = on_status or (lambda _text: None)
     watch = workdir / "watch"
@@ -143,6 +144,8 @@ def bench_daemon(
     )
     if batch_size is not None:
         settings.batch_size = batch_size
+    if io_nice is not None:
+        settings.io_nice = io_nice
     daemon = Daemon(settings)
     daemon.start()
     try:
