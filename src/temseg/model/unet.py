@@ -8,12 +8,14 @@ block of 32 filters, batch normalisation after every 3x3 convolution and a
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 PRESETS: dict[str, dict[str, Any]] = {
     "groschner2021": {"filters": (4, 8, 16, 32), "centre": 32},
@@ -148,6 +150,34 @@ def build_unet(config: UNetConfig | str = "groschner2021") -> UNet:
     if isinstance(config, str):
         config = UNetConfig.from_preset(config)
     return UNet(config)
+
+
+def fold_batch_norm(unet: UNet) -> UNet:
+    """An inference copy of ``unet`` with each batch norm folded into its convolution.
+
+    The copy is in eval mode and computes the same function as ``unet.eval()``
+    (up to float rounding) with one convolution where there were a
+    convolution and a batch norm; ``unet`` itself is not modified.
+    """
+    folded = copy.deepcopy(unet).eval()
+    for block in (*folded.down, folded.centre, *folded.decode):
+        layers = list(block)
+        fused: list[nn.Module] = []
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            following = layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, nn.Conv2d) and isinstance(following, nn.BatchNorm2d):
+                fused.append(fuse_conv_bn_eval(layer, following))
+                i += 2
+            else:
+                fused.append(layer)
+                i += 1
+        for index in range(len(block) - 1, -1, -1):
+            del block[index]
+        for layer in fused:
+            block.append(layer)
+    return folded
 
 
 def count_parameters(model: nn.Module) -> int:
