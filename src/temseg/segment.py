@@ -7,6 +7,7 @@ Particles are 8-connected components of the mask.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -43,9 +44,10 @@ class Segmentation:
     threshold: float
     particles: list[Particle]
 
-    @property
+    @cached_property
     def area_fraction(self) -> float:
-        return float(self.mask.mean()) if self.mask.size else 0.0
+        """Fraction of the frame's pixels that belong to particles, 0-1."""
+        return np.count_nonzero(self.mask) / self.mask.size if self.mask.size else 0.0
 
     @property
     def n_particles(self) -> int:
