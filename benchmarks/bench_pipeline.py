@@ -61,8 +61,6 @@ def run_once(size: int, frames: int, args: argparse.Namespace, out: Path) -> dic
         command += ["--model", args.model]
     if args.batch_size:
         command += ["--batch-size", str(args.batch_size)]
-    if args.io_nice is not None:
-        command += ["--io-nice", str(args.io_nice)]
     subprocess.run(command, check=True, stdout=sys.stderr)
     return json.loads(out.read_text())
 
@@ -81,7 +79,7 @@ def markdown(reports: dict[int, list[dict[str, Any]]]) -> str:
     first = next(iter(reports.values()))[0]
     lines = [
         f"Engine {first['backend']} on {first['device']}, {first['threads']} threads, "
-        f"daemon batch size {first['batch_size']}, io_nice {first.get('io_nice', 0)}; "
+        f"daemon batch size {first['batch_size']}; "
         f"model {first['model_id']} ({first['model_source']}); "
         f"torch {first['host']['torch']}, onnxruntime {first['host'].get('onnxruntime', '-')}. "
         "Medians over the repeats.",
@@ -135,7 +133,6 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     parser.add_argument("--batch-size", type=int, default=None, help="daemon batch size")
-    parser.add_argument("--io-nice", type=int, default=None, help="daemon io_nice (0-19)")
     parser.add_argument("--model", default=None, help="bundle directory (default: bundled)")
     parser.add_argument("--out", default=None, help="folder for each run's JSON report")
     args = parser.parse_args()

@@ -40,7 +40,6 @@ def test_report_has_every_stage_with_its_frame_count(bench_run: tuple[str, dict,
         assert stage["peak_rss_mb"] > 0 and stage["cpu_ms_per_frame"] > 0
         assert stage["peak_gpu_mb"] is None  # CPU run
     assert report["device"] == "cpu" and report["threads"] == 1 and report["batch_size"] == 4
-    assert report["io_nice"] == 10  # the daemon's default
     assert report["frames_per_call"] == 1  # the daemon batches on GPU engines only
     assert report["stages"]["daemon"]["details"]["daemon_stats"]["largest_batch"] == 1
     assert report["stages"]["engine"]["details"]["engine"] == report["backend"]
@@ -98,7 +97,6 @@ def test_targets_compare_the_right_figures() -> None:
         threads=2,
         backend="onnxruntime-cpu",
         batch_size=4,
-        io_nice=10,
         model_id="m",
         model_source="test",
         started_at="now",
@@ -142,12 +140,12 @@ def test_refuses_a_work_folder_in_use(tmp_path: Path) -> None:
 def test_batch_size_one_and_no_paced_run_leave_those_stages_out(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     args = ["bench", "--frames", "1", "--size", "64", "--threads", "1", "--paced", "0"]
-    args += ["--batch-size", "1", "--io-nice", "0", "--json", str(out)]
+    args += ["--batch-size", "1", "--json", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert set(report["stages"]) == STAGES - {"engine_batched", "daemon_paced"}
-    assert report["batch_size"] == 1 and report["io_nice"] == 0
+    assert report["batch_size"] == 1
     assert report["stages"]["daemon"]["details"]["daemon_stats"]["largest_batch"] == 1
     latency = [t for t in report["targets"] if "latency" in t["name"]]
     assert latency[0]["value"] is None and latency[0]["met"] is None

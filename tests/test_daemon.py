@@ -411,8 +411,6 @@ def test_settings_that_would_write_into_the_watched_folder_are_refused(
         Daemon(Settings(watch=acq, db=f"sqlite:///{acq}/sub/t.db"))
     with pytest.raises(ConfigError, match="does not exist"):
         Daemon(Settings(watch=tmp_path / "missing", db=str(tmp_path / "t.db")))
-    with pytest.raises(ConfigError, match="io_nice"):
-        Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), io_nice=20))
     assert list(acq.iterdir()) == []
 
 
@@ -507,26 +505,6 @@ def test_cpu_engine_runs_one_frame_per_call(make_daemon, acq: Path, db_path: Pat
     assert daemon.stats.done == len(paths)
     assert daemon.stats.largest_batch == 1 and daemon.stats.batches == len(paths)
     assert all(row_for(db_path, p)["n_particles"] is not None for p in paths)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux only")
-def test_readers_and_recorder_run_nicer_than_inference(make_daemon, acq: Path) -> None:
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    if base + 7 > 19:
-        pytest.skip("this test process already runs at the lowest priority")
-    (acq / "a.tif").write_bytes(tiff_bytes(1))  # backlog: read as soon as the daemon starts
-    daemon = make_daemon(io_nice=7)
-    assert daemon.wait_idle(30) and daemon.stats.done == 1
-    nice = {
-        t.name: os.getpriority(os.PRIO_PROCESS, t.native_id)
-        for t in threading.enumerate()
-        if t.name.startswith("temseg-") and t.native_id is not None
-    }
-    readers = [name for name in nice if name.startswith("temseg-reader")]
-    assert readers and all(nice[name] == base + 7 for name in readers)
-    assert nice["temseg-recorder"] == base + 7
-    assert nice["temseg-inference"] == base
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
 
 
 def test_thresholds_cached_until_the_model_check(db_path: Path, bundles: dict[str, Path]) -> None:

@@ -257,9 +257,6 @@ def daemon(
     ),
     queue_size: int | None = typer.Option(None, "--queue-size", min=1, help="Frame queue."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Max batch."),
-    io_nice: int | None = typer.Option(
-        None, "--io-nice", min=0, max=19, help="Readers/recorder this much nicer (Linux)."
-    ),
     log_level: str | None = typer.Option(None, "--log-level", help="DEBUG | INFO | WARNING."),
     curve_keys: str | None = typer.Option(
         None,
@@ -286,7 +283,6 @@ def daemon(
         "masks": masks,
         "queue_size": queue_size,
         "batch_size": batch_size,
-        "io_nice": io_nice,
         "log_level": log_level,
         "curve_keys": curve_keys,
     }
@@ -802,9 +798,6 @@ def bench(
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="The daemon's batch size (default: its setting, 4)."
     ),
-    io_nice: int | None = typer.Option(
-        None, "--io-nice", min=0, max=19, help="The daemon's io_nice (default: its setting, 10)."
-    ),
     json_out: str | None = typer.Option(None, "--json", help="Write every figure to this file."),
     workdir: str | None = typer.Option(
         None, "--workdir", help="Keep frames, watched folder and database here (default: temp)."
@@ -835,7 +828,6 @@ def bench(
             model=model,
             paced=paced,
             batch_size=batch_size,
-            io_nice=io_nice,
             workdir=workdir,
             on_status=lambda text: typer.echo(f"bench: {text}", err=True),
         )

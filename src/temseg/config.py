@@ -55,7 +55,6 @@ class Settings:
     tile_overlap: int = 64  # pixels
     queue_size: int = 16  # frames waiting for inference
     batch_size: int = 4  # GPU: frames that arrived together are batched up to this many; CPU: 1
-    io_nice: int = 10  # Linux: readers and recorder run this much nicer than inference (0-19)
     log_level: str = "INFO"
 
 

@@ -114,7 +114,6 @@ def bench_daemon(
     threads: int,
     paced: int,
     batch_size: int | None = None,
-    io_nice: int | None = None,
     timeout_s: float = 120.0,
     on_status: Callable[[str], object] | None = None,
 ) -> tuple[StageResult, StageResult | None]:
@@ -127,7 +126,7 @@ def bench_daemon(
     once the previous mask was received: latency with an idle pipeline
     (None when ``paced`` is 0).
     ``workdir`` gets ``watch/`` and ``daemon.db``; ``model`` is pinned;
-    ``batch_size`` and ``io_nice`` override the daemon's settings.
+    ``batch_size`` overrides the daemon's setting.
     """
     say = on_status or (lambda _text: None)
     watch = workdir / "watch"
@@ -144,8 +143,6 @@ def bench_daemon(
     )
     if batch_size is not None:
         settings.batch_size = batch_size
-    if io_nice is not None:
-        settings.io_nice = io_nice
     daemon = Daemon(settings)
     daemon.start()
     try:

@@ -66,7 +66,6 @@ class BenchReport:
     threads: int
     backend: str
     batch_size: int  # the daemon's setting: a cap, used on GPU engines only
-    io_nice: int  # the daemon's setting: reader and recorder threads this much nicer
     model_id: str
     model_source: str
     started_at: str
@@ -146,7 +145,6 @@ def run_bench(
     model: str | None = None,
     paced: int | None = None,
     batch_size: int | None = None,
-    io_nice: int | None = None,
     seed: int = 0,
     workdir: str | Path | None = None,
     on_status: Callable[[str], object] | None = None,
@@ -158,8 +156,7 @@ def run_bench(
     (d) the daemon through ZeroMQ, as a burst of all frames then ``paced``
     frames one at a time (default: ``min(frames, 10)``). ``batch_size``:
     the daemon's (and the batched engine stage's) batch size, default the
-    daemon's setting. ``io_nice``: the daemon's setting of that name
-    (default: its setting, 10). ``threads``: CPU
+    daemon's setting. ``threads``: CPU
     threads (0 = all cores). ``workdir`` (new or empty) keeps the frames,
     database and watched folder (default: a temporary folder, removed afterwards).
     """
@@ -176,7 +173,6 @@ def run_bench(
                 model=model,
                 paced=paced,
                 batch_size=batch_size,
-                io_nice=io_nice,
                 seed=seed,
                 workdir=tmp,
                 on_status=on_status,
@@ -190,7 +186,6 @@ def run_bench(
     batch = defaults.batch_size if batch_size is None else batch_size
     if batch < 1:
         raise ValueError(f"batch size must be at least 1, got {batch}")
-    nice = defaults.io_nice if io_nice is None else io_nice
     resolved = resolve_device(device)
     cpu_threads = resolve_threads(threads)
     bundle, source = _bench_model(model, work)
@@ -206,7 +201,6 @@ def run_bench(
         threads=cpu_threads,
         backend=backend,
         batch_size=batch,
-        io_nice=nice,
         model_id=bundle.model_id,
         model_source=source,
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -250,7 +244,6 @@ def run_bench(
         threads=threads,
         paced=min(frames, DEFAULT_PACED) if paced is None else paced,
         batch_size=batch,
-        io_nice=nice,
         on_status=say,
     )
     report.stages["daemon"] = burst
@@ -294,7 +287,6 @@ def format_report(report: BenchReport) -> str:
         f"temseg bench {report.started_at}: {report.frames} frames of {report.size} x "
         f"{report.size} px, device {report.device}{threads}, engine {report.backend}, "
         f"daemon batch {report.batch_size} ({report.frames_per_call} frame(s) per engine call), "
-        f"io_nice {report.io_nice}, "
         f"model {report.model_id} ({report.model_source})",
         "",
         f"{'stage':48s} {'frames/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'CPU ms/fr':>10s} "

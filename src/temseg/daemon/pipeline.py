@@ -52,7 +52,6 @@ from temseg.daemon.faults import FaultPoints
 from temseg.daemon.frame_queue import FrameQueue, SeenCache, Stopped
 from temseg.daemon.lifecycle import Notifier, WatchdogPinger, install_stop_signals
 from temseg.daemon.models import EngineOptions, ModelServer, ServedModel, frames_per_call
-from temseg.daemon.priority import lower_thread_priority
 from temseg.daemon.rules import (
     MATERIAL_RULE,
     check_daemon_settings,
@@ -251,12 +250,7 @@ class Daemon:
             self._publisher_ready.wait()
             if self._publisher_error is not None:
                 raise self._publisher_error
-            self._readers = ThreadPoolExecutor(
-                READERS,
-                thread_name_prefix="temseg-reader",
-                initializer=lower_thread_priority,
-                initargs=(s.io_nice,),
-            )
+            self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="temseg-reader")
             inference = threading.Thread(target=self._inference_loop, name="temseg-inference")
             inference.start()
             self._threads.append(inference)
@@ -565,7 +559,6 @@ class Daemon:
         from temseg.stream import Publisher
 
         s = self.settings
-        lower_thread_priority(s.io_nice)
         try:
             publisher = Publisher(
                 s.publish,

@@ -125,8 +125,6 @@ def check_daemon_settings(settings: Settings) -> Path:
         )
     if settings.queue_size < 1 or settings.batch_size < 1:
         raise ConfigError("queue_size and batch_size must be at least 1")
-    if not 0 <= settings.io_nice <= 19:
-        raise ConfigError(f"io_nice must be in 0..19, got {settings.io_nice}")
     if not settings.patterns:
         raise ConfigError("patterns is empty: nothing would ever be processed")
     for material in (settings.material, *settings.folder_rules.values()):
