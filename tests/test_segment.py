@@ -6,8 +6,17 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from temseg.segment import binarize, confusion, find_particles, scores, segment_probability
+from temseg import segment
+from temseg.segment import (
+    BOX_WALK_MAX_COMPONENTS,
+    binarize,
+    confusion,
+    find_particles,
+    scores,
+    segment_probability,
+)
 
 
 def two_squares() -> np.ndarray:
@@ -126,3 +135,39 @@ def test_scores_with_empty_masks() -> None:
     assert scores(empty, empty) == {"dice": 1.0, "precision": 1.0, "recall": 1.0}
     assert scores(empty, full) == {"dice": 0.0, "precision": 0.0, "recall": 0.0}
     assert scores(full, empty) == {"dice": 0.0, "precision": 0.0, "recall": 0.0}
+
+
+@pytest.mark.parametrize(
+    ("fill", "grow"), [(0.002, True), (0.05, True), (0.1, False)]
+)  # tens, hundreds and thousands of components: box walk and single pass
+def test_particles_match_a_pixel_by_pixel_count(fill: float, grow: bool) -> None:
+    rng = np.random.default_rng(int(fill * 1000))
+    mask = rng.random((160, 200)) < fill
+    mask = (ndimage.binary_dilation(mask) if grow else mask).astype(np.uint8)
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    assert (n > BOX_WALK_MAX_COMPONENTS) == (not grow)
+    particles = find_particles(mask, min_area_px=3)
+    expected = []
+    for i in range(1, n + 1):
+        ys, xs = np.nonzero(labels == i)
+        if ys.size >= 3:
+            bbox = (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+            expected.append((ys.size, ys.mean(), xs.mean(), bbox))
+    assert len(particles) == len(expected) > 0
+    for p, (area, cy, cx, bbox) in zip(particles, expected, strict=True):
+        assert p.area_px == area and p.bbox == tuple(int(v) for v in bbox)
+        assert p.centroid == pytest.approx((cy, cx), abs=1e-9)
+
+
+def test_box_walk_and_single_pass_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(7)
+    mask = ndimage.binary_dilation(rng.random((256, 256)) < 0.01).astype(np.uint8)
+    n = ndimage.label(mask, structure=np.ones((3, 3), bool))[1]
+    assert 10 < n <= BOX_WALK_MAX_COMPONENTS
+    by_box = find_particles(mask, pixel_nm=0.05)
+    monkeypatch.setattr(segment, "BOX_WALK_MAX_COMPONENTS", 0)  # force the single pass
+    by_pass = find_particles(mask, pixel_nm=0.05)
+    assert len(by_box) == len(by_pass) == n
+    for a, b in zip(by_box, by_pass, strict=True):
+        assert (a.label, a.area_px, a.bbox) == (b.label, b.area_px, b.bbox)
+        assert a.centroid == pytest.approx(b.centroid, abs=1e-9)
