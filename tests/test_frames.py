@@ -341,6 +341,23 @@ def test_normalise_minmax_and_zscore() -> None:
 
 
 @pytest.mark.parametrize("method", ["max", "minmax", "zscore"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.uint32])
+def test_normalise_integer_counts_as_float64_arithmetic(method: str, dtype: type) -> None:
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(1)
+    image = rng.integers(max(info.min, -3000), min(info.max, 60000), (33, 47)).astype(dtype)
+    counts = image.astype(np.float64)
+    expected = {
+        "max": counts / np.abs(counts).max(),
+        "minmax": (counts - counts.min()) / (counts.max() - counts.min()),
+        "zscore": (counts - counts.mean()) / counts.std(),
+    }[method]
+    out = normalise(image, method)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    np.testing.assert_allclose(out, expected, atol=2e-6)
+
+
+@pytest.mark.parametrize("method", ["max", "minmax", "zscore"])
 def test_normalise_constant_and_empty(method: str) -> None:
     out = normalise(np.full((4, 5), 7, dtype=np.uint16), method)
     assert out.dtype == np.float32 and not out.any()

@@ -20,6 +20,8 @@ def normalise(image: np.ndarray, method: str = "max") -> np.ndarray:
     """
     if method not in METHODS:
         raise ValueError(f"unknown normalisation {method!r}; choose from {', '.join(METHODS)}")
+    if np.issubdtype(np.asarray(image).dtype, np.integer):
+        return _normalise_integer(np.asarray(image), method)
     out = np.asarray(image, dtype=np.float32)
     if out is image:
         out = out.copy()
@@ -37,8 +39,32 @@ def normalise(image: np.ndarray, method: str = "max") -> np.ndarray:
         out -= np.float32(low)
         out *= np.float32(1.0 / (high - low))
     else:
-        mean = float(out.mean(dtype=np.float64))
-        std = float(out.std(dtype=np.float64))
-        out -= np.float32(mean)
-        out *= np.float32(1.0 / std)
+        _standardise(out)
     return out
+
+
+def _normalise_integer(image: np.ndarray, method: str) -> np.ndarray:
+    """:func:`normalise` for integer counts: range taken on the integers, one pass to float32."""
+    if image.size == 0:
+        return image.astype(np.float32)
+    low, high = int(image.min()), int(image.max())
+    if low == high:
+        return np.zeros(image.shape, dtype=np.float32)
+    out = np.empty(image.shape, dtype=np.float32)
+    if method == "max":
+        np.multiply(image, np.float32(1.0 / max(abs(low), abs(high))), out=out, casting="unsafe")
+    elif method == "minmax":
+        np.subtract(image, np.float32(low), out=out, casting="unsafe")
+        out *= np.float32(1.0 / (high - low))
+    else:
+        out[...] = image
+        _standardise(out)
+    return out
+
+
+def _standardise(out: np.ndarray) -> None:
+    """Subtract the mean and divide by the standard deviation, in place (float64 sums)."""
+    mean = float(out.mean(dtype=np.float64))
+    std = float(out.std(dtype=np.float64))
+    out -= np.float32(mean)
+    out *= np.float32(1.0 / std)
