@@ -411,6 +411,8 @@ def test_settings_that_would_write_into_the_watched_folder_are_refused(
         Daemon(Settings(watch=acq, db=f"sqlite:///{acq}/sub/t.db"))
     with pytest.raises(ConfigError, match="does not exist"):
         Daemon(Settings(watch=tmp_path / "missing", db=str(tmp_path / "t.db")))
+    with pytest.raises(ConfigError, match="segmenters"):
+        Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), segmenters=-1))
     assert list(acq.iterdir()) == []
 
 
@@ -507,6 +509,34 @@ def test_cpu_engine_runs_one_frame_per_call(make_daemon, acq: Path, db_path: Pat
     assert all(row_for(db_path, p)["n_particles"] is not None for p in paths)
 
 
+def test_parallel_segmenters_keep_each_frame_its_own_mask_and_the_arrival_order(
+    make_daemon, acq: Path, db_path: Path, tmp_path: Path
+) -> None:
+    from temseg.synth import simulate_frame
+
+    paths = [acq / f"f_{i:02d}.tif" for i in range(12)]
+    for i, path in enumerate(paths):  # simulated HRTEM: each frame has its own particles
+        tifffile.imwrite(path, simulate_frame(("Au", "CdSe")[i % 2], 128, 300 + i).image)
+        os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))  # the backlog goes oldest first
+    masks = tmp_path / "masks"
+    daemon = make_daemon(masks=masks, readers=3, segmenters=4, model=None)  # bundled model
+    assert (daemon.readers, daemon.segmenters) == (3, 4)
+    assert daemon.wait_idle(60)
+    assert (daemon.stats.done, daemon.stats.failed) == (len(paths), 0)
+    daemon.stop()
+
+    rows = sorted(frame_rows(db_path), key=lambda r: r["id"])
+    assert [r["source_path"] for r in rows] == [str(p) for p in paths]
+    assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
+    offline = tmp_path / "offline"
+    result = CliRunner().invoke(app, ["segment", *map(str, paths), "--out", str(offline)])
+    assert result.exit_code == 0, result.output
+    written = [tifffile.imread(row["mask_path"]) for row in rows]
+    assert len({mask.tobytes() for mask in written}) == len(paths)  # a mix-up would show
+    for mask, path in zip(written, paths, strict=True):
+        np.testing.assert_array_equal(mask, tifffile.imread(offline / f"{path.stem}_mask.tif"))
+
+
 def test_thresholds_cached_until_the_model_check(db_path: Path, bundles: dict[str, Path]) -> None:
     from temseg.daemon.models import ModelServer
 
@@ -521,3 +551,12 @@ def test_thresholds_cached_until_the_model_check(db_path: Path, bundles: dict[st
             assert server.threshold("CdSe") == (0.35, "calibration")
         finally:
             server.close()
+
+
+@pytest.mark.parametrize(
+    ("cores", "expected"), [(1, (2, 1)), (2, (2, 1)), (8, (2, 4)), (16, (4, 8)), (64, (8, 8))]
+)
+def test_host_workers_grow_with_the_cores(cores: int, expected: tuple[int, int]) -> None:
+    from temseg.daemon.pipeline import host_workers
+
+    assert host_workers(cores) == expected

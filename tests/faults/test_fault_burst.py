@@ -17,8 +17,6 @@ from faultkit import assert_recorded_once, count_rows, rss_bytes, scaled, tiff_b
 from faultkit import wait_for as poll_until
 from framekit import frame_rows
 
-from temseg.daemon.pipeline import READERS
-
 QUEUE, BATCH = 4, 2
 RSS_GROWTH_LIMIT = 256 * 2**20  # bytes
 
@@ -72,7 +70,7 @@ def test_burst_recorded_exactly_once_with_bounded_queues(
     # The burst outran inference, so the queue filled up, and never beyond its size.
     assert stats.max_queued == QUEUE
     # Readers + frame queue + the batch in the engine + result queue + the frame being recorded.
-    assert stats.max_pending <= READERS + QUEUE + BATCH + QUEUE + 1
+    assert stats.max_pending <= daemon.readers + QUEUE + BATCH + QUEUE + 1
     assert growth < RSS_GROWTH_LIMIT, f"resident memory grew by {growth / 2**20:.0f} MiB"
     print(
         f"\n{n} frames in {elapsed_s:.1f} s, each recorded once; frame queue at most "

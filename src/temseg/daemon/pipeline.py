@@ -5,7 +5,7 @@ Stages and threads:
 1. **Intake** (watcher threads and a backlog thread): each complete frame
    file is handed to :meth:`Daemon.submit`, which waits while every reader is
    busy (back-pressure: nothing is ever dropped, the watcher's events buffer).
-2. **Readers** (a small thread pool): read the bytes once (read-only) for
+2. **Readers** (a small thread pool, :func:`host_workers`): read the bytes once (read-only) for
    the SHA-256 identity, skip (path, SHA-256) pairs already handled or
    recorded, decode the TIFF, decide the material, and put the job on the
    bounded :class:`FrameQueue` (waiting while it is full).
@@ -16,11 +16,14 @@ Stages and threads:
    shape and pixel size; up to ``batch_size`` on a GPU, one at a time on
    CPU, see :func:`frames_per_call`) and run them through the engine in one
    call. The probability map goes on with its material's threshold.
-4. **Recorder** (one thread, the only user of the ZeroMQ socket): threshold
-   the probability and measure the particles (here, so the engine starts
-   the next frame at once), write the mask TIFF if asked, record the frame
-   in the database first (its id goes into the message), then publish the
-   mask, or the error on ``temseg.error``.
+4. **Segmenters** (a thread pool, :func:`host_workers`): threshold the
+   probability and measure the particles (off the inference thread, so the
+   engine starts the next frame at once; several frames at a time, since
+   the labelling releases the GIL), write the mask TIFF if asked.
+5. **Recorder** (one thread, the only user of the ZeroMQ socket): takes the
+   segmented frames in arrival order, records each in the database first
+   (its id goes into the message), then publishes the mask, or the error
+   on ``temseg.error``.
 
 A database that stays locked (``OperationalError``) is retried with back-off.
 Stopping closes the intake, finishes every frame already accepted (at most
@@ -37,7 +40,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -69,7 +72,28 @@ from temseg.store import connect, is_recorded, record_frame
 
 logger = logging.getLogger("temseg.daemon")
 
-READERS = 2
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. systemd ``CPUAffinity=``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def host_workers(cores: int) -> tuple[int, int]:
+    """(reader threads, segmenter threads) for a machine with ``cores`` cores.
+
+    Readers hash and decode (2 up to 8 cores, then one per 4 cores, at most
+    8); segmenters threshold, measure particles and write mask files (one
+    per 2 cores, 1 to 8). A 4096 x 4096 px frame costs about 60 ms of
+    reading and 130 ms of segmentation on one core, so a GPU serving tens of
+    such frames per second needs these stages spread over several cores;
+    on a small CPU-only machine the engine's threads need the cores instead.
+    """
+    cores = max(1, cores)
+    return max(2, min(8, cores // 4)), max(1, min(8, cores // 2))
+
+
 MODEL_CHECK_S = 2.0  # seconds between checks of the active model and calibrations under load
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _T = TypeVar("_T")
@@ -123,13 +147,14 @@ class _Job:
 class _Outcome:
     job: _Job
     model: ServedModel | None = None
-    segmentation: Segmentation | None = None  # made by the recorder thread
+    segmentation: Segmentation | None = None  # made by a segmenter thread
     probability: np.ndarray | None = None
     threshold: float | None = None
     threshold_source: str = ""
     pixel_nm: float | None = None  # nm per pixel, for the particles' sizes
     infer_ms: float = 0.0  # per frame: the batch's engine time divided among its frames
     segment_ms: float = 0.0  # thresholding and particle measurement
+    mask_path: Path | None = None  # the mask TIFF written, when ``masks`` is set
 
 
 def _read_bytes(path: Path) -> tuple[bytes, float]:
@@ -195,9 +220,14 @@ class Daemon:
         self._closing = threading.Event()  # intake closed
         self._abort = threading.Event()  # give up draining
         self._queue: FrameQueue[_Job] = FrameQueue(settings.queue_size, self._abort)
-        self._results: queue.Queue[_Outcome] = queue.Queue(maxsize=max(1, settings.queue_size))
+        auto_readers, auto_segmenters = host_workers(usable_cores())
+        self.readers = settings.readers or auto_readers
+        self.segmenters = settings.segmenters or auto_segmenters
+        self._results: queue.Queue[tuple[_Outcome, Future[None]]] = queue.Queue(
+            maxsize=max(1, settings.queue_size)
+        )
         self._seen = SeenCache()
-        self._slots = threading.Semaphore(READERS)
+        self._slots = threading.Semaphore(self.readers)
         self._lock = threading.Lock()
         self._outstanding = 0  # accepted and not yet recorded or skipped
         self._reading = 0  # accepted and not yet queued
@@ -213,6 +243,7 @@ class Daemon:
         self._publisher_error: BaseException | None = None
         self._threads: list[threading.Thread] = []
         self._readers: ThreadPoolExecutor | None = None
+        self._segmenters: ThreadPoolExecutor | None = None
         self._watcher: FrameWatcher | None = None
         self._pinger: WatchdogPinger | None = None
         self._models: ModelServer | None = None
@@ -250,7 +281,10 @@ class Daemon:
             self._publisher_ready.wait()
             if self._publisher_error is not None:
                 raise self._publisher_error
-            self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="temseg-reader")
+            self._readers = ThreadPoolExecutor(self.readers, thread_name_prefix="temseg-reader")
+            self._segmenters = ThreadPoolExecutor(
+                self.segmenters, thread_name_prefix="temseg-segmenter"
+            )
             inference = threading.Thread(target=self._inference_loop, name="temseg-inference")
             inference.start()
             self._threads.append(inference)
@@ -313,6 +347,8 @@ class Daemon:
             self._inference_done.set()
         for thread in self._threads:
             thread.join()
+        if self._segmenters is not None:  # idle: the recorder waited for every frame
+            self._segmenters.shutdown(wait=True)
         if self._pinger is not None:
             self._pinger.stop()
         if self._models is not None:
@@ -487,8 +523,9 @@ class Daemon:
                     continue
                 outcomes = self._infer(batch)
                 self._faults.reached("infer")
-                for outcome in outcomes:
-                    self._results.put(outcome)
+                assert self._segmenters is not None
+                for outcome in outcomes:  # segmented in parallel, recorded in this order
+                    self._results.put((outcome, self._segmenters.submit(self._segment, outcome)))
         finally:
             self._inference_done.set()
 
@@ -553,6 +590,31 @@ class Daemon:
             self._check_due = True
         self.stats.model_rejects = models.rejects
 
+    # ----------------------------------------------------------------- segmenters
+
+    def _segment(self, outcome: _Outcome) -> None:
+        """Threshold, measure particles, write the mask file if asked; a failure fails the frame.
+
+        Runs on the segmenter pool, frames in parallel; the recorder takes
+        the results in arrival order.
+        """
+        job = outcome.job
+        if outcome.probability is None or outcome.threshold is None or job.error is not None:
+            return
+        start = time.perf_counter()
+        try:
+            outcome.segmentation = segment_probability(
+                outcome.probability, outcome.threshold, outcome.pixel_nm
+            )
+        except Exception as exc:
+            logger.exception("segmentation failed path=%s", job.path)
+            job.error = f"{job.path}: segmentation failed ({exc})"
+            return
+        finally:
+            outcome.segment_ms = (time.perf_counter() - start) * 1e3
+        if self.settings.masks is not None:
+            outcome.mask_path = self._write_mask(job, outcome.segmentation.mask)
+
     # ----------------------------------------------------------------- recorder
 
     def _record_loop(self) -> None:
@@ -576,12 +638,13 @@ class Daemon:
         try:
             while True:
                 try:
-                    outcome = self._results.get(timeout=0.1)
+                    outcome, segmented = self._results.get(timeout=0.1)
                 except queue.Empty:
                     if self._inference_done.is_set() and self._results.empty():
                         return
                     continue
                 try:
+                    segmented.result()
                     self._complete(outcome, publisher)
                     self._faults.reached("publish")
                 except Exception:
@@ -591,28 +654,10 @@ class Daemon:
         finally:
             publisher.close()
 
-    def _segment(self, outcome: _Outcome) -> None:
-        """Threshold the probability map and measure its particles (a failure fails the frame)."""
-        job = outcome.job
-        if outcome.probability is None or outcome.threshold is None or job.error is not None:
-            return
-        start = time.perf_counter()
-        try:
-            outcome.segmentation = segment_probability(
-                outcome.probability, outcome.threshold, outcome.pixel_nm
-            )
-        except Exception as exc:
-            logger.exception("segmentation failed path=%s", job.path)
-            job.error = f"{job.path}: segmentation failed ({exc})"
-        outcome.segment_ms = (time.perf_counter() - start) * 1e3
-
     def _complete(self, outcome: _Outcome, publisher: Any) -> None:
-        self._segment(outcome)
         job, seg = outcome.job, outcome.segmentation
         failed = seg is None or job.error is not None
-        written_mask = None
-        if not failed and self.settings.masks is not None:
-            written_mask = self._write_mask(job, seg.mask)  # type: ignore[union-attr]
+        written_mask = outcome.mask_path
         latency_ms = (time.monotonic() - job.detected) * 1e3
         seq = publisher.seq + 1  # the number the next message gets
         common: dict[str, Any] = {

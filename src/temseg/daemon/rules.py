@@ -125,6 +125,8 @@ def check_daemon_settings(settings: Settings) -> Path:
         )
     if settings.queue_size < 1 or settings.batch_size < 1:
         raise ConfigError("queue_size and batch_size must be at least 1")
+    if settings.readers < 0 or settings.segmenters < 0:
+        raise ConfigError("readers and segmenters must be 0 (from the cores) or more")
     if not settings.patterns:
         raise ConfigError("patterns is empty: nothing would ever be processed")
     for material in (settings.material, *settings.folder_rules.values()):
