@@ -30,7 +30,9 @@ from typer.testing import CliRunner
 from temseg.cli import app
 from temseg.config import ConfigError, Settings
 from temseg.daemon import Daemon, Notifier
-from temseg.model import build_unet, save_bundle
+from temseg.engine import load_engine
+from temseg.inference import predict_probability
+from temseg.model import build_unet, load_bundle, save_bundle
 from temseg.store import (
     connect,
     get_frame,
@@ -376,6 +378,41 @@ def test_promoted_model_used_live_and_broken_bundle_rejected(
     write_renamed(three, tiff_bytes(16))
     assert receive_for(sub, three).header["model_id"] == id_a
     sub.close()
+
+
+def test_frame_read_before_a_model_swap_is_prepared_again_for_the_new_model(
+    make_daemon, acq: Path, db_path: Path, bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    torch.manual_seed(2)
+    coarse = save_bundle(  # another pixel size and normalisation than bundle "a"
+        build_unet(),
+        {"pixel_nm": 0.1, "normalisation": {"method": "minmax"}, "default_threshold": 0.5},
+        tmp_path / "coarse",
+    )
+    id_a, id_coarse = bundle_id(bundles["a"]), bundle_id(coarse)
+    with store(db_path) as engine:
+        register_model(engine, id_a, "a", str(bundles["a"]), {})
+        register_model(engine, id_coarse, "coarse", str(coarse), {})
+        promote_model(engine, id_a)
+    daemon = make_daemon(model=None, send_probability=True)
+    sub = subscribe(daemon, acq)
+    with store(db_path) as engine:
+        promote_model(engine, id_coarse)  # seen by the inference thread after "one" is read
+    image = np.random.default_rng(5).integers(0, 4000, (SIZE, SIZE), dtype=np.uint16)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, metadata={"pixel_nm": 0.05})
+    one = acq / "one.tif"
+    write_renamed(one, buffer.getvalue())
+    message = receive_for(sub, one)
+    sub.close()
+    assert message.header["model_id"] == id_coarse and message.header["pixel_nm"] == 0.05
+
+    bundle = load_bundle(coarse)
+    engine = load_engine(bundle, backend="onnxruntime", threads=1)
+    expected = predict_probability(image, engine, bundle, pixel_nm=0.05)
+    engine.close()
+    assert message.probability is not None and expected.std() > 1e-4
+    np.testing.assert_allclose(message.probability, expected, atol=2e-3)  # sent as float16
 
 
 def test_locked_database_is_retried(

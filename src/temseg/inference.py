@@ -2,8 +2,10 @@
 
 The steps follow the model bundle: normalise as it was trained, resample to
 its training pixel size (when both pixel sizes are known), pad to the
-network's size multiple, run the engine over overlapping tiles, crop, and
-resample the probability back onto the original grid.
+network's size multiple (:func:`prepare_input`), run the engine, over
+overlapping tiles for large frames (:func:`run_inputs`), crop, and resample
+the probability back onto the original grid (:func:`to_frame_grid`). The
+daemon runs the first and last steps on other threads than the engine's.
 """
 
 from __future__ import annotations
@@ -23,17 +25,87 @@ from temseg.model.bundle import ModelBundle
 from temseg.segment import Segmentation, segment_probability
 
 
-def _to_model_grid(image: np.ndarray, bundle: ModelBundle, pixel_nm: float | None) -> np.ndarray:
+@dataclass(frozen=True)
+class ModelInput:
+    """A frame as the engine takes it: normalised, on the model's pixel grid, padded.
+
+    ``padded`` is float32 with sides that are multiples of ``multiple``, the
+    model's ``size_multiple``; ``grid_shape`` is the model-grid shape before
+    padding and ``frame_shape`` the frame's own (pixels). ``made_for`` is
+    the :func:`input_key` of the bundle it was prepared for.
+    """
+
+    padded: np.ndarray
+    grid_shape: tuple[int, int]
+    frame_shape: tuple[int, int]
+    multiple: int
+    made_for: tuple[Any, ...]
+
+
+def input_key(bundle: ModelBundle) -> tuple[Any, ...]:
+    """What a :class:`ModelInput` depends on: normalisation, pixel size (nm), size multiple."""
+    return (bundle.normalisation, bundle.pixel_nm, bundle.config.size_multiple)
+
+
+def prepare_input(image: np.ndarray, bundle: ModelBundle, pixel_nm: float | None) -> ModelInput:
+    """Normalise ``image`` as ``bundle`` was trained, resample it to its pixel size, pad it.
+
+    ``pixel_nm`` is the frame's pixel size (nm per pixel); unknown (None)
+    leaves the grid as it is.
+    """
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
     x = normalise(image, bundle.normalisation)
     grid = model_grid_shape(x.shape, pixel_nm, bundle.pixel_nm)
-    return x if grid == x.shape else resample(x, grid, order=1)
+    x = x if grid == x.shape else resample(x, grid, order=1)
+    padded, (h, w) = pad_to_multiple(x, bundle.config.size_multiple)
+    return ModelInput(
+        padded=padded,
+        grid_shape=(h, w),
+        frame_shape=(image.shape[0], image.shape[1]),
+        multiple=bundle.config.size_multiple,
+        made_for=input_key(bundle),
+    )
 
 
-def _to_frame_grid(probability: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if probability.shape != shape:
-        probability = resample(probability, (shape[0], shape[1]), order=1)
+def run_inputs(
+    inputs: list[ModelInput], engine: Engine, *, tile: int = 2048, overlap: int = 64
+) -> list[np.ndarray]:
+    """Probabilities on the model grid (cropped, not yet on the frames' grids), in order.
+
+    Inputs of equal padded shape within ``tile`` pixels go through the engine
+    together, one call per shape; larger ones are tiled one by one
+    (``tile`` and ``overlap`` in pixels of the model grid).
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, item in enumerate(inputs):
+        groups.setdefault(item.padded.shape, []).append(i)
+    results: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(inputs)
+    for shape, members in groups.items():
+        multiple = inputs[members[0]].multiple
+        if max(shape) <= max(multiple, tile // multiple * multiple):
+            if len(members) == 1:
+                batch = inputs[members[0]].padded[None, None]  # a view, no copy
+            else:
+                batch = np.stack([inputs[i].padded for i in members])[:, None]
+            out = np.asarray(engine.predict(batch))
+            for i, probability in zip(members, out, strict=True):
+                h, w = inputs[i].grid_shape
+                results[i] = probability[:h, :w]
+        else:
+            for i in members:
+                h, w = inputs[i].grid_shape
+                whole = predict_tiled(
+                    inputs[i].padded, engine.predict, tile=tile, overlap=overlap, multiple=multiple
+                )
+                results[i] = whole[:h, :w]
+    return results
+
+
+def to_frame_grid(probability: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
+    """A model-grid probability resampled onto the frame's grid, float32 in [0, 1]."""
+    if probability.shape != frame_shape:
+        probability = resample(probability, frame_shape, order=1)
     return np.clip(probability, 0.0, 1.0).astype(np.float32, copy=False)
 
 
@@ -52,11 +124,9 @@ def predict_probability(
     ``overlap`` are in pixels of the model grid. Frames larger than ``tile``
     are run tile by tile, so memory stays bounded for any frame size.
     """
-    x = _to_model_grid(image, bundle, pixel_nm)
-    probability = predict_tiled(
-        x, engine.predict, tile=tile, overlap=overlap, multiple=bundle.config.size_multiple
-    )
-    return _to_frame_grid(probability, image.shape)
+    return predict_batch([image], engine, bundle, pixel_nms=[pixel_nm], tile=tile, overlap=overlap)[
+        0
+    ]
 
 
 def predict_batch(
@@ -76,26 +146,9 @@ def predict_batch(
     """
     if len(images) != len(pixel_nms):
         raise ValueError(f"{len(images)} images but {len(pixel_nms)} pixel sizes")
-    multiple = bundle.config.size_multiple
-    model_grid = [_to_model_grid(im, bundle, p) for im, p in zip(images, pixel_nms, strict=True)]
-    padded = [pad_to_multiple(x, multiple) for x in model_grid]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, (x, _) in enumerate(padded):
-        groups.setdefault(x.shape, []).append(i)
-    results: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(images)
-    for shape, members in groups.items():
-        if max(shape) <= max(multiple, tile // multiple * multiple):
-            batch = np.stack([padded[i][0] for i in members])[:, None]
-            out = np.asarray(engine.predict(batch.astype(np.float32, copy=False)))
-            for i, probability in zip(members, out, strict=True):
-                h, w = padded[i][1]
-                results[i] = probability[:h, :w]
-        else:
-            for i in members:
-                results[i] = predict_tiled(
-                    model_grid[i], engine.predict, tile=tile, overlap=overlap, multiple=multiple
-                )
-    return [_to_frame_grid(p, im.shape) for p, im in zip(results, images, strict=True)]
+    inputs = [prepare_input(im, bundle, p) for im, p in zip(images, pixel_nms, strict=True)]
+    probabilities = run_inputs(inputs, engine, tile=tile, overlap=overlap)
+    return [to_frame_grid(p, x.frame_shape) for p, x in zip(probabilities, inputs, strict=True)]
 
 
 @dataclass

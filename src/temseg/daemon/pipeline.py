@@ -7,8 +7,9 @@ Stages and threads:
    busy (back-pressure: nothing is ever dropped, the watcher's events buffer).
 2. **Readers** (a small thread pool, :func:`host_workers`): read the bytes once (read-only) for
    the SHA-256 identity, skip (path, SHA-256) pairs already handled or
-   recorded, decode the TIFF, decide the material, and put the job on the
-   bounded :class:`FrameQueue` (waiting while it is full).
+   recorded, decode the TIFF, decide the material, prepare the model input
+   (normalise, resample to the model's pixel size, pad) and put the job on
+   the bounded :class:`FrameQueue` (waiting while it is full).
 3. **Inference** (one thread, nothing but the engine's work): follow the
    database's active model and calibrations (checked when frames arrive
    after an idle spell and every ``MODEL_CHECK_S`` under load; thresholds
@@ -16,8 +17,9 @@ Stages and threads:
    shape and pixel size; up to ``batch_size`` on a GPU, one at a time on
    CPU, see :func:`frames_per_call`) and run them through the engine in one
    call. The probability map goes on with its material's threshold.
-4. **Segmenters** (a thread pool, :func:`host_workers`): threshold the
-   probability and measure the particles (off the inference thread, so the
+4. **Segmenters** (a thread pool, :func:`host_workers`): bring the
+   probability back onto the frame's grid, threshold it and measure the
+   particles (off the inference thread, so the
    engine starts the next frame at once; several frames at a time, since
    the labelling releases the GIL), write the mask TIFF if asked.
 5. **Recorder** (one thread, the only user of the ZeroMQ socket): takes the
@@ -66,7 +68,7 @@ from temseg.daemon.rules import (
 )
 from temseg.daemon.watcher import FrameWatcher, scan_backlog
 from temseg.frames import Frame, FrameError, read_frame
-from temseg.inference import predict_batch
+from temseg.inference import ModelInput, input_key, prepare_input, run_inputs, to_frame_grid
 from temseg.segment import Segmentation, segment_probability
 from temseg.store import connect, is_recorded, record_frame
 
@@ -134,6 +136,7 @@ class _Job:
     size_bytes: int = 0
     mtime: float | None = None  # POSIX seconds, when the file was last written
     frame: Frame | None = None
+    model_input: ModelInput | None = None  # prepared by the reader for the model serving then
     material: str = ""
     error: str | None = None
 
@@ -148,7 +151,8 @@ class _Outcome:
     job: _Job
     model: ServedModel | None = None
     segmentation: Segmentation | None = None  # made by a segmenter thread
-    probability: np.ndarray | None = None
+    probability: np.ndarray | None = None  # model grid after inference, frame grid once segmented
+    frame_shape: tuple[int, int] = (0, 0)
     threshold: float | None = None
     threshold_source: str = ""
     pixel_nm: float | None = None  # nm per pixel, for the particles' sizes
@@ -501,6 +505,14 @@ class Daemon:
                 f"is not a valid name ({MATERIAL_RULE})"
             )
             job.frame, frame_material = None, None
+        if job.frame is not None and self._models is not None:
+            try:  # off the inference thread: normalise, resample, pad
+                job.model_input = prepare_input(
+                    job.frame.image, self._models.current.bundle, job.frame.pixel_nm
+                )
+            except Exception as exc:
+                job.error = f"{job.path}: cannot prepare the frame for the model ({exc})"
+                job.frame = None
         job.material, _ = resolve_material(
             frame_material, job.relative, self.settings.folder_rules, self.settings.material
         )
@@ -553,29 +565,36 @@ class Daemon:
                     "threshold lookup",
                     self._abort.is_set,
                 )
-            frames = [job.frame for job in batch if job.frame is not None]
             start = time.perf_counter()
-            probabilities = predict_batch(
-                [f.image for f in frames],
-                model.engine,
-                model.bundle,
-                pixel_nms=[f.pixel_nm for f in frames],
-                tile=self.settings.tile,
-                overlap=self.settings.tile_overlap,
+            inputs = [self._model_input(job, model) for job in batch]
+            probabilities = run_inputs(
+                inputs, model.engine, tile=self.settings.tile, overlap=self.settings.tile_overlap
             )
-            infer_ms = (time.perf_counter() - start) * 1e3 / len(frames)
+            infer_ms = (time.perf_counter() - start) * 1e3 / len(batch)
             self.stats.batches += 1
-            self.stats.largest_batch = max(self.stats.largest_batch, len(frames))
-            for outcome, probability, frame in zip(outcomes, probabilities, frames, strict=True):
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            for outcome, probability, x in zip(outcomes, probabilities, inputs, strict=True):
+                assert outcome.job.frame is not None
                 outcome.probability = probability
-                outcome.pixel_nm = frame.pixel_nm
+                outcome.frame_shape = x.frame_shape
+                outcome.pixel_nm = outcome.job.frame.pixel_nm
                 outcome.infer_ms = infer_ms
+                outcome.job.model_input = None  # its memory goes now
         except Exception as exc:  # an engine failure fails these frames, not the daemon
             logger.exception("inference failed for %d frame(s)", len(batch))
             for outcome in outcomes:
                 outcome.job.error = f"{outcome.job.path}: inference failed ({exc})"
                 outcome.probability = None
         return outcomes
+
+    @staticmethod
+    def _model_input(job: _Job, model: ServedModel) -> ModelInput:
+        """The reader's input, or a new one when the model changed in between."""
+        assert job.frame is not None
+        x = job.model_input
+        if x is None or x.made_for != input_key(model.bundle):
+            x = prepare_input(job.frame.image, model.bundle, job.frame.pixel_nm)
+        return x
 
     def _check_models(self, models: ModelServer) -> None:
         """Follow the database's active model; forget cached thresholds (new calibrations)."""
@@ -603,6 +622,7 @@ class Daemon:
             return
         start = time.perf_counter()
         try:
+            outcome.probability = to_frame_grid(outcome.probability, outcome.frame_shape)
             outcome.segmentation = segment_probability(
                 outcome.probability, outcome.threshold, outcome.pixel_nm
             )
