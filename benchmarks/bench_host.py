@@ -1,0 +1,117 @@
+"""CPU cost of the daemon's work outside the engine, per frame, and how it spreads over threads.
+
+On a GPU the engine takes a few ms per frame even at 4096 x 4096 px; what
+limits the daemon then is the host: reading (SHA-256, TIFF decode, model
+input), segmenting (probability back on the frame's grid, threshold,
+particles) and the wire encoding of the mask. This measures each step on
+one core, then the frames/s of the reader and segmenter steps with 1..K
+threads working on different frames::
+
+    python benchmarks/bench_host.py --size 4096 --threads 1 2
+
+The probability map is the simulated frame's true mask (the particles a good
+model finds), so particle counts are realistic. Nothing here needs a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from temseg.frames import read_frame
+from temseg.inference import prepare_input, to_frame_grid
+from temseg.model.bundle import load_bundle
+from temseg.segment import segment_probability
+from temseg.stream.protocol import encode_mask_message
+from temseg.synth import simulate_frame
+
+
+def median_ms(step: Callable[[], object], repeats: int) -> float:
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def frames_per_s(work: Callable[[], object], threads: int, frames: int) -> float:
+    """``frames`` calls of ``work`` spread over ``threads`` threads, per second."""
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(lambda _: work(), range(threads)):  # start and warm the threads
+            pass
+        start = time.perf_counter()
+        for _ in pool.map(lambda _: work(), range(frames)):
+            pass
+        return frames / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=4096, help="frame side, pixels")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+
+    bundle = load_bundle(None)
+    particles = max(1, round(3 * (args.size / 512) ** 2))  # as dense as a 512 px frame with 3
+    synthetic = simulate_frame(
+        "Au", args.size, seed=0, pixel_nm=bundle.pixel_nm or 0.05, n_particles=particles
+    )
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, synthetic.image, metadata={"pixel_nm": bundle.pixel_nm})
+    data = buffer.getvalue()
+    path = Path("frame.tif")  # only named in messages: the bytes are passed in
+    frame = read_frame(path, data=data)
+    x = prepare_input(frame.image, bundle, frame.pixel_nm)
+    h, w = x.grid_shape
+    model_probability = synthetic.mask.astype(np.float32)[:h, :w]
+    seg = segment_probability(to_frame_grid(model_probability, x.frame_shape), 0.5, frame.pixel_nm)
+
+    def read() -> object:
+        hashlib.sha256(data).hexdigest()
+        f = read_frame(path, data=data)
+        return prepare_input(f.image, bundle, f.pixel_nm)
+
+    def segment() -> object:
+        probability = to_frame_grid(model_probability, x.frame_shape)
+        return segment_probability(probability, 0.5, frame.pixel_nm)
+
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("reader: SHA-256", lambda: hashlib.sha256(data).hexdigest()),
+        ("reader: TIFF decode", lambda: read_frame(path, data=data)),
+        ("reader: model input (normalise, pad)", lambda: prepare_input(frame.image, bundle, None)),
+        ("segmenter: to frame grid", lambda: to_frame_grid(model_probability, x.frame_shape)),
+        (
+            "segmenter: threshold + particles",
+            lambda: segment_probability(model_probability, 0.5, frame.pixel_nm),
+        ),
+        (
+            "recorder: encode mask message",
+            lambda: encode_mask_message({"material": "Au"}, seg.mask),
+        ),
+    ]
+    print(
+        f"{args.size} x {args.size} px uint16 frame, {seg.n_particles} particles; "
+        f"median of {args.repeats}, one thread"
+    )
+    for name, step in steps:
+        print(f"  {name:40s} {median_ms(step, args.repeats):8.1f} ms")
+    for label, work in (("reader", read), ("segmenter", segment)):
+        for threads in args.threads:
+            rate = frames_per_s(work, threads, threads * args.repeats)
+            print(f"  {label} step, {threads} thread(s): {rate:7.1f} frames/s")
+
+
+if __name__ == "__main__":
+    main()
