@@ -448,6 +448,8 @@ def test_settings_that_would_write_into_the_watched_folder_are_refused(
         Daemon(Settings(watch=acq, db=f"sqlite:///{acq}/sub/t.db"))
     with pytest.raises(ConfigError, match="does not exist"):
         Daemon(Settings(watch=tmp_path / "missing", db=str(tmp_path / "t.db")))
+    with pytest.raises(ConfigError, match="HEIGHTxWIDTH"):
+        Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), warmup_shapes=["4096"]))
     with pytest.raises(ConfigError, match="segmenters"):
         Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), segmenters=-1))
     assert list(acq.iterdir()) == []
@@ -572,6 +574,17 @@ def test_parallel_segmenters_keep_each_frame_its_own_mask_and_the_arrival_order(
     assert len({mask.tobytes() for mask in written}) == len(paths)  # a mix-up would show
     for mask, path in zip(written, paths, strict=True):
         np.testing.assert_array_equal(mask, tifffile.imread(offline / f"{path.stem}_mask.tif"))
+
+
+def test_compile_without_a_gpu_runs_eager_after_warming_the_listed_shapes(
+    make_daemon, acq: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (acq / "a.tif").write_bytes(tiff_bytes(1))
+    with caplog.at_level(logging.WARNING, logger="temseg.engine"):
+        daemon = make_daemon(compile=True, warmup_shapes=["64x64", "96x80"], backend="auto")
+    assert daemon.wait_idle(30) and daemon.stats.done == 1
+    assert "runs eager" in caplog.text
+    assert daemon.model is not None and not daemon.model.engine.name.endswith("-compiled")
 
 
 def test_thresholds_cached_until_the_model_check(db_path: Path, bundles: dict[str, Path]) -> None:

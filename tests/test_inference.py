@@ -164,3 +164,16 @@ def test_segment_frame(bundle: ModelBundle, engine: RecordingEngine) -> None:
     assert other.material == "CdSe"
     assert all(p.area_px >= 5 for p in other.segmentation.particles)
     assert other.segmentation.mask.sum() <= result.segmentation.mask.sum()
+
+
+def test_warm_up_runs_each_frame_shape_as_the_daemon_pads_it(
+    bundle: ModelBundle, engine: RecordingEngine
+) -> None:
+    from temseg.daemon.models import warm_up
+
+    multiple = bundle.config.size_multiple
+    assert warm_up(engine, bundle, [(300, 260), (64, 64), (128, 128)]) > 0
+    side = -(-64 // multiple) * multiple
+    expected = {(1, 1, side, side), (1, 1, 128, 128)}
+    expected.add((1, 1, -(-300 // multiple) * multiple, -(-260 // multiple) * multiple))
+    assert sorted(engine.shapes) == sorted(expected)  # each shape once

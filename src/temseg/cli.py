@@ -257,6 +257,12 @@ def daemon(
     ),
     queue_size: int | None = typer.Option(None, "--queue-size", min=1, help="Frame queue."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Max batch."),
+    compile_: bool | None = typer.Option(
+        None, "--compile/--eager", help="torch on CUDA: torch.compile at start (minutes)."
+    ),
+    warmup_shape: list[str] | None = typer.Option(
+        None, "--warmup-shape", help="Frame shape HxW (px) to compile/warm before READY; repeat."
+    ),
     log_level: str | None = typer.Option(None, "--log-level", help="DEBUG | INFO | WARNING."),
     curve_keys: str | None = typer.Option(
         None,
@@ -283,6 +289,8 @@ def daemon(
         "masks": masks,
         "queue_size": queue_size,
         "batch_size": batch_size,
+        "compile": compile_,
+        "warmup_shapes": warmup_shape or None,
         "log_level": log_level,
         "curve_keys": curve_keys,
     }

@@ -55,6 +55,8 @@ class Settings:
     tile_overlap: int = 64  # pixels
     queue_size: int = 16  # frames waiting for inference
     batch_size: int = 4  # GPU: frames that arrived together are batched up to this many; CPU: 1
+    compile: bool = False  # torch on CUDA: torch.compile at start, one frame per engine call
+    warmup_shapes: list[str] = field(default_factory=list)  # "HxW" frame shapes run before READY
     readers: int = 0  # threads that hash and decode frames; 0 = from the number of cores
     segmenters: int = 0  # threads that threshold, measure particles, write masks; 0 = from cores
     log_level: str = "INFO"

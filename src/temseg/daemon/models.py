@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +50,9 @@ class EngineOptions:
     """How engines are created: see :func:`temseg.engine.load_engine`.
 
     ``max_size`` (pixels per side) and ``batch`` (frames) bound a TensorRT
-    profile; ``cache_dir`` holds ONNX exports and TensorRT plans.
+    profile; ``cache_dir`` holds ONNX exports and TensorRT plans. ``compile``
+    asks for ``torch.compile`` on CUDA; ``warmup_shapes`` are frame shapes
+    run once at load, so that compilation happens before the first frame.
     """
 
     backend: str = "auto"
@@ -58,6 +61,8 @@ class EngineOptions:
     cache_dir: Path | None = None
     max_size: int = 2048
     batch: int = 4
+    compile: bool = False
+    warmup_shapes: tuple[tuple[int, int], ...] = ()  # frame (height, width), pixels
 
 
 def frames_per_call(engine: Engine, batch_size: int) -> int:
@@ -65,10 +70,12 @@ def frames_per_call(engine: Engine, batch_size: int) -> int:
 
     Up to ``batch_size`` on a GPU (TensorRT, or a CUDA engine); one on CPU,
     where a batch costs more CPU time per frame than single frames and,
-    at 2048 px, far more memory (see ``benchmarks/RESULTS.md``).
+    at 2048 px, far more memory (see ``benchmarks/RESULTS.md``); one with a
+    compiled engine, which would compile every batch size separately.
     """
     on_gpu = engine.backend == "tensorrt" or "cuda" in engine.name
-    return batch_size if on_gpu else 1
+    compiled = engine.name.endswith("-compiled")
+    return batch_size if on_gpu and not compiled else 1
 
 
 def load_served(
@@ -84,24 +91,37 @@ def load_served(
         cache_dir=options.cache_dir,
         max_size=options.max_size,
         batch=options.batch,
+        compile=options.compile,
     )
     try:
-        warm_up(engine, bundle)
+        warm_up(engine, bundle, options.warmup_shapes)
     except BaseException:
         engine.close()
         raise
     return ServedModel(bundle=bundle, engine=engine, source=source, registry_id=registry_id)
 
 
-def warm_up(engine: Engine, bundle: ModelBundle, size: int = 64) -> float:
-    """Run one small batch so the first real frame does not pay for lazy set-up; return ms.
+def warm_up(
+    engine: Engine, bundle: ModelBundle, frame_shapes: Iterable[tuple[int, int]] = ()
+) -> float:
+    """Run a small frame and each of ``frame_shapes`` (pixels) once; return ms.
 
-    Engines that compile per shape (TensorRT, ``torch.compile``) still
-    compile each new frame shape on its first frame.
+    Frame shapes are taken at the model's own pixel size and padded as the
+    daemon pads them, so engines that compile per shape (``torch.compile``)
+    do it now instead of on the first frame of that shape; frames of other
+    shapes still compile on their first frame. Shapes are not bucketed
+    further: padding a frame beyond the model's size multiple changed up to
+    0.3 % of the mask pixels near the bottom and right edges of small frames,
+    and a camera delivers few distinct shapes.
     """
-    side = max(size, bundle.config.size_multiple)
+    multiple = bundle.config.size_multiple
+
+    def padded(side: int) -> int:
+        return -(-side // multiple) * multiple
+
+    shapes = {(1, 1, padded(h), padded(w)) for h, w in [(64, 64), *frame_shapes]}
     start = time.perf_counter()
-    warmup(engine, [(1, 1, side, side)])
+    warmup(engine, sorted(shapes))
     return (time.perf_counter() - start) * 1e3
 
 

@@ -62,6 +62,7 @@ from temseg.daemon.rules import (
     check_daemon_settings,
     is_loopback_endpoint,
     mask_path,
+    parse_shape,
     relative_posix,
     resolve_material,
     valid_material,
@@ -270,6 +271,8 @@ class Daemon:
                 cache_dir=s.engine_cache,
                 max_size=max(s.tile, 64),
                 batch=s.batch_size,
+                compile=s.compile,
+                warmup_shapes=tuple(parse_shape(shape) for shape in s.warmup_shapes),
             )
             self._models = ModelServer(self._db, pinned=s.model, options=options)
             model = self._models.current
@@ -508,7 +511,9 @@ class Daemon:
         if job.frame is not None and self._models is not None:
             try:  # off the inference thread: normalise, resample, pad
                 job.model_input = prepare_input(
-                    job.frame.image, self._models.current.bundle, job.frame.pixel_nm
+                    job.frame.image,
+                    self._models.current.bundle,
+                    job.frame.pixel_nm,
                 )
             except Exception as exc:
                 job.error = f"{job.path}: cannot prepare the frame for the model ({exc})"
@@ -587,8 +592,7 @@ class Daemon:
                 outcome.probability = None
         return outcomes
 
-    @staticmethod
-    def _model_input(job: _Job, model: ServedModel) -> ModelInput:
+    def _model_input(self, job: _Job, model: ServedModel) -> ModelInput:
         """The reader's input, or a new one when the model changed in between."""
         assert job.frame is not None
         x = job.model_input

@@ -99,6 +99,20 @@ def sqlite_file(db_url: str) -> Path | None:
     return Path(database).expanduser()
 
 
+def parse_shape(text: str) -> tuple[int, int]:
+    """A frame shape "HEIGHTxWIDTH" in pixels, e.g. "4096x4096", as (height, width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        height, width = (int(part) for part in parts)
+    except ValueError:
+        raise ConfigError(
+            f"frame shape {text!r} is not HEIGHTxWIDTH in pixels, e.g. 4096x4096"
+        ) from None
+    if height < 1 or width < 1:
+        raise ConfigError(f"frame shape {text!r} must be at least 1x1 pixels")
+    return height, width
+
+
 def check_daemon_settings(settings: Settings) -> Path:
     """Validate what the daemon needs; return the resolved watched folder.
 
@@ -127,6 +141,8 @@ def check_daemon_settings(settings: Settings) -> Path:
         raise ConfigError("queue_size and batch_size must be at least 1")
     if settings.readers < 0 or settings.segmenters < 0:
         raise ConfigError("readers and segmenters must be 0 (from the cores) or more")
+    for shape in settings.warmup_shapes:
+        parse_shape(shape)
     if not settings.patterns:
         raise ConfigError("patterns is empty: nothing would ever be processed")
     for material in (settings.material, *settings.folder_rules.values()):
