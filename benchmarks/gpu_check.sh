@@ -6,12 +6,15 @@
 #
 # 1. the gpu-marked engine tests (CUDA fp16 + channels_last, torch.compile, ONNX Runtime CUDA
 #    and TensorRT when installed) against PyTorch fp32 on the CPU;
-# 2. frames/s of PyTorch eager fp32, eager fp16 channels_last, compiled fp16 (and TensorRT fp16
-#    when installed) at 512, 2048 and 4096 pixels, printed as a table.
+# 2. the daemon end to end on 4096 x 4096 uint16 frames (the 60 frames/s target), eager fp16
+#    and compiled, with `temseg bench` (bare engine, naive loop, daemon burst and paced);
+# 3. frames/s of PyTorch eager fp32, eager fp16 channels_last, compiled fp16 (and TensorRT fp16
+#    when installed) at the sizes in SIZES, printed as a table.
+# Each step has its own time limit; FRAMES sets the daemon burst length (default 60).
 # Nothing is installed; caches go to a temporary directory that is removed at the end.
 set -u
 PY=${PYTHON:-python3}
-SIZES=${SIZES:-512 2048 4096}
+SIZES=${SIZES:-512 4096}
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export XDG_CACHE_HOME
@@ -31,6 +34,14 @@ PYEOF
 status=0
 echo "== gpu tests =="
 timeout 420 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_engines.py || status=1
+
+FRAMES=${FRAMES:-60}
+echo "== daemon at 4096 x 4096, eager fp16 =="
+timeout 240 "$PY" -m temseg bench --size 4096 --frames "$FRAMES" --device cuda \
+    --backend torch || status=1
+echo "== daemon at 4096 x 4096, compiled fp16 =="
+timeout 300 "$PY" -m temseg bench --size 4096 --frames "$FRAMES" --device cuda \
+    --backend torch --compile || status=1
 
 echo "== engine benchmark (batch 1, ms per frame end to end) =="
 # shellcheck disable=SC2086

@@ -137,15 +137,27 @@ def test_refuses_a_work_folder_in_use(tmp_path: Path) -> None:
     assert (tmp_path / "keep.tif").read_bytes() == b"raw data"
 
 
-def test_batch_size_one_and_no_paced_run_leave_those_stages_out(tmp_path: Path) -> None:
+def test_batch_size_one_no_paced_run_and_compile_without_gpu(tmp_path: Path) -> None:
     out = tmp_path / "report.json"
     args = ["bench", "--frames", "1", "--size", "64", "--threads", "1", "--paced", "0"]
-    args += ["--batch-size", "1", "--json", str(out)]
+    args += ["--batch-size", "1", "--compile", "--json", str(out)]  # compile: CUDA only
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert set(report["stages"]) == STAGES - {"engine_batched", "daemon_paced"}
     assert report["batch_size"] == 1
+    assert not report["backend"].endswith("-compiled")  # no GPU: the engines ran eager
     assert report["stages"]["daemon"]["details"]["daemon_stats"]["largest_batch"] == 1
     latency = [t for t in report["targets"] if "latency" in t["name"]]
     assert latency[0]["value"] is None and latency[0]["met"] is None
+
+
+def test_python_dash_m_runs_the_same_commands() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "temseg", "bench", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage: temseg bench" in result.stdout and "--compile" in result.stdout

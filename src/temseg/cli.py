@@ -806,6 +806,9 @@ def bench(
     batch_size: int | None = typer.Option(
         None, "--batch-size", min=1, help="The daemon's batch size (default: its setting, 4)."
     ),
+    compile_: bool = typer.Option(
+        False, "--compile", help="torch.compile the CUDA engine (stage a and the daemon)."
+    ),
     json_out: str | None = typer.Option(None, "--json", help="Write every figure to this file."),
     workdir: str | None = typer.Option(
         None, "--workdir", help="Keep frames, watched folder and database here (default: temp)."
@@ -836,6 +839,7 @@ def bench(
             model=model,
             paced=paced,
             batch_size=batch_size,
+            compile=compile_,
             workdir=workdir,
             on_status=lambda text: typer.echo(f"bench: {text}", err=True),
         )

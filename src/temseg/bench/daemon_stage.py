@@ -29,6 +29,7 @@ from temseg.bench.stats import (
 )
 from temseg.config import Settings
 from temseg.daemon import Daemon
+from temseg.frames import read_frame
 from temseg.stream import StreamMessage, Subscriber
 
 WARMUP_TRIES = 3
@@ -114,6 +115,7 @@ def bench_daemon(
     threads: int,
     paced: int,
     batch_size: int | None = None,
+    compile: bool = False,
     timeout_s: float = 120.0,
     on_status: Callable[[str], object] | None = None,
 ) -> tuple[StageResult, StageResult | None]:
@@ -126,7 +128,8 @@ def bench_daemon(
     once the previous mask was received: latency with an idle pipeline
     (None when ``paced`` is 0).
     ``workdir`` gets ``watch/`` and ``daemon.db``; ``model`` is pinned;
-    ``batch_size`` overrides the daemon's setting.
+    ``batch_size`` overrides the daemon's setting; ``compile`` sets the
+    daemon's ``compile`` with the frames' shape in ``warmup_shapes``.
     """
     say = on_status or (lambda _text: None)
     watch = workdir / "watch"
@@ -143,6 +146,9 @@ def bench_daemon(
     )
     if batch_size is not None:
         settings.batch_size = batch_size
+    if compile:
+        height, width = read_frame(frames[0]).image.shape
+        settings.compile, settings.warmup_shapes = True, [f"{height}x{width}"]
     daemon = Daemon(settings)
     daemon.start()
     try:

@@ -145,6 +145,7 @@ def run_bench(
     model: str | None = None,
     paced: int | None = None,
     batch_size: int | None = None,
+    compile: bool = False,
     seed: int = 0,
     workdir: str | Path | None = None,
     on_status: Callable[[str], object] | None = None,
@@ -156,7 +157,8 @@ def run_bench(
     (d) the daemon through ZeroMQ, as a burst of all frames then ``paced``
     frames one at a time (default: ``min(frames, 10)``). ``batch_size``:
     the daemon's (and the batched engine stage's) batch size, default the
-    daemon's setting. ``threads``: CPU
+    daemon's setting. ``compile``: ``torch.compile`` the engine (CUDA), in
+    stage (a) and in the daemon, compiled before timing. ``threads``: CPU
     threads (0 = all cores). ``workdir`` (new or empty) keeps the frames,
     database and watched folder (default: a temporary folder, removed afterwards).
     """
@@ -173,6 +175,7 @@ def run_bench(
                 model=model,
                 paced=paced,
                 batch_size=batch_size,
+                compile=compile,
                 seed=seed,
                 workdir=tmp,
                 on_status=on_status,
@@ -215,7 +218,7 @@ def run_bench(
     del decoded
 
     say("(a) bare engine")
-    engine = load_engine(bundle, backend=backend, device=resolved, threads=threads)
+    engine = load_engine(bundle, backend=backend, device=resolved, threads=threads, compile=compile)
     try:
         report.backend = engine.name
         report.frames_per_call = frames_per_call(engine, batch)
@@ -244,6 +247,7 @@ def run_bench(
         threads=threads,
         paced=min(frames, DEFAULT_PACED) if paced is None else paced,
         batch_size=batch,
+        compile=compile,
         on_status=say,
     )
     report.stages["daemon"] = burst
