@@ -152,10 +152,10 @@ def run_bench(
 ) -> BenchReport:
     """Benchmark the pipeline on ``frames`` synthetic ``size`` x ``size`` px frames.
 
-    Stages, in one process: (b) TIFF decode, (a) the bare engine (one frame
-    per call, then in daemon-sized batches), (c) the naive notebook loop,
-    (d) the daemon through ZeroMQ, as a burst of all frames then ``paced``
-    frames one at a time (default: ``min(frames, 10)``). ``batch_size``:
+    Stages, in one process and this order: (b) TIFF decode, (c) the naive
+    notebook loop, (a) the bare engine (in daemon-sized batches, then one
+    frame per call), (d) the daemon through ZeroMQ, as a burst of all frames
+    then ``paced`` frames one at a time (default: ``min(frames, 10)``). ``batch_size``:
     the daemon's (and the batched engine stage's) batch size, default the
     daemon's setting. ``compile``: ``torch.compile`` the engine (CUDA), in
     stage (a) and in the daemon, compiled before timing. ``threads``: CPU
@@ -217,24 +217,27 @@ def run_bench(
     inputs = [model_input(f, bundle) for f in decoded]
     del decoded
 
+    say("(c) naive loop")
+    report.stages["naive"] = bench_naive(paths, bundle, resolved, threads)
+
+    # The bare engine runs last before the daemon, one frame per call last of
+    # all: on a shared machine the speed drifts, and the ratios compare these two.
     say("(a) bare engine")
     engine = load_engine(bundle, backend=backend, device=resolved, threads=threads, compile=compile)
     try:
         report.backend = engine.name
         report.frames_per_call = frames_per_call(engine, batch)
-        report.stages["engine"] = bench_engine(
-            inputs, engine, bundle, resolved, tile=defaults.tile, overlap=defaults.tile_overlap
-        )
-        if batch > 1 and not report.stages["engine"].details["tiled"]:
+        tiled = max(inputs[0].shape) > defaults.tile
+        if batch > 1 and not tiled:
             report.stages["engine_batched"] = bench_engine_batched(
                 inputs, engine, bundle, resolved, batch
             )
+        report.stages["engine"] = bench_engine(
+            inputs, engine, bundle, resolved, tile=defaults.tile, overlap=defaults.tile_overlap
+        )
     finally:
         engine.close()
     del inputs
-
-    say("(c) naive loop")
-    report.stages["naive"] = bench_naive(paths, bundle, resolved, threads)
 
     say("(d) daemon")
     assert bundle.path is not None
