@@ -1,15 +1,15 @@
-"""The daemon's pipeline: watcher -> readers -> frame queue -> inference -> recorder.
+"""The daemon's pipeline: watcher -> readers -> queue -> inference -> segmenters -> recorder.
 
 Stages and threads:
 
 1. **Intake** (watcher threads and a backlog thread): each complete frame
    file is handed to :meth:`Daemon.submit`, which waits while every reader is
    busy (back-pressure: nothing is ever dropped, the watcher's events buffer).
-2. **Readers** (a small thread pool, :func:`host_workers`): read the bytes once (read-only) for
-   the SHA-256 identity, skip (path, SHA-256) pairs already handled or
-   recorded, decode the TIFF, decide the material, prepare the model input
-   (normalise, resample to the model's pixel size, pad) and put the job on
-   the bounded :class:`FrameQueue` (waiting while it is full).
+2. **Readers** (a thread pool, :func:`host_workers`): read the bytes once
+   (read-only) for the SHA-256 identity, skip (path, SHA-256) pairs already
+   handled or recorded, decode the TIFF, decide the material, prepare the
+   model input (normalise, resample to the model's pixel size, pad) and put
+   the job on the bounded :class:`FrameQueue` (waiting while it is full).
 3. **Inference** (one thread, nothing but the engine's work): follow the
    database's active model and calibrations (checked when frames arrive
    after an idle spell and every ``MODEL_CHECK_S`` under load; thresholds
@@ -19,9 +19,9 @@ Stages and threads:
    call. The probability map goes on with its material's threshold.
 4. **Segmenters** (a thread pool, :func:`host_workers`): bring the
    probability back onto the frame's grid, threshold it and measure the
-   particles (off the inference thread, so the
-   engine starts the next frame at once; several frames at a time, since
-   the labelling releases the GIL), write the mask TIFF if asked.
+   particles (off the inference thread, so the engine starts the next frame
+   at once; several frames at a time, since the labelling releases the GIL),
+   write the mask TIFF if asked.
 5. **Recorder** (one thread, the only user of the ZeroMQ socket): takes the
    segmented frames in arrival order, records each in the database first
    (its id goes into the message), then publishes the mask, or the error
@@ -88,10 +88,11 @@ def host_workers(cores: int) -> tuple[int, int]:
 
     Readers hash and decode (2 up to 8 cores, then one per 4 cores, at most
     8); segmenters threshold, measure particles and write mask files (one
-    per 2 cores, 1 to 8). A 4096 x 4096 px frame costs about 60 ms of
-    reading and 130 ms of segmentation on one core, so a GPU serving tens of
-    such frames per second needs these stages spread over several cores;
-    on a small CPU-only machine the engine's threads need the cores instead.
+    per 2 cores, 1 to 8). A 4096 x 4096 px frame costs about 55 ms of
+    reading and 200 ms of segmentation on one core (``benchmarks/bench_host.py``),
+    so a GPU serving tens of such frames per second needs these stages spread
+    over several cores; on a small CPU-only machine the engine's threads need
+    the cores instead.
     """
     cores = max(1, cores)
     return max(2, min(8, cores // 4)), max(1, min(8, cores // 2))
