@@ -171,3 +171,47 @@ def test_box_walk_and_single_pass_agree(monkeypatch: pytest.MonkeyPatch) -> None
     for a, b in zip(by_box, by_pass, strict=True):
         assert (a.label, a.area_px, a.bbox) == (b.label, b.area_px, b.bbox)
         assert a.centroid == pytest.approx(b.centroid, abs=1e-9)
+
+
+def _sparse_blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """A large 0/1 mask with a few hundred blobs of many sizes, some on the borders."""
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros(shape, bool)
+    seeds[rng.integers(0, shape[0], 150), rng.integers(0, shape[1], 150)] = True
+    seeds[0, rng.integers(0, shape[1], 3)] = seeds[rng.integers(0, shape[0], 3), -1] = True
+    grown = ndimage.binary_dilation(seeds, iterations=6) | (rng.random(shape) < 0.00005)
+    grown[100:110, 100:140] = np.eye(10, 40, dtype=bool)  # a diagonal line across blocks
+    return grown.astype(np.uint8)
+
+
+@pytest.mark.parametrize(("shape", "seed"), [((1100, 1050), 1), ((1024, 1024), 2)])
+def test_windowed_labelling_finds_the_same_particles(
+    shape: tuple[int, int], seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mask = _sparse_blobs(shape, seed)
+    occupied = segment._occupied_blocks(mask > 0, segment.WINDOW_BLOCK_PX)
+    assert mask.size >= segment.WINDOW_MIN_PIXELS
+    assert occupied.mean() <= segment.WINDOW_MAX_OCCUPIED  # the windowed path runs
+    windowed = find_particles(mask, pixel_nm=0.05, min_area_px=2)
+    monkeypatch.setattr(segment, "WINDOW_MIN_PIXELS", mask.size + 1)  # label the whole frame
+    whole = find_particles(mask, pixel_nm=0.05, min_area_px=2)
+    assert len(windowed) == len(whole) > 150
+    for a, b in zip(windowed, whole, strict=True):
+        assert (a.label, a.area_px, a.bbox, a.touches_border) == (
+            b.label,
+            b.area_px,
+            b.bbox,
+            b.touches_border,
+        )
+        assert a.centroid == pytest.approx(b.centroid, abs=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (70, 90), (33, 200)])
+def test_occupied_blocks_match_a_block_maximum(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(shape[1])
+    binary = rng.random(shape) < 0.002
+    block = 32
+    padded = np.pad(binary, ((0, -shape[0] % block), (0, -shape[1] % block)))
+    hb, wb = padded.shape[0] // block, padded.shape[1] // block
+    expected = padded.reshape(hb, block, wb, block).any(axis=(1, 3))
+    np.testing.assert_array_equal(segment._occupied_blocks(binary, block), expected)

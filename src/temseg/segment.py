@@ -68,16 +68,27 @@ def binarize(probability: np.ndarray, threshold: float) -> np.ndarray:
 #: map has thousands of specks.
 BOX_WALK_MAX_COMPONENTS = 1024
 
+#: Masks of at least this many pixels whose particles occupy at most
+#: ``WINDOW_MAX_OCCUPIED`` of the ``WINDOW_BLOCK_PX`` blocks are labelled window
+#: by window: each group of touching occupied blocks is labelled on its own,
+#: so the labelling skips the empty background (4096 x 4096 px, 10 % particle
+#: pixels: 115 -> 41 ms for labels and boxes). The particles are the same.
+WINDOW_MIN_PIXELS = 1024 * 1024
+WINDOW_BLOCK_PX = 32  # a multiple of 8: blocks are tested 8 pixels per 64-bit word
+WINDOW_MAX_OCCUPIED = 0.5
+
+#: (areas, centroid rows, centroid columns, boxes (y0, x0, y1, x1)) of the components,
+#: numbered as ``scipy.ndimage.label`` numbers them (raster order of their first pixel).
+_Components = tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int, int]]]
+
 
 def _stats_in_boxes(
-    labels: np.ndarray, slices: list[tuple[slice, slice] | None]
+    labels: np.ndarray, slices: list[tuple[slice, slice]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Areas and centroids (row, column) of labels 1..n from their bounding boxes."""
     n = len(slices)
     areas, rows, cols = np.zeros(n, np.int64), np.zeros(n), np.zeros(n)
     for i, box in enumerate(slices):
-        if box is None:
-            continue
         own = labels[box] == i + 1
         per_row, per_col = np.count_nonzero(own, axis=1), np.count_nonzero(own, axis=0)
         areas[i] = per_row.sum()
@@ -97,29 +108,90 @@ def _stats_in_one_pass(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarr
     return areas, centroid_rows, centroid_cols
 
 
+def _label(binary: np.ndarray) -> tuple[np.ndarray, int, list[tuple[slice, slice]]]:
+    """8-connected labels of a boolean image, their count and bounding slices."""
+    labels, n = ndimage.label(binary, structure=_EIGHT_CONNECTED)
+    return labels, n, [box for box in ndimage.find_objects(labels) if box is not None]
+
+
+def _stats(
+    labels: np.ndarray, n: int, slices: list[tuple[slice, slice]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Areas and centroids (row, column) of labels 1..n, by the cheaper walk for ``n``."""
+    if n <= BOX_WALK_MAX_COMPONENTS:
+        return _stats_in_boxes(labels, slices)
+    return _stats_in_one_pass(labels, n)
+
+
+def _measure(binary: np.ndarray) -> _Components:
+    """Areas, centroids and boxes of the components of a boolean image, labelled whole."""
+    labels, n, slices = _label(binary)
+    areas, rows, cols = _stats(labels, n, slices)
+    boxes = [(b[0].start, b[1].start, b[0].stop, b[1].stop) for b in slices]
+    return areas, rows, cols, boxes
+
+
+def _occupied_blocks(binary: np.ndarray, block: int) -> np.ndarray:
+    """Which ``block`` x ``block`` px blocks of a boolean image hold a True pixel."""
+    pad_h, pad_w = -binary.shape[0] % block, -binary.shape[1] % block
+    if pad_h or pad_w:
+        binary = np.pad(binary, ((0, pad_h), (0, pad_w)))
+    words = np.ascontiguousarray(binary).view(np.uint64)  # 8 pixels per word
+    rows_of_blocks = np.bitwise_or.reduce(words.reshape(-1, block, words.shape[1]), axis=1)
+    return rows_of_blocks.reshape(rows_of_blocks.shape[0], -1, block // 8).any(axis=2)
+
+
+def _measure_in_windows(binary: np.ndarray, occupied: np.ndarray) -> _Components:
+    """:func:`_measure`, one window per group of touching occupied blocks."""
+    block = WINDOW_BLOCK_PX
+    groups, _, group_boxes = _label(occupied)
+    found: list[tuple[tuple[int, int], int, float, float, tuple[int, int, int, int]]] = []
+    for g, (gy, gx) in enumerate(group_boxes, start=1):
+        y0, x0 = gy.start * block, gx.start * block
+        y1, x1 = min(gy.stop * block, binary.shape[0]), min(gx.stop * block, binary.shape[1])
+        in_group = np.repeat(np.repeat(groups[gy, gx] == g, block, 0), block, 1)
+        labels, n, slices = _label(binary[y0:y1, x0:x1] & in_group[: y1 - y0, : x1 - x0])
+        areas, rows, cols = _stats(labels, n, slices)
+        for k, (sy, sx) in enumerate(slices):
+            first_col = sx.start + int(np.argmax(labels[sy.start, sx] == k + 1))
+            box = (y0 + sy.start, x0 + sx.start, y0 + sy.stop, x0 + sx.stop)
+            found.append(((box[0], x0 + first_col), int(areas[k]), y0 + rows[k], x0 + cols[k], box))
+    found.sort(key=lambda item: item[0])  # scipy's numbering: raster order of the first pixel
+    return (
+        np.array([f[1] for f in found], dtype=np.int64),
+        np.array([f[2] for f in found]),
+        np.array([f[3] for f in found]),
+        [f[4] for f in found],
+    )
+
+
+def _components(binary: np.ndarray) -> _Components:
+    """:func:`_measure_in_windows` for large masks with sparse particles, else :func:`_measure`."""
+    if binary.size >= WINDOW_MIN_PIXELS:
+        occupied = _occupied_blocks(binary, WINDOW_BLOCK_PX)
+        if occupied.mean() <= WINDOW_MAX_OCCUPIED:
+            return _measure_in_windows(binary, occupied)
+    return _measure(binary)
+
+
 def find_particles(
     mask: np.ndarray, pixel_nm: float | None = None, min_area_px: int = 1
 ) -> list[Particle]:
     """8-connected particles of a 0/1 mask with area, centroid, bbox and diameters.
 
     ``pixel_nm`` (nm per pixel), when known, adds ``area_nm2`` and
-    ``equiv_diameter_nm``. Components smaller than ``min_area_px`` are dropped.
+    ``equiv_diameter_nm``. Components smaller than ``min_area_px`` are dropped;
+    labels follow ``scipy.ndimage.label`` (raster order of the first pixel).
     """
-    labels, n = ndimage.label(mask > 0, structure=_EIGHT_CONNECTED)
-    if n == 0:
-        return []
+    areas, centroid_rows, centroid_cols, boxes = _components(np.asarray(mask) > 0)
     h, w = mask.shape
-    slices = ndimage.find_objects(labels)
-    if n <= BOX_WALK_MAX_COMPONENTS:
-        areas, centroid_rows, centroid_cols = _stats_in_boxes(labels, slices)
-    else:
-        areas, centroid_rows, centroid_cols = _stats_in_one_pass(labels, n)
     centroids = zip(centroid_rows.tolist(), centroid_cols.tolist(), strict=True)
     particles: list[Particle] = []
-    for i, (area, centroid, sl) in enumerate(zip(areas, centroids, slices, strict=True)):
-        if area < min_area_px or sl is None:
+    for i, (area, centroid, (y0, x0, y1, x1)) in enumerate(
+        zip(areas, centroids, boxes, strict=True)
+    ):
+        if area < min_area_px:
             continue
-        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
         diameter = float(np.sqrt(4.0 * area / np.pi))
         particles.append(
             Particle(
