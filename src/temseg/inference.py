@@ -103,10 +103,14 @@ def run_inputs(
 
 
 def to_frame_grid(probability: np.ndarray, frame_shape: tuple[int, int]) -> np.ndarray:
-    """A model-grid probability resampled onto the frame's grid, float32 in [0, 1]."""
+    """A model-grid probability resampled onto the frame's grid, float32 in [0, 1].
+
+    The engines' sigmoid output is already within [0, 1] (tiles are cropped,
+    not blended), so only a resampled map is clipped, against rounding.
+    """
     if probability.shape != frame_shape:
-        probability = resample(probability, frame_shape, order=1)
-    return np.clip(probability, 0.0, 1.0).astype(np.float32, copy=False)
+        probability = np.clip(resample(probability, frame_shape, order=1), 0.0, 1.0)
+    return probability.astype(np.float32, copy=False)
 
 
 def predict_probability(
