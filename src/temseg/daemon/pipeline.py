@@ -89,7 +89,7 @@ def host_workers(cores: int) -> tuple[int, int]:
     Readers hash and decode (2 up to 8 cores, then one per 4 cores, at most
     8); segmenters threshold, measure particles and write mask files (one
     per 2 cores, 1 to 8). A 4096 x 4096 px frame costs about 55 ms of
-    reading and 200 ms of segmentation on one core (``benchmarks/bench_host.py``),
+    reading and 65 ms of segmentation on one core (``benchmarks/bench_host.py``),
     so a GPU serving tens of such frames per second needs these stages spread
     over several cores; on a small CPU-only machine the engine's threads need
     the cores instead.
