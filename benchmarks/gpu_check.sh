@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# GPU check for the inference engines, on a machine with an NVIDIA GPU and a CUDA build of PyTorch.
+# GPU check for the inference engines and the daemon, on a machine with an NVIDIA GPU and a CUDA
+# build of PyTorch. Run from anywhere; STEPS picks what runs, in the order given:
 #
-#   bash benchmarks/gpu_check.sh            # from the repository root
-#   PYTHON=/path/to/python bash benchmarks/gpu_check.sh
+#   STEPS="daemon" bash benchmarks/gpu_check.sh          # about 4 min
+#   STEPS="tests engines" bash benchmarks/gpu_check.sh   # about 6 min
+#   PYTHON=/path/to/python bash benchmarks/gpu_check.sh  # all steps
 #
-# 1. the gpu-marked engine tests (CUDA fp16 + channels_last, torch.compile, ONNX Runtime CUDA
-#    and TensorRT when installed) against PyTorch fp32 on the CPU;
-# 2. the daemon end to end on 4096 x 4096 uint16 frames (the 60 frames/s target), eager fp16
-#    and compiled, with `temseg bench` (bare engine, naive loop, daemon burst and paced);
-# 3. frames/s of PyTorch eager fp32, eager fp16 channels_last, compiled fp16 (and TensorRT fp16
-#    when installed) at the sizes in SIZES, printed as a table.
+# daemon   the daemon end to end on 4096 x 4096 uint16 frames (the 60 frames/s target), eager
+#          fp16 and compiled, with `temseg bench` (bare engine, naive loop, daemon burst, paced);
+# host     the host-side cost per 4096 px frame and its spread over 1, 4 and 8 threads
+#          (benchmarks/bench_host.py);
+# tests    the gpu-marked engine tests (CUDA fp16 + channels_last, torch.compile, ONNX Runtime
+#          CUDA and TensorRT when installed) against PyTorch fp32 on the CPU;
+# engines  frames/s of PyTorch eager fp32, eager fp16 channels_last, compiled fp16 (and TensorRT
+#          fp16 when installed) at the sizes in SIZES.
 # Each step has its own time limit; FRAMES sets the daemon burst length (default 60).
 # Nothing is installed; caches go to a temporary directory that is removed at the end.
 set -u
 PY=${PYTHON:-python3}
+STEPS=${STEPS:-daemon host tests engines}
 SIZES=${SIZES:-512 4096}
+FRAMES=${FRAMES:-60}
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export XDG_CACHE_HOME
@@ -22,29 +28,46 @@ XDG_CACHE_HOME=$(mktemp -d)
 trap 'rm -rf "$XDG_CACHE_HOME"' EXIT
 
 "$PY" - <<'PYEOF' || exit 1
-import importlib.util, sys
+import importlib.util, os, sys
 import torch
 if not torch.cuda.is_available():
     sys.exit(f"torch {torch.__version__}: no CUDA device")
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}")
-for name in ("onnx", "onnxruntime", "tensorrt", "safetensors", "scipy", "typer", "pytest"):
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}, "
+      f"{len(os.sched_getaffinity(0))} CPU cores")
+for name in ("onnx", "onnxruntime", "tensorrt", "safetensors", "scipy", "typer", "pytest", "zmq",
+             "watchdog", "sqlalchemy"):
     print(f"  {name}: {'yes' if importlib.util.find_spec(name) else 'missing'}")
 PYEOF
 
 status=0
-echo "== gpu tests =="
-timeout 420 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_engines.py || status=1
-
-FRAMES=${FRAMES:-60}
-echo "== daemon at 4096 x 4096, eager fp16 =="
-timeout 240 "$PY" -m temseg bench --size 4096 --frames "$FRAMES" --device cuda \
-    --backend torch || status=1
-echo "== daemon at 4096 x 4096, compiled fp16 =="
-timeout 300 "$PY" -m temseg bench --size 4096 --frames "$FRAMES" --device cuda \
-    --backend torch --compile || status=1
-
-echo "== engine benchmark (batch 1, ms per frame end to end) =="
-# shellcheck disable=SC2086
-timeout 420 "$PY" benchmarks/bench_engines.py --device cuda --sizes $SIZES --repeats 10 \
-    --cache "$XDG_CACHE_HOME/engines" || status=1
+for step in $STEPS; do
+    case $step in
+    daemon)
+        echo "== daemon at 4096 x 4096, eager fp16 =="
+        timeout 150 "$PY" -m temseg bench --size 4096 --frames "$FRAMES" --device cuda \
+            --backend torch || status=1
+        echo "== daemon at 4096 x 4096, compiled fp16 =="
+        timeout 240 "$PY" -m temseg bench --size 4096 --frames "$FRAMES" --device cuda \
+            --backend torch --compile || status=1
+        ;;
+    host)
+        echo "== host-side cost per 4096 px frame =="
+        timeout 120 "$PY" benchmarks/bench_host.py --size 4096 --threads 1 4 8 || status=1
+        ;;
+    tests)
+        echo "== gpu tests =="
+        timeout 420 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_engines.py || status=1
+        ;;
+    engines)
+        echo "== engine benchmark (batch 1, ms per frame end to end) =="
+        # shellcheck disable=SC2086
+        timeout 300 "$PY" benchmarks/bench_engines.py --device cuda --sizes $SIZES --repeats 10 \
+            --cache "$XDG_CACHE_HOME/engines" || status=1
+        ;;
+    *)
+        echo "unknown step $step (daemon, host, tests, engines)" >&2
+        status=2
+        ;;
+    esac
+done
 exit $status
