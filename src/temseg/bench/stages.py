@@ -13,10 +13,9 @@ from temseg.bench.stats import Clock, StageResult, reset_gpu_peak, timed_stage
 from temseg.engine import Engine
 from temseg.engine.base import resolve_threads
 from temseg.frames import Frame, read_frame
-from temseg.frames.normalise import normalise
-from temseg.frames.resample import model_grid_shape, resample
 from temseg.frames.tiling import pad_to_multiple, predict_tiled
 from temseg.frames.write import write_frame_tiff
+from temseg.inference import prepare_input
 from temseg.model.bundle import ModelBundle
 from temseg.synth import DEFAULT_PIXEL_NM, frame_name, frame_seed, simulate_frame
 
@@ -61,9 +60,9 @@ def write_frames(
 
 def model_input(frame: Frame, bundle: ModelBundle) -> np.ndarray:
     """The frame as the engine sees it: normalised, on the model's pixel grid (float32 2-D)."""
-    x = normalise(frame.image, bundle.normalisation)
-    grid = model_grid_shape(x.shape, frame.pixel_nm, bundle.pixel_nm)
-    return x if grid == x.shape else resample(x, grid, order=1)
+    x = prepare_input(frame.image, bundle, frame.pixel_nm)
+    height, width = x.grid_shape
+    return x.padded[:height, :width]
 
 
 def bench_engine(
