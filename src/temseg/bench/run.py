@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -164,100 +165,90 @@ def run_bench(
     """
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
-    if workdir is None:
-        with tempfile.TemporaryDirectory(prefix="temseg-bench-") as tmp:
-            return run_bench(
-                size,
-                frames,
-                backend=backend,
-                device=device,
-                threads=threads,
-                model=model,
-                paced=paced,
-                batch_size=batch_size,
-                compile=compile,
-                seed=seed,
-                workdir=tmp,
-                on_status=on_status,
+    with contextlib.ExitStack() as cleanup:
+        if workdir is None:
+            workdir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="temseg-bench-"))
+        say = on_status or (lambda _text: None)
+        work = Path(workdir)
+        if work.is_dir() and any(work.iterdir()):
+            raise ValueError(f"work folder {work} is not empty")
+        work.mkdir(parents=True, exist_ok=True)
+        defaults = Settings()
+        batch = defaults.batch_size if batch_size is None else batch_size
+        if batch < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch}")
+        resolved = resolve_device(device)
+        cpu_threads = resolve_threads(threads)
+        bundle, source = _bench_model(model, work)
+        multiple = bundle.config.size_multiple
+        if size < multiple or size % multiple:
+            raise ValueError(
+                f"size must be a multiple of the model's {multiple} px "
+                "(the naive loop does not pad)"
             )
-    say = on_status or (lambda _text: None)
-    work = Path(workdir)
-    if work.is_dir() and any(work.iterdir()):
-        raise ValueError(f"work folder {work} is not empty")
-    work.mkdir(parents=True, exist_ok=True)
-    defaults = Settings()
-    batch = defaults.batch_size if batch_size is None else batch_size
-    if batch < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch}")
-    resolved = resolve_device(device)
-    cpu_threads = resolve_threads(threads)
-    bundle, source = _bench_model(model, work)
-    multiple = bundle.config.size_multiple
-    if size < multiple or size % multiple:
-        raise ValueError(
-            f"size must be a multiple of the model's {multiple} px (the naive loop does not pad)"
+        report = BenchReport(
+            size=size,
+            frames=frames,
+            device=resolved,
+            threads=cpu_threads,
+            backend=backend,
+            batch_size=batch,
+            model_id=bundle.model_id,
+            model_source=source,
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            host=_host(resolved),
         )
-    report = BenchReport(
-        size=size,
-        frames=frames,
-        device=resolved,
-        threads=cpu_threads,
-        backend=backend,
-        batch_size=batch,
-        model_id=bundle.model_id,
-        model_source=source,
-        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        host=_host(resolved),
-    )
-    say(f"writing {frames} synthetic frames of {size} x {size} px")
-    paths = write_frames(work / "frames", frames, size, seed=seed)
+        say(f"writing {frames} synthetic frames of {size} x {size} px")
+        paths = write_frames(work / "frames", frames, size, seed=seed)
 
-    say("(b) TIFF decode")
-    report.stages["decode"], decoded = bench_decode(paths, resolved)
-    inputs = [model_input(f, bundle) for f in decoded]
-    del decoded
+        say("(b) TIFF decode")
+        report.stages["decode"], decoded = bench_decode(paths, resolved)
+        inputs = [model_input(f, bundle) for f in decoded]
+        del decoded
 
-    say("(c) naive loop")
-    report.stages["naive"] = bench_naive(paths, bundle, resolved, threads)
+        say("(c) naive loop")
+        report.stages["naive"] = bench_naive(paths, bundle, resolved, threads)
 
-    # The bare engine runs last before the daemon, one frame per call last of
-    # all: on a shared machine the speed drifts, and the ratios compare these two.
-    say("(a) bare engine")
-    engine = load_engine(bundle, backend=backend, device=resolved, threads=threads, compile=compile)
-    try:
-        report.backend = engine.name
-        report.frames_per_call = frames_per_call(engine, batch)
-        tiled = max(inputs[0].shape) > defaults.tile
-        if batch > 1 and not tiled:
-            report.stages["engine_batched"] = bench_engine_batched(
-                inputs, engine, bundle, resolved, batch
+        # The bare engine runs last before the daemon, one frame per call last of
+        # all: on a shared machine the speed drifts, and the ratios compare these two.
+        say("(a) bare engine")
+        engine = load_engine(
+            bundle, backend=backend, device=resolved, threads=threads, compile=compile
+        )
+        try:
+            report.backend = engine.name
+            report.frames_per_call = frames_per_call(engine, batch)
+            tiled = max(inputs[0].shape) > defaults.tile
+            if batch > 1 and not tiled:
+                report.stages["engine_batched"] = bench_engine_batched(
+                    inputs, engine, bundle, resolved, batch
+                )
+            report.stages["engine"] = bench_engine(
+                inputs, engine, bundle, resolved, tile=defaults.tile, overlap=defaults.tile_overlap
             )
-        report.stages["engine"] = bench_engine(
-            inputs, engine, bundle, resolved, tile=defaults.tile, overlap=defaults.tile_overlap
-        )
-    finally:
-        engine.close()
-    del inputs
+        finally:
+            engine.close()
+        del inputs
 
-    say("(d) daemon")
-    assert bundle.path is not None
-    burst, paced_result = bench_daemon(
-        paths,
-        work / "daemon",
-        model=bundle.path,
-        backend=backend,
-        device=resolved,
-        threads=threads,
-        paced=min(frames, DEFAULT_PACED) if paced is None else paced,
-        batch_size=batch,
-        compile=compile,
-        on_status=say,
-    )
-    report.stages["daemon"] = burst
-    if paced_result is not None:
-        report.stages["daemon_paced"] = paced_result
-    evaluate(report)
-    return report
+        say("(d) daemon")
+        assert bundle.path is not None
+        burst, paced_result = bench_daemon(
+            paths,
+            work / "daemon",
+            model=bundle.path,
+            backend=backend,
+            device=resolved,
+            threads=threads,
+            paced=min(frames, DEFAULT_PACED) if paced is None else paced,
+            batch_size=batch,
+            compile=compile,
+            on_status=say,
+        )
+        report.stages["daemon"] = burst
+        if paced_result is not None:
+            report.stages["daemon_paced"] = paced_result
+        evaluate(report)
+        return report
 
 
 def _host(device: str) -> dict[str, Any]:
