@@ -31,7 +31,7 @@ from temseg.cli import app
 from temseg.config import ConfigError, Settings
 from temseg.daemon import Daemon, Notifier
 from temseg.engine import load_engine
-from temseg.inference import predict_probability
+from temseg.inference import CPU_TILE, predict_probability
 from temseg.model import build_unet, load_bundle, save_bundle
 from temseg.store import (
     connect,
@@ -452,6 +452,8 @@ def test_settings_that_would_write_into_the_watched_folder_are_refused(
         Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), warmup_shapes=["4096"]))
     with pytest.raises(ConfigError, match="segmenters"):
         Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), segmenters=-1))
+    with pytest.raises(ConfigError, match="tile"):
+        Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), tile=-1))
     assert list(acq.iterdir()) == []
 
 
@@ -585,6 +587,7 @@ def test_compile_without_a_gpu_runs_eager_after_warming_the_listed_shapes(
     assert daemon.wait_idle(30) and daemon.stats.done == 1
     assert "runs eager" in caplog.text
     assert daemon.model is not None and not daemon.model.engine.name.endswith("-compiled")
+    assert daemon.tile == CPU_TILE  # tile 0: from the device
 
 
 def test_thresholds_cached_until_the_model_check(db_path: Path, bundles: dict[str, Path]) -> None:

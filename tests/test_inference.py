@@ -177,3 +177,19 @@ def test_warm_up_runs_each_frame_shape_as_the_daemon_pads_it(
     expected = {(1, 1, side, side), (1, 1, 128, 128)}
     expected.add((1, 1, -(-300 // multiple) * multiple, -(-260 // multiple) * multiple))
     assert sorted(engine.shapes) == sorted(expected)  # each shape once
+
+
+def test_warm_up_gives_the_engine_the_tile_shapes_that_large_frames_give_it(
+    bundle: ModelBundle, engine: RecordingEngine
+) -> None:
+    from temseg.daemon.models import warm_up
+    from temseg.inference import prepare_input, run_inputs
+
+    shape = (300, 260)
+    warm_up(engine, bundle, [shape], tile=128, overlap=32)
+    warmed = set(engine.shapes)
+    engine.shapes.clear()
+    run_inputs([prepare_input(frame_image(shape), bundle, None)], engine, tile=128, overlap=32)
+    assert len(engine.shapes) > 1  # the frame was tiled
+    assert set(engine.shapes) <= warmed
+    assert all(max(s[2:]) <= 128 for s in warmed)

@@ -174,9 +174,10 @@ def segment(
     from pathlib import Path
 
     from temseg.engine import EngineError, load_engine
+    from temseg.engine.base import resolve_device
     from temseg.frames import FrameError, read_frame
     from temseg.frames.write import write_mask_tiff
-    from temseg.inference import segment_frame
+    from temseg.inference import default_tile, segment_frame
     from temseg.model.bundle import BundleError, load_bundle
 
     if pixel_nm is not None and pixel_nm <= 0:
@@ -187,6 +188,7 @@ def segment(
             out_dir.mkdir(parents=True, exist_ok=True)
         bundle = load_bundle(model)
         engine = load_engine(bundle, backend=backend, device=device, threads=threads)
+        tile = default_tile(resolve_device(device))
     except (OSError, BundleError, EngineError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -203,7 +205,13 @@ def segment(
                 used = material if material is not None else frame.material
                 level = threshold if threshold is not None else bundle.threshold_for(used)
                 result = segment_frame(
-                    frame, engine, bundle, threshold=level, min_area_px=min_area, material=used
+                    frame,
+                    engine,
+                    bundle,
+                    threshold=level,
+                    min_area_px=min_area,
+                    material=used,
+                    tile=tile,
                 )
                 mask_file = None
                 if out_dir is not None:

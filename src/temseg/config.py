@@ -51,7 +51,7 @@ class Settings:
     mask_encoding: str = "raw"  # raw | packbits
     curve_keys: Path | None = None
     engine_cache: Path | None = None
-    tile: int = 2048  # pixels; frames larger than this are tiled
+    tile: int = 0  # pixels; larger frames are tiled; 0 = 2048 on CPU, 4096 on a GPU
     tile_overlap: int = 64  # pixels
     queue_size: int = 16  # frames waiting for inference
     batch_size: int = 4  # GPU: frames that arrived together are batched up to this many; CPU: 1

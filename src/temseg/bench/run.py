@@ -27,6 +27,7 @@ from temseg.config import Settings
 from temseg.daemon.models import frames_per_call
 from temseg.engine import load_engine
 from temseg.engine.base import resolve_device, resolve_threads
+from temseg.inference import default_tile
 from temseg.model.bundle import BundleError, ModelBundle, load_bundle, save_bundle
 from temseg.synth import DEFAULT_PIXEL_NM
 
@@ -178,6 +179,7 @@ def run_bench(
         if batch < 1:
             raise ValueError(f"batch size must be at least 1, got {batch}")
         resolved = resolve_device(device)
+        tile = defaults.tile or default_tile(resolved)  # as the daemon resolves it
         cpu_threads = resolve_threads(threads)
         bundle, source = _bench_model(model, work)
         multiple = bundle.config.size_multiple
@@ -218,13 +220,13 @@ def run_bench(
         try:
             report.backend = engine.name
             report.frames_per_call = frames_per_call(engine, batch)
-            tiled = max(inputs[0].shape) > defaults.tile
+            tiled = max(inputs[0].shape) > tile
             if batch > 1 and not tiled:
                 report.stages["engine_batched"] = bench_engine_batched(
                     inputs, engine, bundle, resolved, batch
                 )
             report.stages["engine"] = bench_engine(
-                inputs, engine, bundle, resolved, tile=defaults.tile, overlap=defaults.tile_overlap
+                inputs, engine, bundle, resolved, tile=tile, overlap=defaults.tile_overlap
             )
         finally:
             engine.close()

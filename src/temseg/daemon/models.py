@@ -23,6 +23,8 @@ from pathlib import Path
 from sqlalchemy import Engine as DbEngine
 
 from temseg.engine import Engine, load_engine, warmup
+from temseg.frames.tiling import engine_shape
+from temseg.inference import CPU_TILE
 from temseg.model.bundle import ModelBundle, load_bundle
 from temseg.store import active_model, latest_calibration
 
@@ -49,7 +51,8 @@ class ServedModel:
 class EngineOptions:
     """How engines are created: see :func:`temseg.engine.load_engine`.
 
-    ``max_size`` (pixels per side) and ``batch`` (frames) bound a TensorRT
+    ``tile`` (pixels per side: larger frames are run in tiles overlapping by
+    ``tile_overlap`` pixels) and ``batch`` (frames) bound a TensorRT
     profile; ``cache_dir`` holds ONNX exports and TensorRT plans. ``compile``
     asks for ``torch.compile`` on CUDA; ``warmup_shapes`` are frame shapes
     run once at load, so that compilation happens before the first frame.
@@ -59,7 +62,8 @@ class EngineOptions:
     device: str = "auto"
     threads: int = 0
     cache_dir: Path | None = None
-    max_size: int = 2048
+    tile: int = CPU_TILE
+    tile_overlap: int = 64
     batch: int = 4
     compile: bool = False
     warmup_shapes: tuple[tuple[int, int], ...] = ()  # frame (height, width), pixels
@@ -89,12 +93,14 @@ def load_served(
         device=options.device,
         threads=options.threads,
         cache_dir=options.cache_dir,
-        max_size=options.max_size,
+        max_size=max(options.tile, 64),
         batch=options.batch,
         compile=options.compile,
     )
     try:
-        warm_up(engine, bundle, options.warmup_shapes)
+        warm_up(
+            engine, bundle, options.warmup_shapes, tile=options.tile, overlap=options.tile_overlap
+        )
     except BaseException:
         engine.close()
         raise
@@ -102,24 +108,34 @@ def load_served(
 
 
 def warm_up(
-    engine: Engine, bundle: ModelBundle, frame_shapes: Iterable[tuple[int, int]] = ()
+    engine: Engine,
+    bundle: ModelBundle,
+    frame_shapes: Iterable[tuple[int, int]] = (),
+    *,
+    tile: int = CPU_TILE,
+    overlap: int = 64,
 ) -> float:
     """Run a small frame and each of ``frame_shapes`` (pixels) once; return ms.
 
-    Frame shapes are taken at the model's own pixel size and padded as the
-    daemon pads them, so engines that compile per shape (``torch.compile``)
-    do it now instead of on the first frame of that shape; frames of other
-    shapes still compile on their first frame. Shapes are not bucketed
-    further: padding a frame beyond the model's size multiple changed up to
-    0.3 % of the mask pixels near the bottom and right edges of small frames,
-    and a camera delivers few distinct shapes.
+    Frame shapes are taken at the model's own pixel size, padded as the
+    daemon pads them and, when larger than ``tile`` pixels, cut into tiles
+    overlapping by ``overlap`` pixels as the daemon cuts them: the engine
+    sees the very shapes that frames will give it, so engines that compile
+    per shape (``torch.compile``) do it now instead of on the first frame;
+    frames of other shapes still compile on their first frame. Shapes are
+    not bucketed further: padding a frame beyond the model's size multiple
+    changed up to 0.3 % of the mask pixels near the bottom and right edges
+    of small frames, and a camera delivers few distinct shapes.
     """
     multiple = bundle.config.size_multiple
 
     def padded(side: int) -> int:
         return -(-side // multiple) * multiple
 
-    shapes = {(1, 1, padded(h), padded(w)) for h, w in [(64, 64), *frame_shapes]}
+    shapes = {
+        (1, 1, *engine_shape((padded(h), padded(w)), tile, overlap, multiple))
+        for h, w in [(64, 64), *frame_shapes]
+    }
     start = time.perf_counter()
     warmup(engine, sorted(shapes))
     return (time.perf_counter() - start) * 1e3

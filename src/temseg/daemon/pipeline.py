@@ -68,8 +68,16 @@ from temseg.daemon.rules import (
     valid_material,
 )
 from temseg.daemon.watcher import FrameWatcher, scan_backlog
+from temseg.engine.base import resolve_device
 from temseg.frames import Frame, FrameError, read_frame
-from temseg.inference import ModelInput, input_key, prepare_input, run_inputs, to_frame_grid
+from temseg.inference import (
+    ModelInput,
+    default_tile,
+    input_key,
+    prepare_input,
+    run_inputs,
+    to_frame_grid,
+)
 from temseg.segment import Segmentation, segment_probability
 from temseg.store import connect, is_recorded, record_frame
 
@@ -229,6 +237,7 @@ class Daemon:
         auto_readers, auto_segmenters = host_workers(usable_cores())
         self.readers = settings.readers or auto_readers
         self.segmenters = settings.segmenters or auto_segmenters
+        self.tile = settings.tile  # pixels; resolved for the device in start()
         self._results: queue.Queue[tuple[_Outcome, Future[None]]] = queue.Queue(
             maxsize=max(1, settings.queue_size)
         )
@@ -265,12 +274,14 @@ class Daemon:
         self.notifier.status("loading model")
         self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
         try:
+            self.tile = s.tile or default_tile(resolve_device(s.device))
             options = EngineOptions(
                 backend=s.backend,
                 device=s.device,
                 threads=s.threads,
                 cache_dir=s.engine_cache,
-                max_size=max(s.tile, 64),
+                tile=self.tile,
+                tile_overlap=s.tile_overlap,
                 batch=s.batch_size,
                 compile=s.compile,
                 warmup_shapes=tuple(parse_shape(shape) for shape in s.warmup_shapes),
@@ -574,7 +585,7 @@ class Daemon:
             start = time.perf_counter()
             inputs = [self._model_input(job, model) for job in batch]
             probabilities = run_inputs(
-                inputs, model.engine, tile=self.settings.tile, overlap=self.settings.tile_overlap
+                inputs, model.engine, tile=self.tile, overlap=self.settings.tile_overlap
             )
             infer_ms = (time.perf_counter() - start) * 1e3 / len(batch)
             self.stats.batches += 1

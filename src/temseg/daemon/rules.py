@@ -141,6 +141,8 @@ def check_daemon_settings(settings: Settings) -> Path:
         raise ConfigError("queue_size and batch_size must be at least 1")
     if settings.readers < 0 or settings.segmenters < 0:
         raise ConfigError("readers and segmenters must be 0 (from the cores) or more")
+    if settings.tile < 0 or settings.tile_overlap < 0:
+        raise ConfigError("tile must be 0 (from the device) or more, tile_overlap 0 or more")
     for shape in settings.warmup_shapes:
         parse_shape(shape)
     if not settings.patterns:

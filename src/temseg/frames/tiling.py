@@ -83,6 +83,16 @@ def tile_windows(
     return [(slice(y, y + th), slice(x, x + tw)) for y in ys for x in xs]
 
 
+def engine_shape(shape: tuple[int, int], tile: int, overlap: int, multiple: int) -> tuple[int, int]:
+    """(height, width) in pixels the network is given for a frame padded to ``shape``.
+
+    The frame itself when it fits within ``tile`` pixels, else the size of
+    its tiles (all tiles of a frame are the same size, see :func:`tile_windows`).
+    """
+    rows, cols = tile_windows(shape, tile, overlap, multiple)[0]
+    return rows.stop - rows.start, cols.stop - cols.start
+
+
 def _owned(starts: list[int], size: int, length: int) -> list[tuple[int, int]]:
     """Per tile, the [begin, end) range it writes: overlaps are split at their middle."""
     bounds = [0]
