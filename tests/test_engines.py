@@ -21,6 +21,7 @@ from temseg.engine import (
     CPU_DEFAULT_BACKEND,
     EngineError,
     choose_backend,
+    input_allocator,
     load_engine,
     tensorrt_importable,
     warmup,
@@ -300,6 +301,17 @@ def test_engine_names() -> None:
     assert engine_name("cpu", "fp32", False) == "torch-cpu-fp32"
 
 
+def test_cpu_engines_take_their_input_in_ordinary_memory(
+    bundle: ModelBundle, tmp_path: Path
+) -> None:
+    for backend in ("torch", "onnxruntime"):
+        engine = load_engine(bundle, backend, "cpu", cache_dir=tmp_path)
+        try:
+            assert input_allocator(engine) is None  # page-locking would need CUDA
+        finally:
+            engine.close()
+
+
 # --- CUDA (marked gpu) ---
 
 
@@ -335,10 +347,36 @@ def test_torch_cuda_fp16_channels_last_agrees_with_fp32(
         assert weight.is_contiguous(memory_format=torch.channels_last)
         engine.warmup([x.shape for x in frames])
         assert_same_masks(engine, frames, reference, atol=2e-2)
-        # Pinned buffers are reused per shape: alternating shapes still give the same results.
+        # Alternating shapes after warm-up still give the same results.
         again = [engine.predict(x) for x in reversed(frames)]
         for a, b in zip(reversed(again), reference, strict=True):
             assert agreement(a, b) >= 0.999
+    finally:
+        engine.close()
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_torch_cuda_reads_pinned_input_and_returns_results_later_calls_leave_alone(
+    bundle: ModelBundle, frames: list[np.ndarray], reference: list[np.ndarray]
+) -> None:
+    from temseg.engine.cuda_io import pinned_empty
+
+    engine = TorchEngine(bundle, device="cuda")
+    try:
+        assert input_allocator(engine) is pinned_empty
+        results = []
+        for x in frames:
+            staged = pinned_empty(x.shape)
+            staged[...] = x
+            results.append(engine.predict(staged))
+            assert torch.from_numpy(results[-1]).is_pinned()
+        kept = [r.copy() for r in results]
+        for x in frames * 3:  # ordinary memory, staged by the engine; blocks are reused
+            engine.predict(x)
+        for result, copy, ref in zip(results, kept, reference, strict=True):
+            np.testing.assert_array_equal(result, copy)
+            assert agreement(result, ref) >= 0.999
     finally:
         engine.close()
 

@@ -341,6 +341,28 @@ def test_normalise_minmax_and_zscore() -> None:
 
 
 @pytest.mark.parametrize("method", ["max", "minmax", "zscore"])
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32, np.float64])
+def test_normalise_into_a_given_array_gives_the_same_values(method: str, dtype: type) -> None:
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 4000, (21, 34)).astype(dtype)
+    before = image.copy()
+    out = np.full(image.shape, np.nan, dtype=np.float32)
+    assert normalise(image, method, out=out) is out
+    np.testing.assert_array_equal(out, normalise(image, method))
+    np.testing.assert_array_equal(image, before)
+    flat = np.full_like(image, 7)
+    np.testing.assert_array_equal(normalise(flat, method, out=out), 0.0)  # constant: zeros
+
+
+def test_normalise_refuses_an_output_of_the_wrong_type_or_shape() -> None:
+    image = np.ones((4, 5), dtype=np.uint16)
+    with pytest.raises(ValueError, match="float32"):
+        normalise(image, out=np.empty((4, 5), dtype=np.float64))
+    with pytest.raises(ValueError, match="shape"):
+        normalise(image, out=np.empty((5, 4), dtype=np.float32))
+
+
+@pytest.mark.parametrize("method", ["max", "minmax", "zscore"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.uint32])
 def test_normalise_integer_counts_as_float64_arithmetic(method: str, dtype: type) -> None:
     info = np.iinfo(dtype)

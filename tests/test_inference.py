@@ -193,3 +193,28 @@ def test_warm_up_gives_the_engine_the_tile_shapes_that_large_frames_give_it(
     assert len(engine.shapes) > 1  # the frame was tiled
     assert set(engine.shapes) <= warmed
     assert all(max(s[2:]) <= 128 for s in warmed)
+
+
+@pytest.mark.parametrize(
+    ("shape", "pixel_nm"),
+    [((96, 64), None), ((90, 70), None), ((96, 64), 0.1)],
+    ids=["as is", "padded", "resampled"],
+)
+def test_prepare_input_fills_the_engines_own_memory(
+    tmp_path: Path, shape: tuple[int, int], pixel_nm: float | None
+) -> None:
+    from temseg.inference import prepare_input
+
+    bundle = make_bundle(tmp_path, pixel_nm=0.2)
+    image = frame_image(shape)
+    given: list[np.ndarray] = []
+
+    def allocate(size: tuple[int, ...]) -> np.ndarray:
+        given.append(np.full(size, np.nan, dtype=np.float32))
+        return given[-1]
+
+    plain = prepare_input(image, bundle, pixel_nm)
+    filled = prepare_input(image, bundle, pixel_nm, allocate=allocate)
+    assert len(given) == 1 and filled.padded is given[0]
+    np.testing.assert_array_equal(filled.padded, plain.padded)
+    assert (filled.grid_shape, filled.frame_shape) == (plain.grid_shape, plain.frame_shape)

@@ -11,11 +11,13 @@ daemon runs the first and last steps on other threads than the engine's.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from temseg.engine import input_allocator
 from temseg.engine.base import Engine
 from temseg.frames.normalise import normalise
 from temseg.frames.read import Frame
@@ -60,23 +62,44 @@ def input_key(bundle: ModelBundle) -> tuple[Any, ...]:
     return (bundle.normalisation, bundle.pixel_nm, bundle.config.size_multiple)
 
 
-def prepare_input(image: np.ndarray, bundle: ModelBundle, pixel_nm: float | None) -> ModelInput:
+def prepare_input(
+    image: np.ndarray,
+    bundle: ModelBundle,
+    pixel_nm: float | None,
+    *,
+    allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+) -> ModelInput:
     """Normalise ``image`` as ``bundle`` was trained, resample it to its pixel size, pad it.
 
     ``pixel_nm`` is the frame's pixel size (nm per pixel); unknown (None)
-    leaves the grid as it is.
+    leaves the grid as it is. ``allocate(shape)`` gives the float32 array the
+    result goes into (see :func:`temseg.engine.input_allocator`); a frame
+    that needs neither resampling nor padding is normalised straight into it.
     """
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
-    x = normalise(image, bundle.normalisation)
-    grid = model_grid_shape(x.shape, pixel_nm, bundle.pixel_nm)
-    x = x if grid == x.shape else resample(x, grid, order=1)
-    padded, (h, w) = pad_to_multiple(x, bundle.config.size_multiple)
+    multiple = bundle.config.size_multiple
+    grid = model_grid_shape(image.shape, pixel_nm, bundle.pixel_nm)
+    if (
+        allocate is not None
+        and grid == image.shape
+        and not (grid[0] % multiple or grid[1] % multiple)
+    ):
+        padded = normalise(image, bundle.normalisation, out=allocate(grid))
+        h, w = grid
+    else:
+        x = normalise(image, bundle.normalisation)
+        x = x if grid == x.shape else resample(x, grid, order=1)
+        padded, (h, w) = pad_to_multiple(x, multiple)
+        if allocate is not None:
+            buffer = allocate(padded.shape)
+            buffer[...] = padded
+            padded = buffer
     return ModelInput(
         padded=padded,
         grid_shape=(h, w),
         frame_shape=(image.shape[0], image.shape[1]),
-        multiple=bundle.config.size_multiple,
+        multiple=multiple,
         made_for=input_key(bundle),
     )
 
@@ -90,6 +113,7 @@ def run_inputs(
     together, one call per shape; larger ones are tiled one by one
     (``tile`` and ``overlap`` in pixels of the model grid).
     """
+    allocate = input_allocator(engine)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, item in enumerate(inputs):
         groups.setdefault(item.padded.shape, []).append(i)
@@ -100,7 +124,9 @@ def run_inputs(
             if len(members) == 1:
                 batch = inputs[members[0]].padded[None, None]  # a view, no copy
             else:
-                batch = np.stack([inputs[i].padded for i in members])[:, None]
+                frames = [inputs[i].padded for i in members]
+                buffer = None if allocate is None else allocate((len(frames), *shape))
+                batch = np.stack(frames, out=buffer)[:, None]
             out = np.asarray(engine.predict(batch))
             for i, probability in zip(members, out, strict=True):
                 h, w = inputs[i].grid_shape

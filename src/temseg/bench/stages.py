@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from temseg.bench.stats import Clock, StageResult, reset_gpu_peak, timed_stage
-from temseg.engine import Engine
+from temseg.engine import Engine, input_allocator
 from temseg.engine.base import resolve_threads
 from temseg.frames import Frame, read_frame
 from temseg.frames.tiling import pad_to_multiple, predict_tiled
@@ -65,6 +65,16 @@ def model_input(frame: Frame, bundle: ModelBundle) -> np.ndarray:
     return x.padded[:height, :width]
 
 
+def _engine_array(engine: Engine, x: np.ndarray) -> np.ndarray:
+    """``x`` in the memory the daemon gives ``engine`` its input in."""
+    allocate = input_allocator(engine)
+    if allocate is None:
+        return x
+    out = allocate(x.shape)
+    out[...] = x
+    return out
+
+
 def bench_engine(
     inputs: list[np.ndarray],
     engine: Engine,
@@ -76,8 +86,10 @@ def bench_engine(
 ) -> StageResult:
     """(a) The bare engine, one frame per call, on preloaded model-grid arrays.
 
-    Arrays are padded to the model's size multiple beforehand; a frame larger
-    than ``tile`` pixels (model grid) is run tile by tile as the daemon does.
+    Arrays are padded to the model's size multiple beforehand, in the memory
+    the daemon's readers use for this engine (page-locked for a GPU engine,
+    :func:`temseg.engine.input_allocator`); a frame larger than ``tile``
+    pixels (model grid) is run tile by tile as the daemon does.
     ``ENGINE_WARMUP_CALLS`` untimed calls come first.
     """
     multiple = bundle.config.size_multiple
@@ -90,7 +102,9 @@ def bench_engine(
             predict_tiled(x, engine.predict, tile=tile, overlap=overlap, multiple=multiple)
 
     else:
-        batches = [pad_to_multiple(x, multiple)[0][None, None] for x in inputs]
+        batches = [
+            _engine_array(engine, pad_to_multiple(x, multiple)[0][None, None]) for x in inputs
+        ]
 
         def run(x: np.ndarray) -> None:
             engine.predict(x)
@@ -117,7 +131,10 @@ def bench_engine_batched(
     """
     multiple = bundle.config.size_multiple
     padded = [pad_to_multiple(x, multiple)[0] for x in inputs]
-    batches = [np.stack(padded[i : i + batch])[:, None] for i in range(0, len(padded), batch)]
+    batches = [
+        _engine_array(engine, np.stack(padded[i : i + batch])[:, None])
+        for i in range(0, len(padded), batch)
+    ]
     engine.predict(batches[0])
     reset_gpu_peak(device)
     times: list[float] = []

@@ -68,6 +68,7 @@ from temseg.daemon.rules import (
     valid_material,
 )
 from temseg.daemon.watcher import FrameWatcher, scan_backlog
+from temseg.engine import input_allocator
 from temseg.engine.base import resolve_device
 from temseg.frames import Frame, FrameError, read_frame
 from temseg.inference import (
@@ -521,11 +522,13 @@ class Daemon:
             )
             job.frame, frame_material = None, None
         if job.frame is not None and self._models is not None:
-            try:  # off the inference thread: normalise, resample, pad
+            try:  # off the inference thread: normalise, resample, pad (into pinned memory on GPU)
+                model = self._models.current
                 job.model_input = prepare_input(
                     job.frame.image,
-                    self._models.current.bundle,
+                    model.bundle,
                     job.frame.pixel_nm,
+                    allocate=input_allocator(model.engine),
                 )
             except Exception as exc:
                 job.error = f"{job.path}: cannot prepare the frame for the model ({exc})"
@@ -609,7 +612,12 @@ class Daemon:
         assert job.frame is not None
         x = job.model_input
         if x is None or x.made_for != input_key(model.bundle):
-            x = prepare_input(job.frame.image, model.bundle, job.frame.pixel_nm)
+            x = prepare_input(
+                job.frame.image,
+                model.bundle,
+                job.frame.pixel_nm,
+                allocate=input_allocator(model.engine),
+            )
         return x
 
     def _check_models(self, models: ModelServer) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +122,20 @@ def _tensorrt(
     )
 
 
+def input_allocator(engine: Engine) -> Callable[[tuple[int, ...]], np.ndarray] | None:
+    """How to allocate ``engine``'s input arrays so that it copies them to the GPU directly.
+
+    :func:`~temseg.engine.cuda_io.pinned_empty` (page-locked float32 memory)
+    for the PyTorch CUDA and TensorRT engines, None (ordinary memory is as
+    good) for the others.
+    """
+    if engine.backend == "tensorrt" or engine.name.startswith("torch-cuda"):
+        from temseg.engine.cuda_io import pinned_empty
+
+        return pinned_empty
+    return None
+
+
 def warmup(engine: Engine, shapes: Iterable[tuple[int, int, int, int]]) -> None:
     """Prepare ``engine`` for these (N, 1, H, W) batch shapes before the first frame.
 
@@ -142,6 +156,7 @@ __all__ = [
     "Engine",
     "EngineError",
     "choose_backend",
+    "input_allocator",
     "load_engine",
     "tensorrt_importable",
     "warmup",

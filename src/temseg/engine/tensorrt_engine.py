@@ -378,9 +378,11 @@ def build_engine(
 class TensorRTEngine:
     """Runs a cached (or freshly built) TensorRT engine of the bundle's probability graph.
 
-    Inputs are copied from pinned host memory on the engine's own CUDA stream,
+    Inputs are copied from page-locked host memory on the engine's own CUDA
+    stream (a batch already in page-locked memory without a host copy first),
     cast to the engine's input type (fp16 for an fp16 build on TensorRT 11)
-    and executed with ``execute_async_v3`` on that stream.
+    and executed with ``execute_async_v3`` on that stream; the probability
+    comes back in a new page-locked array, returned as is.
     """
 
     backend = "tensorrt"
@@ -397,8 +399,6 @@ class TensorRTEngine:
         cache_dir: str | Path | None = None,
     ) -> None:
         import torch
-
-        from temseg.engine.cuda_io import PinnedStaging
 
         trt, self._runtime, self._engine, plan, _, self._device = _load(
             bundle,
@@ -423,18 +423,20 @@ class TensorRTEngine:
         if self._context is None:
             raise EngineError(f"{plan.plan_path}: cannot create a TensorRT execution context")
         self._stream = torch.cuda.Stream(device=self._device)
-        self._staging = PinnedStaging()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Particle probability, float32 (N, H, W), for a float32 (N, 1, H, W) batch."""
         import torch
 
+        from temseg.engine.cuda_io import pinned_source
+
         if self._context is None:
             raise EngineError(f"{self.name}: engine is closed")
         x = as_batch(batch)
         check_in_profile(x.shape, self.profile)
-        host_in, host_out = self._staging.get(x.shape)
-        host_in.numpy()[...] = x
+        host_in = pinned_source(x)
+        n, _, h, w = x.shape
+        host_out = torch.empty((n, h, w), dtype=torch.float32, pin_memory=True)
         with torch.cuda.stream(self._stream):
             device_in = host_in.to(self._device, non_blocking=True).to(self._in_dtype)
             device_out = torch.empty(x.shape, dtype=self._out_dtype, device=self._device)
@@ -446,7 +448,7 @@ class TensorRTEngine:
                 raise EngineError(f"TensorRT execution failed for shape {x.shape}")
             host_out.copy_(device_out[:, 0].float(), non_blocking=True)
         self._stream.synchronize()
-        return host_out.numpy().copy()
+        return host_out.numpy()
 
     def warmup(self, shapes: Iterable[Shape]) -> None:
         """Run each (N, 1, H, W) shape once (first-run allocations happen now)."""
@@ -454,7 +456,6 @@ class TensorRTEngine:
             self.predict(np.zeros(shape, dtype=np.float32))
 
     def close(self) -> None:
-        """Release the execution context, engine and pinned buffers."""
+        """Release the execution context and engine."""
         self._context = None
         self._engine = None
-        self._staging.clear()

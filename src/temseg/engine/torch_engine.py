@@ -3,9 +3,11 @@
 On both devices batch norms are folded into the convolutions and the network
 runs channels_last (on CPU that alone halved the time per 512 px frame).
 
-On CUDA each batch is copied from a pinned host buffer to the device
-asynchronously on the engine's own (non-default) stream; the network runs on
-that stream and the probability comes back through a second pinned buffer.
+On CUDA each batch is copied from page-locked host memory to the device
+asynchronously on the engine's own (non-default) stream (a batch already in
+page-locked memory, see :func:`temseg.engine.cuda_io.pinned_empty`, is not
+copied on the host first); the network runs on that stream and the
+probability comes back in a new page-locked array, which is returned as is.
 ``torch.compile`` uses static shapes (``dynamic=False``): each distinct input
 shape (frames are already padded to a multiple of the model's
 ``size_multiple``) is compiled once, ideally in :meth:`TorchEngine.warmup`
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from temseg.engine.base import EngineError, as_batch, resolve_device, resolve_threads
-from temseg.engine.cuda_io import PinnedStaging
+from temseg.engine.cuda_io import pinned_source
 from temseg.model.bundle import ModelBundle
 from temseg.model.unet import ProbabilityModel, fold_batch_norm
 
@@ -85,7 +87,6 @@ class TorchEngine:
         model = ProbabilityModel(fold_batch_norm(bundle.model)).eval()
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._stream: torch.cuda.Stream | None = None
-        self._staging = PinnedStaging()
         if not on_cuda:
             torch.set_num_threads(resolve_threads(threads))
             self._model: torch.nn.Module | None = model
@@ -113,8 +114,9 @@ class TorchEngine:
 
     def _predict_cuda(self, x: np.ndarray) -> np.ndarray:
         assert self._stream is not None
-        host_in, host_out = self._staging.get(x.shape)
-        host_in.numpy()[...] = x
+        host_in = pinned_source(x)
+        n, _, h, w = x.shape
+        host_out = torch.empty((n, h, w), dtype=torch.float32, pin_memory=True)
         with torch.cuda.stream(self._stream), torch.inference_mode():
             device_in = host_in.to(self._device, non_blocking=True)
             device_in = device_in.to(dtype=self._dtype, memory_format=torch.channels_last)
@@ -123,7 +125,7 @@ class TorchEngine:
             probability = self._forward(device_in)[:, 0].float()
             host_out.copy_(probability, non_blocking=True)
         self._stream.synchronize()
-        return host_out.numpy().copy()
+        return host_out.numpy()
 
     def warmup(self, shapes: Iterable[tuple[int, int, int, int]]) -> None:
         """Run each (N, 1, H, W) shape a few times so compilation and autotuning happen now."""
@@ -134,10 +136,9 @@ class TorchEngine:
                 self.predict(zeros)
 
     def close(self) -> None:
-        """Release the network, pinned buffers and cached CUDA memory."""
+        """Release the network and cached CUDA memory."""
         self._model = None
         self._forward = None  # type: ignore[assignment]
-        self._staging.clear()
         if self._stream is not None:
             self._stream = None
             torch.cuda.empty_cache()
