@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -161,3 +162,23 @@ def test_python_dash_m_runs_the_same_commands() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Usage: temseg bench" in result.stdout and "--compile" in result.stdout
+
+
+def test_large_frames_are_simulated_fewer_times_and_materials_still_alternate(
+    tmp_path: Path,
+) -> None:
+    import tifffile
+
+    from temseg.bench.stages import UNIQUE_FRAMES, UNIQUE_PIXELS, unique_frames, write_frames
+
+    for size in (64, 512, 1024, 1500, 2048, 4096, 8192):
+        unique = unique_frames(size)
+        assert unique % 2 == 0 and 2 <= unique <= UNIQUE_FRAMES
+        assert unique == 2 or unique * size * size <= UNIQUE_PIXELS
+    assert unique_frames(512) == UNIQUE_FRAMES and unique_frames(4096) == 2
+
+    paths = write_frames(tmp_path, 3, 2048)  # two simulated, the third a shifted copy
+    assert [p.name.split("_")[0] for p in paths] == ["Au", "CdSe", "Au"]
+    images = [tifffile.imread(p) for p in paths]
+    np.testing.assert_array_equal(images[2], np.roll(images[0], 2, axis=1))
+    assert not np.array_equal(images[0], images[1])

@@ -21,7 +21,14 @@ from temseg.synth import DEFAULT_PIXEL_NM, frame_name, frame_seed, simulate_fram
 
 MATERIALS = ("Au", "CdSe")
 ENGINE_WARMUP_CALLS = 2
-UNIQUE_FRAMES = 8  # simulated frames; the rest are shifted copies (materials still alternate)
+UNIQUE_FRAMES = 8  # simulated frames at most; the rest are shifted copies
+UNIQUE_PIXELS = 8 * 1024 * 1024  # and at most this many simulated pixels (a 4096 px frame: ~5 s)
+
+
+def unique_frames(size: int) -> int:
+    """How many ``size`` px frames :func:`write_frames` simulates (even: materials alternate)."""
+    fit = min(UNIQUE_FRAMES, UNIQUE_PIXELS // (size * size))
+    return max(len(MATERIALS), fit - fit % len(MATERIALS))
 
 
 def write_frames(
@@ -35,21 +42,22 @@ def write_frames(
 ) -> list[Path]:
     """Simulate ``count`` uint16 frames of ``size`` x ``size`` pixels into ``folder``.
 
-    Materials alternate Au, CdSe; the first :data:`UNIQUE_FRAMES` are simulated,
+    Materials alternate Au, CdSe; the first :func:`unique_frames` are simulated,
     later ones reuse them shifted by ``i`` columns. Each TIFF carries ``pixel_nm`` (nm per
     pixel) and ``material``. ``on_frame(i)`` is called after frame ``i``.
     """
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     simulated: list[np.ndarray] = []
+    unique = unique_frames(size)
     for i in range(count):
         material = MATERIALS[i % len(MATERIALS)]
-        if i < UNIQUE_FRAMES:
+        if i < unique:
             seed_i = frame_seed(seed, material, i)
             simulated.append(simulate_frame(material, size, seed_i, pixel_nm=pixel_nm).image)
             image = simulated[i]
         else:  # large frames take seconds to simulate: reuse one, shifted so its bytes differ
-            image = np.roll(simulated[i % UNIQUE_FRAMES], i, axis=1)
+            image = np.roll(simulated[i % unique], i, axis=1)
         path = folder / f"{frame_name(material, i)}.tif"
         write_frame_tiff(path, image, metadata={"material": material}, pixel_nm=pixel_nm)
         paths.append(path)
