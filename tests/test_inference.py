@@ -172,11 +172,14 @@ def test_warm_up_runs_each_frame_shape_as_the_daemon_pads_it(
     from temseg.daemon.models import warm_up
 
     multiple = bundle.config.size_multiple
-    assert warm_up(engine, bundle, [(300, 260), (64, 64), (128, 128)]) > 0
-    side = -(-64 // multiple) * multiple
-    expected = {(1, 1, side, side), (1, 1, 128, 128)}
+    assert warm_up(engine, bundle, [(300, 260), (128, 128), (300, 260)]) > 0
+    expected = {(1, 1, 128, 128)}
     expected.add((1, 1, -(-300 // multiple) * multiple, -(-260 // multiple) * multiple))
-    assert sorted(engine.shapes) == sorted(expected)  # each shape once
+    assert sorted(engine.shapes) == sorted(expected)  # each shape once, nothing else
+    engine.shapes.clear()
+    assert warm_up(engine, bundle) > 0  # no shapes listed: one small frame
+    side = -(-64 // multiple) * multiple
+    assert engine.shapes == [(1, 1, side, side)]
 
 
 def test_warm_up_gives_the_engine_the_tile_shapes_that_large_frames_give_it(

@@ -115,7 +115,7 @@ def warm_up(
     tile: int = CPU_TILE,
     overlap: int = 64,
 ) -> float:
-    """Run a small frame and each of ``frame_shapes`` (pixels) once; return ms.
+    """Run each of ``frame_shapes`` (pixels) once, or a small frame if none; return ms.
 
     Frame shapes are taken at the model's own pixel size, padded as the
     daemon pads them and, when larger than ``tile`` pixels, cut into tiles
@@ -134,7 +134,7 @@ def warm_up(
 
     shapes = {
         (1, 1, *engine_shape((padded(h), padded(w)), tile, overlap, multiple))
-        for h, w in [(64, 64), *frame_shapes]
+        for h, w in (list(frame_shapes) or [(64, 64)])
     }
     start = time.perf_counter()
     warmup(engine, sorted(shapes))
