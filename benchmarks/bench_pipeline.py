@@ -24,7 +24,7 @@ from typing import Any
 
 STAGES = [
     ("engine", "(a) bare engine, 1 frame/call"),
-    ("engine_batched", "(a) bare engine, batched as the daemon"),
+    ("engine_batched", "(a) bare engine, batch_size frames/call"),
     ("decode", "(b) TIFF decode"),
     ("naive", "(c) naive loop (tifffile + torch eager fp32)"),
     ("daemon", "(d) daemon, burst: all frames at once"),

@@ -155,8 +155,9 @@ def run_bench(
     """Benchmark the pipeline on ``frames`` synthetic ``size`` x ``size`` px frames.
 
     Stages, in one process and this order: (b) TIFF decode, (c) the naive
-    notebook loop, (a) the bare engine (in daemon-sized batches, then one
-    frame per call), (d) the daemon through ZeroMQ, as a burst of all frames
+    notebook loop, (a) the bare engine (in batches of ``batch_size`` unless
+    frames are tiled or the engine is compiled, then one frame per call),
+    (d) the daemon through ZeroMQ, as a burst of all frames
     then ``paced`` frames one at a time (default: ``min(frames, 10)``). ``batch_size``:
     the daemon's (and the batched engine stage's) batch size, default the
     daemon's setting. ``compile``: ``torch.compile`` the engine (CUDA), in
@@ -221,7 +222,8 @@ def run_bench(
             report.backend = engine.name
             report.frames_per_call = frames_per_call(engine, batch)
             tiled = max(inputs[0].shape) > tile
-            if batch > 1 and not tiled:
+            compiled = engine.name.endswith("-compiled")  # a batch would be another compilation
+            if batch > 1 and not tiled and not compiled:
                 report.stages["engine_batched"] = bench_engine_batched(
                     inputs, engine, bundle, resolved, batch
                 )
