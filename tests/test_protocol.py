@@ -43,6 +43,7 @@ def test_round_trip(encoding: str) -> None:
     assert parts[0] == b"temseg.mask.Au"
     if encoding == "raw":
         assert parts[2] == mask.tobytes()
+        assert np.shares_memory(np.frombuffer(parts[2], dtype=np.uint8), mask)  # not copied
     else:
         assert len(parts[2]) < mask.size
     message = decode_message(parts)

@@ -4,7 +4,7 @@ Protocol (:mod:`temseg.stream.protocol`, pure, no sockets)::
 
     SCHEMA_MASK = "temseg.mask/1" ; SCHEMA_ERROR = "temseg.error/1"
     encode_mask_message(header, mask, *, encoding="raw" | "packbits",
-                        probability=None) -> list[bytes]   # header needs "material"
+                        probability=None) -> list[bytes | memoryview]  # needs "material"
     encode_error_message(header) -> list[bytes]
     decode_message(parts) -> StreamMessage  # .topic .header .mask .probability .is_error
     packbits_encode(data: bytes) -> bytes ; packbits_decode(data: bytes) -> bytes

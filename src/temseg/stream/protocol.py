@@ -82,12 +82,15 @@ def encode_mask_message(
     *,
     encoding: str = "raw",
     probability: np.ndarray | None = None,
-) -> list[bytes]:
+) -> list[bytes | memoryview]:
     """Multipart message for a 2-D 0/1 ``mask`` (bool or integer).
 
     ``header`` must contain ``material`` (it selects the topic); ``schema``,
     ``shape``, ``dtype``, ``encoding`` and ``probability`` are set here.
-    ``probability`` (same shape as the mask) is sent as float16.
+    ``probability`` (same shape as the mask) is sent as float16. With the
+    raw encoding, a C-contiguous uint8 or bool mask goes into the message
+    as a view of its memory, not a copy (16 MiB for a 4096 px frame): leave
+    it unchanged until the message is sent.
     """
     mask_u8 = _as_mask(mask)
     full = mask_header(
@@ -95,18 +98,23 @@ def encode_mask_message(
     )
     if "material" not in full:
         raise ProtocolError("mask header needs 'material' (it selects the topic)")
-    raw = mask_u8.tobytes(order="C")
-    parts = [
+    raw = _wire_bytes(mask_u8)
+    parts: list[bytes | memoryview] = [
         mask_topic(full["material"]).encode(),
         _dump(full),
-        packbits_encode(raw) if encoding == "packbits" else raw,
+        packbits_encode(bytes(raw)) if encoding == "packbits" else raw,
     ]
     if probability is not None:
         prob = np.asarray(probability)
         if prob.shape != mask_u8.shape:
             raise ProtocolError(f"probability shape {prob.shape} != mask shape {mask_u8.shape}")
-        parts.append(prob.astype(_PROBABILITY_WIRE).tobytes(order="C"))
+        parts.append(_wire_bytes(prob.astype(_PROBABILITY_WIRE)))
     return parts
+
+
+def _wire_bytes(array: np.ndarray) -> memoryview:
+    """The bytes of ``array`` in C order, as a flat view (a copy only if it is not contiguous)."""
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
 def encode_error_message(header: Mapping[str, Any]) -> list[bytes]:
@@ -114,7 +122,7 @@ def encode_error_message(header: Mapping[str, Any]) -> list[bytes]:
     return [ERROR_TOPIC.encode(), _dump({**header, "schema": SCHEMA_ERROR})]
 
 
-def decode_message(parts: Sequence[bytes]) -> StreamMessage:
+def decode_message(parts: Sequence[bytes | memoryview]) -> StreamMessage:
     """Parse and check a received multipart message; :class:`ProtocolError` if malformed."""
     if len(parts) < 2:
         raise ProtocolError(f"expected at least 2 message parts, got {len(parts)}")
@@ -137,7 +145,9 @@ def decode_message(parts: Sequence[bytes]) -> StreamMessage:
     return _decode_mask(topic, header, parts)
 
 
-def _decode_mask(topic: str, header: dict[str, Any], parts: Sequence[bytes]) -> StreamMessage:
+def _decode_mask(
+    topic: str, header: dict[str, Any], parts: Sequence[bytes | memoryview]
+) -> StreamMessage:
     if "material" not in header or topic != mask_topic(header["material"]):
         raise ProtocolError(f"topic {topic!r} does not match material {header.get('material')!r}")
     shape = header.get("shape")
@@ -246,10 +256,11 @@ def _as_mask(mask: np.ndarray) -> np.ndarray:
     if arr.ndim != 2:
         raise ProtocolError(f"mask must be 2-D, got shape {arr.shape}")
     if arr.dtype == bool:
-        return arr.astype(np.uint8)
+        return np.ascontiguousarray(arr).view(np.uint8)
     if not np.issubdtype(arr.dtype, np.integer):
         raise ProtocolError(f"mask must be bool or integer 0/1, got dtype {arr.dtype}")
-    if arr.size and (arr.min() < 0 or arr.max() > 1):
+    signed = np.issubdtype(arr.dtype, np.signedinteger)
+    if arr.size and (arr.max() > 1 or (signed and arr.min() < 0)):
         raise ProtocolError("mask values must be 0 or 1")
     return arr.astype(np.uint8, copy=False)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -152,7 +152,7 @@ class Publisher:
             "published_at": datetime.now(UTC).isoformat(),
         }
 
-    def _send(self, parts: list[bytes]) -> None:
+    def _send(self, parts: Sequence[bytes | memoryview]) -> None:
         if self._closed:
             raise RuntimeError("publisher is closed")
         if self.nodrop:
