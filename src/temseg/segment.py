@@ -6,7 +6,7 @@ Particles are 8-connected components of the mask.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any
 
@@ -30,7 +30,8 @@ class Particle:
     equiv_diameter_nm: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """Field name -> value, tuples as lists (JSON-ready); no deep copy (cheap per particle)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["centroid"] = list(self.centroid)
         data["bbox"] = list(self.bbox)
         return data
