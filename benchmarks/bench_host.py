@@ -3,7 +3,8 @@
 On a GPU the engine takes a few ms per frame even at 4096 x 4096 px; what
 limits the daemon then is the host: reading (SHA-256, TIFF decode, model
 input), segmenting (probability back on the frame's grid, threshold,
-particles) and the wire encoding of the mask. This measures each step on
+particles) and recording (the database row with its particles, the mask
+message with its particle list). This measures each step on
 one core, then the frames/s of the reader and segmenter steps with 1..K
 threads working on different frames::
 
@@ -18,10 +19,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import itertools
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,7 @@ from temseg.frames import read_frame
 from temseg.inference import prepare_input, to_frame_grid
 from temseg.model.bundle import load_bundle
 from temseg.segment import segment_probability
+from temseg.store import connect, record_frame
 from temseg.stream.protocol import encode_mask_message
 from temseg.synth import simulate_frame
 
@@ -83,6 +88,25 @@ def main() -> None:
         f = read_frame(path, data=data)
         return prepare_input(f.image, bundle, f.pixel_nm)
 
+    database = connect(f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-host-')) / 'host.db'}")
+    recorded = itertools.count()
+
+    def record() -> object:
+        return record_frame(
+            database,
+            source_path=f"frame_{next(recorded)}.tif",
+            sha256="0" * 64,
+            size_bytes=len(data),
+            status="done",
+            received_at=datetime.now(UTC),
+            n_particles=seg.n_particles,
+            particles=seg.particles,
+        )
+
+    def message() -> object:
+        header = {"material": "Au", "particles": [p.to_dict() for p in seg.particles]}
+        return encode_mask_message(header, seg.mask)
+
     def segment() -> object:
         probability = to_frame_grid(model_probability, x.frame_shape)
         return segment_probability(probability, 0.5, frame.pixel_nm)
@@ -96,10 +120,8 @@ def main() -> None:
             "segmenter: threshold + particles",
             lambda: segment_probability(model_probability, 0.5, frame.pixel_nm),
         ),
-        (
-            "recorder: encode mask message",
-            lambda: encode_mask_message({"material": "Au"}, seg.mask),
-        ),
+        ("recorder: database record (SQLite)", record),
+        ("recorder: mask message with particles", message),
     ]
     print(
         f"{args.size} x {args.size} px uint16 frame, {seg.n_particles} particles; "
