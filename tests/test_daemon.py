@@ -607,7 +607,7 @@ def test_thresholds_cached_until_the_model_check(db_path: Path, bundles: dict[st
 
 
 @pytest.mark.parametrize(
-    ("cores", "expected"), [(1, (2, 1)), (2, (2, 1)), (8, (2, 4)), (16, (4, 8)), (64, (8, 8))]
+    ("cores", "expected"), [(1, (2, 1)), (2, (2, 1)), (8, (3, 3)), (16, (6, 6)), (64, (8, 8))]
 )
 def test_host_workers_grow_with_the_cores(cores: int, expected: tuple[int, int]) -> None:
     from temseg.daemon.pipeline import host_workers

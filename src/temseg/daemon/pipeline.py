@@ -95,16 +95,18 @@ def usable_cores() -> int:
 def host_workers(cores: int) -> tuple[int, int]:
     """(reader threads, segmenter threads) for a machine with ``cores`` cores.
 
-    Readers hash and decode (2 up to 8 cores, then one per 4 cores, at most
-    8); segmenters threshold, measure particles and write mask files (one
-    per 2 cores, 1 to 8). A 4096 x 4096 px frame costs about 55 ms of
-    reading and 65 ms of segmentation on one core (``benchmarks/bench_host.py``),
-    so a GPU serving tens of such frames per second needs these stages spread
-    over several cores; on a small CPU-only machine the engine's threads need
-    the cores instead.
+    Readers hash, decode and normalise; segmenters threshold, measure
+    particles and write mask files. A 4096 x 4096 px frame costs each about
+    as much on one core (reading 55-75 ms, segmenting 60-65 ms,
+    ``benchmarks/bench_host.py``), so both get 3 of every 8 cores, from 2
+    readers and 1 segmenter up to 8 each; the rest is left to the inference
+    thread, the recorder and the watcher. A GPU serving tens of such frames
+    per second needs these stages spread over many cores; on a small
+    CPU-only machine the engine's threads need the cores instead.
     """
     cores = max(1, cores)
-    return max(2, min(8, cores // 4)), max(1, min(8, cores // 2))
+    share = 3 * cores // 8
+    return max(2, min(8, share)), max(1, min(8, share))
 
 
 MODEL_CHECK_S = 2.0  # seconds between checks of the active model and calibrations under load
