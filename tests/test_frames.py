@@ -548,3 +548,17 @@ def test_read_frame_decodes_the_given_bytes_not_the_file_again(tmp_path: Path) -
         read_frame(path, data=b"")
     with pytest.raises(FrameError):
         read_frame(path, data=b"not a tiff at all")
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_read_frame_views_uncompressed_pixels_in_the_given_bytes(
+    tmp_path: Path, compression: str | None
+) -> None:
+    path = tmp_path / "frame.tif"
+    image = np.arange(96 * 80, dtype=np.uint16).reshape(96, 80)
+    tifffile.imwrite(path, image, compression=compression, rowsperstrip=16)
+    data = path.read_bytes()
+    frame = read_frame(path, data=data)
+    np.testing.assert_array_equal(frame.image, image)
+    in_place = np.shares_memory(frame.image, np.frombuffer(data, np.uint8))
+    assert in_place == (compression is None)  # no copy of the pixels when none is needed

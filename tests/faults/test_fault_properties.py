@@ -43,13 +43,26 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def read_bytes(path: Path, data: bytes) -> Frame | None:
-    """Write ``data`` to ``path`` and read it; None on FrameError, any other exception escapes."""
+    """Write ``data`` to ``path`` and read it; None on FrameError, any other exception escapes.
+
+    The file is read twice, from its path and from ``data`` in memory (as the
+    daemon does after hashing); both must give the same pixels or both refuse.
+    """
     path.write_bytes(data)
-    try:
-        return read_frame(path, max_pixels=MAX_PIXELS)
-    except FrameError as exc:
-        assert str(path) in str(exc)
-        return None
+    frames: list[Frame | None] = []
+    for in_memory in (None, data):
+        try:
+            frames.append(read_frame(path, max_pixels=MAX_PIXELS, data=in_memory))
+        except FrameError as exc:
+            assert str(path) in str(exc)
+            frames.append(None)
+    from_path, from_memory = frames
+    assert (from_path is None) == (from_memory is None)
+    if from_path is not None and from_memory is not None:
+        assert from_memory.image.dtype == from_path.image.dtype
+        np.testing.assert_array_equal(from_memory.image, from_path.image)
+        assert from_memory.metadata == from_path.metadata
+    return from_path
 
 
 def valid_tiff(seed: int) -> bytes:
