@@ -52,12 +52,13 @@ def is_recorded(engine: Engine, source_path: str, sha256: str) -> bool:
 
 
 def _find_id(engine: Engine, source_path: str, sha256: str) -> int | None:
-    with read_session(engine) as session:
-        return session.scalar(
-            select(FrameRow.id).where(
-                FrameRow.source_path == source_path, FrameRow.sha256 == sha256
-            )
-        )
+    # A Core connection: the daemon asks this once per frame, and an ORM session's
+    # set-up and tear-down cost more than the query.
+    query = select(_FRAMES.c.id).where(
+        _FRAMES.c.source_path == source_path, _FRAMES.c.sha256 == sha256
+    )
+    with engine.connect() as conn:
+        return conn.scalar(query)
 
 
 def record_frame(
