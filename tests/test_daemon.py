@@ -204,6 +204,10 @@ def test_frames_segmented_published_recorded_and_folder_untouched(
         assert header["frame_id"] == row["id"] and header["seq"] == row["seq"]
         assert header["threshold"] == row["threshold"] == threshold
         assert header["n_particles"] == row["n_particles"]
+        timing = header["timing_ms"]
+        assert min(timing[step] for step in ("read", "infer", "segment")) > 0
+        parts = timing["read"] + timing["infer"] + timing["segment"]
+        assert timing["total"] == pytest.approx(parts, abs=2e-3)  # each rounded to 1 us
         assert mask is not None and mask.shape == (SIZE, SIZE) == (row["height"], row["width"])
         with store(db_path) as engine:
             record = get_frame(engine, row["id"])

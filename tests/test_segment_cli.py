@@ -76,7 +76,7 @@ def test_two_frames_end_to_end(tmp_path: Path, frames: list[Path], bundle_dir: P
     bundle = load_bundle(bundle_dir)
     engine = load_engine(bundle, backend="torch", threads=1)
     for frame_path, line in zip(frames, lines, strict=True):
-        assert set(line["timing_ms"]) == {"read", "infer", "total"}
+        assert set(line["timing_ms"]) == {"read", "infer", "segment", "total"}
         mask_path = out / f"{frame_path.stem}_mask.tif"
         assert line["mask"] == str(mask_path)
         mask = tifffile.imread(mask_path)

@@ -245,13 +245,20 @@ def segment_frame(
     probability = predict_probability(
         frame.image, engine, bundle, pixel_nm=frame.pixel_nm, tile=tile, overlap=overlap
     )
-    infer_ms = (time.perf_counter() - start) * 1e3
+    inferred = time.perf_counter()
     segmentation = segment_probability(probability, threshold, frame.pixel_nm, min_area_px)
-    total_ms = frame.read_ms + (time.perf_counter() - start) * 1e3
+    infer_ms = (inferred - start) * 1e3
+    segment_ms = (time.perf_counter() - inferred) * 1e3
+    timing_ms = {
+        "read": frame.read_ms,
+        "infer": infer_ms,
+        "segment": segment_ms,
+        "total": frame.read_ms + infer_ms + segment_ms,
+    }
     return FrameResult(
         segmentation=segmentation,
         probability=probability,
-        timing_ms={"read": frame.read_ms, "infer": infer_ms, "total": total_ms},
+        timing_ms=timing_ms,
         pixel_nm=frame.pixel_nm,
         material=material if material is not None else frame.material,
         threshold=float(threshold),

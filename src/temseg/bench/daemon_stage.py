@@ -188,7 +188,7 @@ def bench_daemon(
 def _timing_summary(messages: list[StreamMessage]) -> dict[str, float | None]:
     """Median of the daemon's own per-frame timings (header ``timing_ms``, ``latency_ms``)."""
     summary: dict[str, float | None] = {}
-    for key in ("read", "infer", "total"):
+    for key in ("read", "infer", "segment", "total"):
         values = [float(m.header["timing_ms"][key]) for m in messages if "timing_ms" in m.header]
         summary[f"daemon_{key}_ms_p50"] = percentile_ms(values, 50)
     internal = [float(m.header["latency_ms"]) for m in messages if "latency_ms" in m.header]

@@ -314,6 +314,13 @@ def format_report(report: BenchReport) -> str:
         "daemon p50/p99: latency, file renamed into the watched folder -> mask published; "
         "CPU ms/fr: this process's CPU time (all threads) per frame; load: 1-min load average"
     )
+    paced = report.stages.get("daemon_paced")
+    if paced is not None:
+        steps = ", ".join(
+            f"{step} {_num(paced.details.get(f'daemon_{step}_ms_p50'))}"
+            for step in ("read", "infer", "segment")
+        )
+        lines.append(f"daemon paced, p50 ms per frame: {steps}; the rest is queues and recording")
     lines.append("")
     lines.append(
         "ratios: "

@@ -532,6 +532,7 @@ class Daemon:
                     job.frame.pixel_nm,
                     allocate=input_allocator(model.engine),
                 )
+                job.frame.read_ms = (time.perf_counter() - started) * 1e3  # ... + model input
             except Exception as exc:
                 job.error = f"{job.path}: cannot prepare the frame for the model ({exc})"
                 job.frame = None
@@ -764,6 +765,7 @@ class Daemon:
                 "timing_ms": {
                     "read": round(read_ms, 3),
                     "infer": round(outcome.infer_ms, 3),
+                    "segment": round(outcome.segment_ms, 3),
                     "total": round(read_ms + outcome.infer_ms + outcome.segment_ms, 3),
                 },
                 "latency_ms": round(latency_ms, 3),

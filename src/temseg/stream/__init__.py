@@ -23,7 +23,7 @@ Publisher (thread-confined, never blocks; one per process run)::
     header_fields for a mask (all but material optional, see docs/protocol.md):
         material, frame_id, source, sha256, threshold, model_id, backend,
         n_particles, area_fraction, particles (list of Particle.to_dict()),
-        pixel_nm, timing_ms {read, infer, total}, acquired_at (ISO 8601 UTC)
+        pixel_nm, timing_ms {read, infer, segment, total}, acquired_at (ISO 8601 UTC)
 
 Subscriber (iterator of StreamMessage)::
 
