@@ -312,6 +312,19 @@ def test_cpu_engines_take_their_input_in_ordinary_memory(
             engine.close()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback without CUDA")
+def test_pinned_memory_falls_back_to_ordinary_memory_without_cuda(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from temseg.engine.cuda_io import pinned_empty
+
+    with caplog.at_level(logging.WARNING, logger="temseg.engine.cuda_io"):
+        arrays = [pinned_empty((3, 5)) for _ in range(2)]
+    assert all(a.shape == (3, 5) and a.dtype == np.float32 for a in arrays)
+    arrays[0][...] = 1.0  # writable, ordinary memory
+    assert caplog.text.count("page-locked host memory unavailable") <= 1
+
+
 # --- CUDA (marked gpu) ---
 
 

@@ -11,16 +11,31 @@ each such copy costs 9-19 ms of one CPU core, more than the network itself.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 
+logger = logging.getLogger(__name__)
+_warned = False  # the fallback to ordinary memory was logged
+
 
 def pinned_empty(shape: tuple[int, ...]) -> np.ndarray:
-    """An uninitialised float32 array of ``shape`` in page-locked host memory (needs CUDA).
+    """An uninitialised float32 array of ``shape`` in page-locked host memory.
 
-    The array keeps its block allocated until it and every view of it are gone.
+    The array keeps its block allocated until it and every view of it are
+    gone. When no page-locked memory can be had (no CUDA, or the system
+    refuses more), an ordinary array, which the engines copy through a
+    page-locked buffer of their own; the first such case is logged.
     """
-    return torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
+    global _warned
+    try:
+        return torch.empty(shape, dtype=torch.float32, pin_memory=True).numpy()
+    except RuntimeError as exc:
+        if not _warned:
+            _warned = True
+            logger.warning("page-locked host memory unavailable, using ordinary memory: %s", exc)
+        return np.empty(shape, dtype=np.float32)
 
 
 def pinned_source(x: np.ndarray) -> torch.Tensor:
