@@ -57,9 +57,14 @@ class Segmentation:
 
 def binarize(probability: np.ndarray, threshold: float) -> np.ndarray:
     """Mask (uint8 0/1) of pixels whose probability is >= ``threshold``."""
+    return _above(probability, threshold).view(np.uint8)  # same bytes as the booleans
+
+
+def _above(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean map of pixels whose probability is >= ``threshold``."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    return (probability >= threshold).astype(np.uint8)
+    return np.asarray(probability) >= threshold
 
 
 #: Up to this many components, areas and centroids are counted inside each
@@ -184,8 +189,13 @@ def find_particles(
     ``equiv_diameter_nm``. Components smaller than ``min_area_px`` are dropped;
     labels follow ``scipy.ndimage.label`` (raster order of the first pixel).
     """
-    areas, centroid_rows, centroid_cols, boxes = _components(np.asarray(mask) > 0)
-    h, w = mask.shape
+    return _particles(np.asarray(mask) > 0, pixel_nm, min_area_px)
+
+
+def _particles(binary: np.ndarray, pixel_nm: float | None, min_area_px: int) -> list[Particle]:
+    """:func:`find_particles` of a boolean image."""
+    areas, centroid_rows, centroid_cols, boxes = _components(binary)
+    h, w = binary.shape
     centroids = zip(centroid_rows.tolist(), centroid_cols.tolist(), strict=True)
     particles: list[Particle] = []
     for i, (area, centroid, (y0, x0, y1, x1)) in enumerate(
@@ -216,8 +226,9 @@ def segment_probability(
     min_area_px: int = 1,
 ) -> Segmentation:
     """Threshold a probability map and measure its particles."""
-    mask = binarize(probability, threshold)
-    return Segmentation(mask, float(threshold), find_particles(mask, pixel_nm, min_area_px))
+    above = _above(probability, threshold)
+    particles = _particles(above, pixel_nm, min_area_px)
+    return Segmentation(above.view(np.uint8), float(threshold), particles)
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:

@@ -116,6 +116,7 @@ def bench_daemon(
     paced: int,
     batch_size: int | None = None,
     compile: bool = False,
+    tile: int | None = None,
     timeout_s: float = 120.0,
     on_status: Callable[[str], object] | None = None,
 ) -> tuple[StageResult, StageResult | None]:
@@ -128,8 +129,9 @@ def bench_daemon(
     once the previous mask was received: latency with an idle pipeline
     (None when ``paced`` is 0).
     ``workdir`` gets ``watch/`` and ``daemon.db``; ``model`` is pinned;
-    ``batch_size`` overrides the daemon's setting; ``compile`` sets the
-    daemon's ``compile`` with the frames' shape in ``warmup_shapes``.
+    ``batch_size`` and ``tile`` (pixels) override the daemon's settings;
+    ``compile`` sets the daemon's ``compile`` with the frames' shape in
+    ``warmup_shapes``.
     """
     say = on_status or (lambda _text: None)
     watch = workdir / "watch"
@@ -146,6 +148,8 @@ def bench_daemon(
     )
     if batch_size is not None:
         settings.batch_size = batch_size
+    if tile is not None:
+        settings.tile = tile
     if compile:
         height, width = read_frame(frames[0]).image.shape
         settings.compile, settings.warmup_shapes = True, [f"{height}x{width}"]

@@ -1,0 +1,107 @@
+"""How many frames/s the daemon's host side sustains when the engine takes a fixed time.
+
+Everything is the real daemon (watcher, readers, frame queue, segmenters,
+recorder, SQLite, ZeroMQ to a subscriber on 127.0.0.1), except the engine:
+a stand-in returns one fixed probability map (a simulated frame's particles,
+so segmentation does realistic work) after sleeping ``--engine-ms``, the way
+a GPU engine leaves the CPU free while it waits for the device. The answer
+is the host's ceiling for a GPU that fast, measured on any machine, GPU or
+not::
+
+    python benchmarks/bench_ceiling.py --size 4096 --frames 60 --engine-ms 5.5
+
+Prints the burst's frames/s, the paced latency with its breakdown, and each
+thread group's CPU per frame. The stand-in takes one frame per call, as a
+compiled engine does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import temseg.daemon.models
+from temseg.bench.daemon_stage import bench_daemon
+from temseg.bench.stages import write_frames
+from temseg.inference import GPU_TILE
+from temseg.model.bundle import ModelBundle, load_bundle
+from temseg.synth import DEFAULT_PIXEL_NM, frame_seed, simulate_frame
+
+
+class StandInEngine:
+    """``probability`` (H, W) for a (1, 1, H, W) batch after ``delay_s`` seconds, else zeros."""
+
+    backend = "stand-in"
+    name = "stand-in"
+
+    def __init__(self, probability: np.ndarray, delay_s: float) -> None:
+        self._batch = np.ascontiguousarray(probability, dtype=np.float32)[None]
+        self._delay_s = delay_s
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(self._delay_s)
+        if batch.shape[0] == 1 and batch.shape[2:] == self._batch.shape[1:]:
+            return self._batch  # read only by the daemon: no copy, like a GPU engine's result
+        return np.zeros((batch.shape[0], *batch.shape[2:]), dtype=np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=4096, help="frame side, pixels")
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--paced", type=int, default=10)
+    parser.add_argument("--engine-ms", type=float, default=5.5, help="stand-in engine time")
+    args = parser.parse_args()
+
+    bundle = load_bundle(None)
+    pixel_nm = bundle.pixel_nm or DEFAULT_PIXEL_NM
+    seed = frame_seed(0, "Au", 0)
+    particles = max(1, round(3 * (args.size / 512) ** 2))  # as dense as 3 in a 512 px frame
+    synthetic = simulate_frame("Au", args.size, seed, pixel_nm=pixel_nm, n_particles=particles)
+    probability = synthetic.mask
+
+    def stand_in(model: ModelBundle, **_options: object) -> StandInEngine:
+        return StandInEngine(probability, args.engine_ms / 1e3)
+
+    temseg.daemon.models.load_engine = stand_in  # type: ignore[assignment]
+    with tempfile.TemporaryDirectory(prefix="temseg-ceiling-") as tmp:
+        work = Path(tmp)
+        paths = write_frames(work / "frames", args.frames, args.size, pixel_nm=pixel_nm)
+        assert bundle.path is not None
+        burst, paced = bench_daemon(
+            paths,
+            work / "daemon",
+            model=bundle.path,
+            backend="auto",
+            device="cpu",
+            threads=0,
+            paced=args.paced,
+            tile=GPU_TILE,  # frames of up to 4096 px in one piece, as on a GPU
+        )
+    print(
+        f"{args.size} x {args.size} px, {args.frames} frames, stand-in engine "
+        f"{args.engine_ms:g} ms per frame"
+    )
+    print(
+        f"  burst: {burst.frames_per_s:.1f} frames/s, latency p50 {burst.ms_p50:.0f} ms, "
+        f"CPU {burst.cpu_ms_per_frame:.0f} ms/frame"
+    )
+    if paced is not None:
+        steps = ", ".join(
+            f"{step} {paced.details[f'daemon_{step}_ms_p50']:.1f}"
+            for step in ("read", "infer", "segment")
+        )
+        print(f"  paced: latency p50 {paced.ms_p50:.1f} ms ({steps} ms)")
+    split = burst.details["cpu_ms_per_frame_by_thread"]
+    print("  CPU ms per frame by thread: " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
+
+
+if __name__ == "__main__":
+    main()
