@@ -7,7 +7,6 @@ Particles are 8-connected components of the mask.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -39,16 +38,15 @@ class Particle:
 
 @dataclass(frozen=True)
 class Segmentation:
-    """A thresholded frame with its particles."""
+    """A thresholded frame with its particles.
+
+    ``area_fraction`` is the fraction of the frame's pixels in the mask, 0-1.
+    """
 
     mask: np.ndarray
     threshold: float
     particles: list[Particle]
-
-    @cached_property
-    def area_fraction(self) -> float:
-        """Fraction of the frame's pixels that belong to particles, 0-1."""
-        return np.count_nonzero(self.mask) / self.mask.size if self.mask.size else 0.0
+    area_fraction: float
 
     @property
     def n_particles(self) -> int:
@@ -228,7 +226,8 @@ def segment_probability(
     """Threshold a probability map and measure its particles."""
     above = _above(probability, threshold)
     particles = _particles(above, pixel_nm, min_area_px)
-    return Segmentation(above.view(np.uint8), float(threshold), particles)
+    fraction = np.count_nonzero(above) / above.size if above.size else 0.0
+    return Segmentation(above.view(np.uint8), float(threshold), particles, fraction)
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:

@@ -773,7 +773,8 @@ class Daemon:
                 "received_at": job.received_at.isoformat(),
             }
             probability = outcome.probability if self.settings.send_probability else None
-            publisher.publish_mask(header, seg.mask, probability)
+            # 0/1 by construction: as booleans the encoder needs no range check of its values.
+            publisher.publish_mask(header, seg.mask.view(bool), probability)
             self.stats.done += 1
             self.stats.particles += seg.n_particles
             logger.info(
