@@ -154,15 +154,14 @@ def _pixels(page: tifffile.TiffPage, data: bytes | None) -> np.ndarray:
     With ``data`` given and the pixels stored as one uncompressed run (no
     predictor, normal fill order), a read-only view into ``data``: decoding
     from memory through tifffile copies the pixels while holding the GIL,
-    about 28 ms per 4096 x 4096 px frame in which no other daemon thread
+    tens of ms per 4096 x 4096 px frame in which no other daemon thread
     runs Python. Otherwise tifffile decodes them.
     """
-    if data is None or page.dtype is None or not page.is_contiguous:
+    one_run = page.dtype is not None and page.is_contiguous
+    if data is None or not (one_run and page.predictor == 1 and page.fillorder == 1):
         return page.asarray()
-    if page.predictor == 1 and page.fillorder == 1:
-        dtype = np.dtype(page.dtype).newbyteorder(page.parent.byteorder)
-        return np.frombuffer(data, dtype=dtype, count=page.size, offset=page.dataoffsets[0])
-    return page.asarray()
+    dtype = np.dtype(page.dtype).newbyteorder(page.parent.byteorder)
+    return np.frombuffer(data, dtype=dtype, count=page.size, offset=page.dataoffsets[0])
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
