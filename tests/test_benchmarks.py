@@ -1,0 +1,51 @@
+"""The benchmark scripts run end to end on tiny frames (their figures are not checked here)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("engine_ms", ["0", "2"])
+def test_bench_ceiling_runs_the_daemon_with_a_stand_in_engine(engine_ms: str) -> None:
+    out = run_script(
+        "bench_ceiling.py",
+        "--size",
+        "64",
+        "--frames",
+        "4",
+        "--paced",
+        "2",
+        "--engine-ms",
+        engine_ms,
+    )
+    burst = re.search(r"burst: ([\d.]+) frames/s", out)
+    assert burst is not None and float(burst.group(1)) > 0
+    infer = re.search(r"infer ([\d.]+)", out)
+    assert infer is not None and float(infer.group(1)) >= float(engine_ms)  # the stand-in's sleep
+    assert "CPU ms per frame by thread" in out
+
+
+def test_bench_host_measures_every_step() -> None:
+    out = run_script("bench_host.py", "--size", "128", "--repeats", "1", "--threads", "1")
+    for step in ("SHA-256", "TIFF decode", "threshold + particles", "database record"):
+        assert re.search(rf"{re.escape(step)}.*\d+\.\d ms", out), step
+    assert "reader step, 1 thread(s)" in out
