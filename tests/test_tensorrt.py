@@ -107,8 +107,9 @@ def test_profile_shapes_are_multiples_and_cover_max(
 
 def test_profile_examples() -> None:
     assert profile_shapes(4096, 4) == ProfileShapes(
-        min=(1, 1, 16, 16), opt=(1, 1, 2048, 2048), max=(4, 1, 4096, 4096)
-    )
+        min=(1, 1, 16, 16), opt=(1, 1, 4096, 4096), max=(4, 1, 4096, 4096)
+    )  # tuned for whole frames of the largest size
+    assert profile_shapes(4096, 4, opt_size=2048).opt == (1, 1, 2048, 2048)
     assert profile_shapes(1000, 1).max == (1, 1, 1008, 1008)
     assert profile_shapes(1000, 1).opt == (1, 1, 1008, 1008)  # opt capped at max
     with pytest.raises(EngineError):

@@ -4,7 +4,8 @@ Precision: TensorRT 11 networks are always strongly typed, so fp16 comes
 from an fp16 ONNX export; on TensorRT 10 an fp32 ONNX is built with
 ``BuilderFlag.FP16``. One optimisation profile covers batches of 1 to
 ``batch`` frames and sides from 16 to ``max_size`` pixels (rounded up to a
-multiple of 16); kernels are tuned for one frame of ``opt_size`` pixels.
+multiple of 16); kernels are tuned for one frame of ``opt_size`` pixels (by
+default ``max_size``: the camera's whole frames, where speed matters most).
 
 Engine cache: ``<cache_dir>/<key>.plan`` where ``key`` is a SHA-256 over the
 ONNX file's SHA-256, the TensorRT version, the GPU name, its compute
@@ -48,7 +49,6 @@ TENSORRT_MISSING = (
 PRECISIONS = ("fp16", "fp32")
 PROFILE_MULTIPLE = 16  # pixels; profile sides are multiples of this
 DEFAULT_MAX_SIZE = 4096  # pixels
-DEFAULT_OPT_SIZE = 2048  # pixels
 DEFAULT_BATCH = 4  # frames
 WORKSPACE_BYTES = 2 << 30
 
@@ -92,14 +92,15 @@ def profile_shapes(
     batch: int = 1,
     *,
     multiple: int = PROFILE_MULTIPLE,
-    opt_size: int = DEFAULT_OPT_SIZE,
+    opt_size: int | None = None,
 ) -> ProfileShapes:
     """Profile for frames up to ``max_size`` pixels per side and up to ``batch`` frames.
 
     All sides are multiples of ``multiple``: min is one ``multiple``-pixel
-    square frame, opt one frame of ``opt_size`` (capped at the maximum), max
+    square frame, opt one frame of ``opt_size`` (default and cap: the maximum), max
     ``batch`` frames of ``max_size`` rounded up.
     """
+    opt_size = max_size if opt_size is None else opt_size
     if max_size < 1 or batch < 1 or multiple < 1 or opt_size < 1:
         raise EngineError(
             f"profile needs max_size, batch, multiple and opt_size >= 1, got "
@@ -250,7 +251,7 @@ def plan_engine(
     max_size: int = DEFAULT_MAX_SIZE,
     batch: int = DEFAULT_BATCH,
     precision: str = "fp16",
-    opt_size: int = DEFAULT_OPT_SIZE,
+    opt_size: int | None = None,
     cache_dir: str | Path | None = None,
 ) -> EnginePlan:
     """Export (or reuse) the ONNX file and work out where the engine for it lives."""
@@ -320,7 +321,7 @@ def _load(
     max_size: int,
     batch: int,
     precision: str,
-    opt_size: int,
+    opt_size: int | None,
     cache_dir: str | Path | None,
 ) -> tuple[ModuleType, Any, Any, EnginePlan, bool, Any]:
     trt = import_tensorrt()
@@ -356,7 +357,7 @@ def build_engine(
     max_size: int = DEFAULT_MAX_SIZE,
     batch: int = DEFAULT_BATCH,
     precision: str = "fp16",
-    opt_size: int = DEFAULT_OPT_SIZE,
+    opt_size: int | None = None,
     cache_dir: str | Path | None = None,
 ) -> tuple[Path, bool]:
     """Build the engine ahead of time (or find it in the cache).
@@ -395,7 +396,7 @@ class TensorRTEngine:
         max_size: int = DEFAULT_MAX_SIZE,
         batch: int = DEFAULT_BATCH,
         precision: str = "fp16",
-        opt_size: int = DEFAULT_OPT_SIZE,
+        opt_size: int | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
         import torch
