@@ -206,6 +206,18 @@ def test_windowed_labelling_finds_the_same_particles(
         assert a.centroid == pytest.approx(b.centroid, abs=1e-9)
 
 
+def test_large_empty_and_single_pixel_masks() -> None:
+    mask = np.zeros((1024, 1100), np.uint8)
+    assert find_particles(mask) == []
+    mask[1023, 1099] = 1
+    (corner,) = find_particles(mask)
+    assert (corner.bbox, corner.area_px, corner.touches_border) == (
+        (1023, 1099, 1024, 1100),
+        1,
+        True,
+    )
+
+
 @pytest.mark.parametrize("shape", [(64, 64), (70, 90), (33, 200)])
 def test_occupied_blocks_match_a_block_maximum(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(shape[1])
