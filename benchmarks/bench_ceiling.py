@@ -3,8 +3,9 @@
 Everything is the real daemon (watcher, readers, frame queue, segmenters,
 recorder, SQLite, ZeroMQ to a subscriber on 127.0.0.1), except the engine:
 a stand-in returns one fixed probability map (a simulated frame's particles,
-so segmentation does realistic work) after sleeping ``--engine-ms``, the way
-a GPU engine leaves the CPU free while it waits for the device. The answer
+so segmentation does realistic work) after sleeping ``--engine-ms`` in ten
+slices, the way a GPU engine leaves the CPU (and the GIL) while it waits for
+the device, and has to take the GIL back after each launch and sync. The answer
 is the host's ceiling for a GPU that fast, measured on any machine, GPU or
 not::
 
@@ -25,11 +26,16 @@ from pathlib import Path
 import numpy as np
 
 import temseg.daemon.models
+import temseg.daemon.pipeline
 from temseg.bench.daemon_stage import bench_daemon
 from temseg.bench.stages import write_frames
 from temseg.inference import GPU_TILE
 from temseg.model.bundle import ModelBundle, load_bundle
 from temseg.synth import DEFAULT_PIXEL_NM, frame_seed, simulate_frame
+
+#: A GPU engine call gives the GIL back many times (kernel launches, copies, the final
+#: sync) and must take it again each time; the stand-in sleeps its time in as many slices.
+GIL_RELEASES_PER_CALL = 10
 
 
 class StandInEngine:
@@ -43,7 +49,8 @@ class StandInEngine:
         self._delay_s = delay_s
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        time.sleep(self._delay_s)
+        for _ in range(GIL_RELEASES_PER_CALL):
+            time.sleep(self._delay_s / GIL_RELEASES_PER_CALL)
         if batch.shape[0] == 1 and batch.shape[2:] == self._batch.shape[1:]:
             return self._batch  # read only by the daemon: no copy, like a GPU engine's result
         return np.zeros((batch.shape[0], *batch.shape[2:]), dtype=np.float32)
@@ -58,7 +65,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--paced", type=int, default=10)
     parser.add_argument("--engine-ms", type=float, default=5.5, help="stand-in engine time")
+    parser.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        default=None,
+        help="GIL switch interval while the daemon runs (default: the daemon's own)",
+    )
     args = parser.parse_args()
+    if args.switch_interval_ms is not None:
+        temseg.daemon.pipeline.GIL_SWITCH_INTERVAL_S = args.switch_interval_ms / 1e3
 
     bundle = load_bundle(None)
     pixel_nm = bundle.pixel_nm or DEFAULT_PIXEL_NM
@@ -85,9 +100,10 @@ def main() -> None:
             paced=args.paced,
             tile=GPU_TILE,  # frames of up to 4096 px in one piece, as on a GPU
         )
+    switch_ms = temseg.daemon.pipeline.GIL_SWITCH_INTERVAL_S * 1e3
     print(
         f"{args.size} x {args.size} px, {args.frames} frames, stand-in engine "
-        f"{args.engine_ms:g} ms per frame"
+        f"{args.engine_ms:g} ms per frame, GIL switch interval {switch_ms:g} ms"
     )
     print(
         f"  burst: {burst.frames_per_s:.1f} frames/s, latency p50 {burst.ms_p50:.0f} ms, "

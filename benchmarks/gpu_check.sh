@@ -10,7 +10,8 @@
 #          fp16 and compiled, with `temseg bench` (bare engine, naive loop, daemon burst, paced);
 # host     the host-side cost per 4096 px frame and its spread over 1, 4 and 8 threads
 #          (benchmarks/bench_host.py), then the whole daemon at 4096 px with a stand-in engine
-#          of 5.5 ms (benchmarks/bench_ceiling.py): the frames/s this host's CPUs allow;
+#          of 5.5 ms (benchmarks/bench_ceiling.py), with the daemon's GIL switch interval and
+#          with Python's default: the frames/s this host's CPUs allow;
 # tests    the gpu-marked engine tests (CUDA fp16 + channels_last, torch.compile, ONNX Runtime
 #          CUDA and TensorRT when installed) against PyTorch fp32 on the CPU;
 # engines  frames/s of PyTorch eager fp32, eager fp16 channels_last, compiled fp16 (and TensorRT
@@ -55,7 +56,9 @@ for step in $STEPS; do
         echo "== host-side cost per 4096 px frame =="
         timeout 120 "$PY" benchmarks/bench_host.py --size 4096 --threads 1 4 8 || status=1
         echo "== host ceiling: the daemon at 4096 px with a 5.5 ms stand-in engine =="
-        timeout 150 "$PY" benchmarks/bench_ceiling.py --size 4096 --frames 120 || status=1
+        timeout 150 "$PY" benchmarks/bench_ceiling.py --size 4096 --frames 60 || status=1
+        timeout 150 "$PY" benchmarks/bench_ceiling.py --size 4096 --frames 60 \
+            --switch-interval-ms 5 || status=1
         ;;
     tests)
         echo "== gpu tests =="

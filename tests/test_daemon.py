@@ -594,6 +594,17 @@ def test_compile_without_a_gpu_runs_eager_after_warming_the_listed_shapes(
     assert daemon.tile == CPU_TILE  # tile 0: from the device
 
 
+def test_gil_switch_interval_shortened_while_the_daemon_runs(make_daemon, acq: Path) -> None:
+    from temseg.daemon.pipeline import GIL_SWITCH_INTERVAL_S
+
+    before = sys.getswitchinterval()
+    assert before != GIL_SWITCH_INTERVAL_S
+    daemon = make_daemon()
+    assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S)
+    daemon.stop()
+    assert sys.getswitchinterval() == before
+
+
 def test_thresholds_cached_until_the_model_check(db_path: Path, bundles: dict[str, Path]) -> None:
     from temseg.daemon.models import ModelServer
 

@@ -39,6 +39,7 @@ import hashlib
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -110,6 +111,12 @@ def host_workers(cores: int) -> tuple[int, int]:
 
 
 MODEL_CHECK_S = 2.0  # seconds between checks of the active model and calibrations under load
+#: The GIL switch interval while a daemon runs (Python's default is 5 ms). The inference
+#: thread gives the GIL back on every engine call and device sync and must take it again;
+#: beside a thread running Python, each re-take can wait up to the whole interval. A loop of
+#: 20 such releases per 6 ms call ran at 67 calls/s beside a thread running Python 60 % of
+#: the time with 5 ms, 85 with 1 ms, 97 with 0.5 ms (157 alone; ``benchmarks/RESULTS.md``).
+GIL_SWITCH_INTERVAL_S = 0.001
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _T = TypeVar("_T")
 
@@ -268,6 +275,7 @@ class Daemon:
         self._db: Any = None
         self._stopped = False
         self._shut = False
+        self._switch_interval: float | None = None  # the process's, while this daemon runs
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -275,6 +283,8 @@ class Daemon:
         """Connect, load and warm the model, bind the socket, start watching; then READY=1."""
         s = self.settings
         self.notifier.status("loading model")
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # restored in _shutdown
         self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
         try:
             self.tile = s.tile or default_tile(resolve_device(s.device))
@@ -377,6 +387,8 @@ class Daemon:
             self._models.close()
         if self._db is not None:
             self._db.dispose()
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
 
     def healthy(self) -> bool:
         """True while the pipeline threads and the watcher run (gates the systemd watchdog ping)."""
