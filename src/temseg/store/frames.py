@@ -6,16 +6,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, Table, insert, select
+from sqlalchemy import Engine, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from temseg.segment import Particle
-from temseg.store.schema import read_session, write_session
+from temseg.store.schema import read_session, write_connection
 from temseg.store.tables import FRAME_STATUSES, FrameRow, ParticleRow, utc_now
 
 _FRAMES: Table = FrameRow.metadata.tables[FrameRow.__tablename__]
 _PARTICLES: Table = ParticleRow.metadata.tables[ParticleRow.__tablename__]
+# Core statements built once: the daemon runs them for every frame, and building a
+# statement (and its cache key) cost more than running it.
+_FRAME_ID = select(_FRAMES.c.id).where(
+    _FRAMES.c.source_path == bindparam("path"), _FRAMES.c.sha256 == bindparam("sha")
+)
+_INSERT_FRAME = insert(_FRAMES)
+_INSERT_PARTICLES = insert(_PARTICLES)
 
 
 @dataclass(frozen=True)
@@ -54,11 +61,8 @@ def is_recorded(engine: Engine, source_path: str, sha256: str) -> bool:
 def _find_id(engine: Engine, source_path: str, sha256: str) -> int | None:
     # A Core connection: the daemon asks this once per frame, and an ORM session's
     # set-up and tear-down cost more than the query.
-    query = select(_FRAMES.c.id).where(
-        _FRAMES.c.source_path == source_path, _FRAMES.c.sha256 == sha256
-    )
     with engine.connect() as conn:
-        return conn.scalar(query)
+        return conn.scalar(_FRAME_ID, {"path": source_path, "sha": sha256})
 
 
 def record_frame(
@@ -117,21 +121,16 @@ def record_frame(
         "backend": backend,
     }
     try:
-        with write_session(engine) as session:
-            existing = session.scalar(
-                select(FrameRow.id).where(
-                    FrameRow.source_path == source_path, FrameRow.sha256 == sha256
-                )
-            )
+        # Core, not the ORM: its unit of work doubled the cost of a frame's record.
+        with write_connection(engine) as conn:
+            existing = conn.scalar(_FRAME_ID, {"path": source_path, "sha": sha256})
             if existing is not None:
-                return existing
-            # Core statements: the ORM's unit of work doubled the cost of a frame's record.
-            conn = session.connection()
-            key = conn.execute(insert(_FRAMES).values(values)).inserted_primary_key
+                return int(existing)
+            key = conn.execute(_INSERT_FRAME, values).inserted_primary_key
             assert key is not None
             frame_id = int(key[0])
             if particles:
-                conn.execute(insert(_PARTICLES), [_particle_row(frame_id, p) for p in particles])
+                conn.execute(_INSERT_PARTICLES, [_particle_row(frame_id, p) for p in particles])
             return frame_id
     except IntegrityError:
         # Another writer recorded the same frame between our check and insert.

@@ -137,6 +137,15 @@ def write_session(engine: Engine) -> Iterator[Session]:
         yield session
 
 
+@contextmanager
+def write_connection(engine: Engine) -> Iterator[Connection]:
+    """:func:`write_session` on a Core connection, for statements that need no ORM."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_WRITE_OPTION: True})  # read by the "begin" event
+        with conn.begin():
+            yield conn
+
+
 def schema_version(conn: Connection) -> int | None:
     """The stored schema version, ``None`` for an empty database.
 
