@@ -188,6 +188,14 @@ def _read_bytes(path: Path) -> tuple[bytes, float]:
         return fh.read(), mtime
 
 
+def _model_input_for(frame: Frame, model: ServedModel) -> ModelInput:
+    """``frame`` normalised, resampled and padded for ``model``, in memory its engine reads
+    directly (page-locked for a GPU engine)."""
+    return prepare_input(
+        frame.image, model.bundle, frame.pixel_nm, allocate=input_allocator(model.engine)
+    )
+
+
 def _iso_utc(posix_s: float) -> str:
     return datetime.fromtimestamp(posix_s, UTC).isoformat()
 
@@ -523,7 +531,6 @@ class Daemon:
         if job.error is None:
             try:
                 job.frame = read_frame(job.path, data=data)  # the bytes that were hashed
-                job.frame.read_ms = (time.perf_counter() - started) * 1e3  # read + hash + decode
                 frame_material = job.frame.material
             except FrameError as exc:
                 job.error = str(exc)
@@ -536,15 +543,9 @@ class Daemon:
             )
             job.frame, frame_material = None, None
         if job.frame is not None and self._models is not None:
-            try:  # off the inference thread: normalise, resample, pad (into pinned memory on GPU)
-                model = self._models.current
-                job.model_input = prepare_input(
-                    job.frame.image,
-                    model.bundle,
-                    job.frame.pixel_nm,
-                    allocate=input_allocator(model.engine),
-                )
-                job.frame.read_ms = (time.perf_counter() - started) * 1e3  # ... + model input
+            try:  # off the inference thread
+                job.model_input = _model_input_for(job.frame, self._models.current)
+                job.frame.read_ms = (time.perf_counter() - started) * 1e3  # read to model input
             except Exception as exc:
                 job.error = f"{job.path}: cannot prepare the frame for the model ({exc})"
                 job.frame = None
@@ -627,12 +628,7 @@ class Daemon:
         assert job.frame is not None
         x = job.model_input
         if x is None or x.made_for != input_key(model.bundle):
-            x = prepare_input(
-                job.frame.image,
-                model.bundle,
-                job.frame.pixel_nm,
-                allocate=input_allocator(model.engine),
-            )
+            x = _model_input_for(job.frame, model)
         return x
 
     def _check_models(self, models: ModelServer) -> None:
