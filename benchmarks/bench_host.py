@@ -12,6 +12,14 @@ threads working on different frames::
 
 The probability map is the simulated frame's true mask (the particles a good
 model finds), so particle counts are realistic. Nothing here needs a GPU.
+
+How threads scale on a many-core host is bounded by Python's GIL: only one
+thread runs Python at a time, so the time each step holds the GIL per frame
+caps the daemon's frames/s whatever the core count. ``--gil`` runs the steps
+under py-spy (``pip install py-spy``), sampling only the thread that holds
+the GIL, and prints each step's GIL-held ms per call beside its time::
+
+    python benchmarks/bench_host.py --size 4096 --gil
 """
 
 from __future__ import annotations
@@ -20,7 +28,10 @@ import argparse
 import hashlib
 import io
 import itertools
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -61,12 +72,48 @@ def frames_per_s(work: Callable[[], object], threads: int, frames: int) -> float
         return frames / (time.perf_counter() - start)
 
 
+#: py-spy's samples per second in ``--gil`` mode (fewer disturb the steps less).
+GIL_SAMPLE_RATE = 250
+
+
+def gil_report(size: int, repeats: int) -> None:
+    """Each step's time and GIL-held time per call, from py-spy samples of this script."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        sys.exit("--gil needs py-spy on PATH (pip install py-spy)")
+    calls = repeats + 1
+    with tempfile.TemporaryDirectory(prefix="bench-host-gil-") as tmp:
+        raw = Path(tmp) / "samples.txt"
+        spy_options = ["--gil", "--rate", str(GIL_SAMPLE_RATE), "--format", "raw", "--output"]
+        child = [sys.executable, __file__, "--size", str(size), "--repeats", str(repeats)]
+        rows = subprocess.run(
+            [spy, "record", *spy_options, str(raw), "--", *child, "--steps-only"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        rows = [row for row in rows if row.count("\t") == 2]  # not py-spy's own lines
+        samples = raw.read_text().splitlines()
+    print(f"{size} x {size} px uint16 frame; {calls} calls per step, {GIL_SAMPLE_RATE} samples/s")
+    print(f"  {'step':40s} {'ms/call':>8s} {'GIL ms/call':>12s}  (means)")
+    for row in rows:
+        function, name, ms = row.split("\t")
+        frame = f"main.<locals>.{function} ("
+        held = sum(int(line.rsplit(" ", 1)[1]) for line in samples if frame in line)
+        print(f"  {name:40s} {float(ms):8.1f} {held / GIL_SAMPLE_RATE * 1e3 / calls:12.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=4096, help="frame side, pixels")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--gil", action="store_true", help="GIL-held ms per step (py-spy)")
+    parser.add_argument("--steps-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.gil:
+        gil_report(args.size, args.repeats)
+        return
 
     bundle = load_bundle(None)
     particles = max(1, round(3 * (args.size / 512) ** 2))  # as dense as a 512 px frame with 3
@@ -83,10 +130,25 @@ def main() -> None:
     model_probability = synthetic.mask.astype(np.float32)[:h, :w]
     seg = segment_probability(to_frame_grid(model_probability, x.frame_shape), 0.5, frame.pixel_nm)
 
+    def sha256() -> object:
+        return hashlib.sha256(data).hexdigest()
+
+    def decode() -> object:
+        return read_frame(path, data=data)
+
+    def model_input() -> object:
+        return prepare_input(frame.image, bundle, None)
+
     def read() -> object:
-        hashlib.sha256(data).hexdigest()
+        sha256()
         f = read_frame(path, data=data)
         return prepare_input(f.image, bundle, f.pixel_nm)
+
+    def frame_grid() -> object:
+        return to_frame_grid(model_probability, x.frame_shape)
+
+    def particles() -> object:
+        return segment_probability(model_probability, 0.5, frame.pixel_nm)
 
     database = connect(f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-host-')) / 'host.db'}")
     recorded = itertools.count()
@@ -112,17 +174,22 @@ def main() -> None:
         return segment_probability(probability, 0.5, frame.pixel_nm)
 
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("reader: SHA-256", lambda: hashlib.sha256(data).hexdigest()),
-        ("reader: TIFF decode", lambda: read_frame(path, data=data)),
-        ("reader: model input (normalise, pad)", lambda: prepare_input(frame.image, bundle, None)),
-        ("segmenter: to frame grid", lambda: to_frame_grid(model_probability, x.frame_shape)),
-        (
-            "segmenter: threshold + particles",
-            lambda: segment_probability(model_probability, 0.5, frame.pixel_nm),
-        ),
+        ("reader: SHA-256", sha256),
+        ("reader: TIFF decode", decode),
+        ("reader: model input (normalise, pad)", model_input),
+        ("segmenter: to frame grid", frame_grid),
+        ("segmenter: threshold + particles", particles),
         ("recorder: database record (SQLite)", record),
         ("recorder: mask message with particles", message),
     ]
+    if args.steps_only:  # the process py-spy samples for --gil: mean over all calls
+        for name, step in steps:
+            start = time.perf_counter()
+            for _ in range(args.repeats + 1):
+                step()
+            ms = (time.perf_counter() - start) * 1e3 / (args.repeats + 1)
+            print(f"{step.__name__}\t{name}\t{ms:.2f}", flush=True)
+        return
     print(
         f"{args.size} x {args.size} px uint16 frame, {seg.n_particles} particles; "
         f"median of {args.repeats}, one thread"
