@@ -184,14 +184,21 @@ def _sparse_blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
     return grown.astype(np.uint8)
 
 
-@pytest.mark.parametrize(("shape", "seed"), [((1100, 1050), 1), ((1024, 1024), 2)])
+@pytest.mark.parametrize(
+    ("shape", "seed", "box_walk"),
+    [((1100, 1050), 1, True), ((1024, 1024), 2, True), ((1024, 1024), 3, False)],
+)
 def test_windowed_labelling_finds_the_same_particles(
-    shape: tuple[int, int], seed: int, monkeypatch: pytest.MonkeyPatch
+    shape: tuple[int, int], seed: int, box_walk: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     mask = _sparse_blobs(shape, seed)
     occupied = segment._occupied_blocks(mask > 0, segment.WINDOW_BLOCK_PX)
     assert mask.size >= segment.WINDOW_MIN_PIXELS
     assert occupied.mean() <= segment.WINDOW_MAX_OCCUPIED  # the windowed path runs
+    groups, _, boxes = segment._label(occupied)
+    assert not segment._alone_in_box(groups, boxes).all()  # some windows mask a neighbour out
+    if not box_walk:
+        monkeypatch.setattr(segment, "BOX_WALK_MAX_COMPONENTS", 0)  # measure in one pass
     windowed = find_particles(mask, pixel_nm=0.05, min_area_px=2)
     monkeypatch.setattr(segment, "WINDOW_MIN_PIXELS", mask.size + 1)  # label the whole frame
     whole = find_particles(mask, pixel_nm=0.05, min_area_px=2)
@@ -227,3 +234,20 @@ def test_occupied_blocks_match_a_block_maximum(shape: tuple[int, int]) -> None:
     hb, wb = padded.shape[0] // block, padded.shape[1] // block
     expected = padded.reshape(hb, block, wb, block).any(axis=(1, 3))
     np.testing.assert_array_equal(segment._occupied_blocks(binary, block), expected)
+
+
+def test_alone_in_box_matches_a_look_inside_each_box() -> None:
+    occupied = np.zeros((12, 12), bool)
+    occupied[1:8, 1] = occupied[7, 1:8] = True  # an L around ...
+    occupied[3, 4] = True  # ... a block of its own
+    occupied[10, 10:12] = True  # and one far away
+    rng = np.random.default_rng(5)
+    sprinkled = rng.random((40, 50)) < 0.15
+    for blocks in (occupied, sprinkled):
+        groups, _, boxes = segment._label(blocks)
+        expected = [
+            not np.any((groups[box] > 0) & (groups[box] != g))
+            for g, box in enumerate(boxes, start=1)
+        ]
+        assert segment._alone_in_box(groups, boxes).tolist() == expected
+        assert False in expected and True in expected

@@ -6,6 +6,7 @@ Particles are 8-connected components of the mask.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -85,31 +86,44 @@ WINDOW_MAX_OCCUPIED = 0.5
 #: numbered as ``scipy.ndimage.label`` numbers them (raster order of their first pixel).
 _Components = tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int, int]]]
 
+#: (areas, centroid rows, centroid columns, column of each component's first pixel)
+#: of labels 1..n; the first pixel is the leftmost one on the component's top row.
+_Stats = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-def _stats_in_boxes(
-    labels: np.ndarray, slices: list[tuple[slice, slice]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Areas and centroids (row, column) of labels 1..n from their bounding boxes."""
+
+def _stats_in_boxes(labels: np.ndarray, slices: list[tuple[slice, slice]]) -> _Stats:
+    """:data:`_Stats` of labels 1..n, counted inside each label's bounding box.
+
+    A few direct numpy calls per label: each call holds Python's GIL for its
+    overhead, and the daemon's other threads want it too.
+    """
     n = len(slices)
-    areas, rows, cols = np.zeros(n, np.int64), np.zeros(n), np.zeros(n)
-    for i, box in enumerate(slices):
-        own = labels[box] == i + 1
-        per_row, per_col = np.count_nonzero(own, axis=1), np.count_nonzero(own, axis=0)
-        areas[i] = per_row.sum()
-        rows[i] = box[0].start + per_row @ np.arange(per_row.size) / areas[i]
-        cols[i] = box[1].start + per_col @ np.arange(per_col.size) / areas[i]
-    return areas, rows, cols
+    areas, first_cols = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    rows, cols = np.zeros(n), np.zeros(n)
+    ramp = np.arange(max(labels.shape, default=0))
+    add, dot = np.add.reduce, np.dot
+    for i, (sy, sx) in enumerate(slices):
+        own = labels[sy, sx] == i + 1
+        per_row, per_col = add(own, axis=1, dtype=np.intp), add(own, axis=0, dtype=np.intp)
+        area = int(add(per_row))
+        areas[i] = area
+        rows[i] = sy.start + int(dot(per_row, ramp[: per_row.size])) / area
+        cols[i] = sx.start + int(dot(per_col, ramp[: per_col.size])) / area
+        first_cols[i] = sx.start + int(own[0].argmax())
+    return areas, rows, cols, first_cols
 
 
-def _stats_in_one_pass(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Areas and centroids (row, column) of labels 1..n, binning only particle pixels."""
+def _stats_in_one_pass(labels: np.ndarray, n: int) -> _Stats:
+    """:data:`_Stats` of labels 1..n, binning only particle pixels."""
     inside = np.flatnonzero(labels)
     owner = labels.ravel()[inside]
     rows, cols = np.divmod(inside, labels.shape[1])
     areas = np.bincount(owner, minlength=n + 1)[1:]
     centroid_rows = np.bincount(owner, weights=rows, minlength=n + 1)[1:] / areas
     centroid_cols = np.bincount(owner, weights=cols, minlength=n + 1)[1:] / areas
-    return areas, centroid_rows, centroid_cols
+    first = np.full(n + 1, labels.size)
+    np.minimum.at(first, owner, inside)  # pixels in raster order: the first is the smallest
+    return areas, centroid_rows, centroid_cols, first[1:] % labels.shape[1]
 
 
 def _label(binary: np.ndarray) -> tuple[np.ndarray, int, list[tuple[slice, slice]]]:
@@ -118,10 +132,8 @@ def _label(binary: np.ndarray) -> tuple[np.ndarray, int, list[tuple[slice, slice
     return labels, n, [box for box in ndimage.find_objects(labels) if box is not None]
 
 
-def _stats(
-    labels: np.ndarray, n: int, slices: list[tuple[slice, slice]]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Areas and centroids (row, column) of labels 1..n, by the cheaper walk for ``n``."""
+def _stats(labels: np.ndarray, n: int, slices: list[tuple[slice, slice]]) -> _Stats:
+    """:data:`_Stats` of labels 1..n, by the cheaper walk for ``n``."""
     if n <= BOX_WALK_MAX_COMPONENTS:
         return _stats_in_boxes(labels, slices)
     return _stats_in_one_pass(labels, n)
@@ -130,7 +142,7 @@ def _stats(
 def _measure(binary: np.ndarray) -> _Components:
     """Areas, centroids and boxes of the components of a boolean image, labelled whole."""
     labels, n, slices = _label(binary)
-    areas, rows, cols = _stats(labels, n, slices)
+    areas, rows, cols, _ = _stats(labels, n, slices)
     boxes = [(b[0].start, b[1].start, b[0].stop, b[1].stop) for b in slices]
     return areas, rows, cols, boxes
 
@@ -157,40 +169,47 @@ def _measure_in_windows(binary: np.ndarray, occupied: np.ndarray) -> _Components
     """
     block = WINDOW_BLOCK_PX
     groups, _, group_boxes = _label(occupied)
+    if not group_boxes:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0), []
+    alone = _alone_in_box(groups, group_boxes)
     windows = []  # (y0, x0, height, width, group's blocks when other groups' lie in its box)
-    for g, (gy, gx) in enumerate(group_boxes, start=1):
+    for g, ((gy, gx), clean) in enumerate(zip(group_boxes, alone, strict=True), start=1):
         y0, x0 = gy.start * block, gx.start * block
         height = min(gy.stop * block, binary.shape[0]) - y0
         width = min(gx.stop * block, binary.shape[1]) - x0
-        ids = groups[gy, gx]
-        own = ids == g
-        windows.append((y0, x0, height, width, None if (own | (ids == 0)).all() else own))
-    if not windows:
-        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0), []
+        windows.append((y0, x0, height, width, None if clean else groups[gy, gx] == g))
     canvas, placed = _pack(binary, windows)
     labels, n, slices = _label(canvas)
-    areas, rows, cols = _stats(labels, n, slices)
+    areas, rows, cols, first_cols = _stats(labels, n, slices)
     # Each component lies in one window: the one whose place holds its top-left corner.
     top, left = (np.array(v) for v in zip(*placed, strict=True))
     y0, x0, height, width = (np.array(v) for v in zip(*[w[:4] for w in windows], strict=True))
-    y = np.array([sy.start for sy, _ in slices])[:, None]
-    x = np.array([sx.start for _, sx in slices])[:, None]
+    box = np.array([(sy.start, sx.start, sy.stop, sx.stop) for sy, sx in slices]).reshape(-1, 4)
+    y, x = box[:, :1], box[:, 1:2]
     inside = (top <= y) & (y < top + height) & (left <= x) & (x < left + width)
     owner = inside.argmax(axis=1)
-    shift_y, shift_x = (y0 - top)[owner].tolist(), (x0 - left)[owner].tolist()
-    found: list[tuple[tuple[int, int], int, float, float, tuple[int, int, int, int]]] = []
-    for k, (sy, sx) in enumerate(slices):
-        dy, dx = shift_y[k], shift_x[k]
-        first_col = sx.start + int(np.argmax(labels[sy.start, sx] == k + 1))
-        box = (sy.start + dy, sx.start + dx, sy.stop + dy, sx.stop + dx)
-        found.append(((box[0], first_col + dx), int(areas[k]), rows[k] + dy, cols[k] + dx, box))
-    found.sort(key=lambda item: item[0])  # scipy's numbering: raster order of the first pixel
+    shift = np.stack([y0 - top, x0 - left] * 2, axis=1)[owner]
+    box += shift
+    order = np.lexsort((first_cols + shift[:, 1], box[:, 0]))  # scipy's numbering: raster order
     return (
-        np.array([f[1] for f in found], dtype=np.int64),
-        np.array([f[2] for f in found]),
-        np.array([f[3] for f in found]),
-        [f[4] for f in found],
+        areas[order],
+        rows[order] + shift[order, 0],
+        cols[order] + shift[order, 1],
+        list(map(tuple, box[order].tolist())),
     )
+
+
+def _alone_in_box(groups: np.ndarray, boxes: list[tuple[slice, slice]]) -> np.ndarray:
+    """For each labelled group, whether its bounding box holds no other group's pixel.
+
+    One count of labelled pixels per box from a summed-area table, against the
+    group's own count: no per-group pass over its box.
+    """
+    table = np.pad(np.cumsum(np.cumsum(groups > 0, axis=0), axis=1), ((1, 0), (1, 0)))
+    y0, x0, y1, x1 = np.array([(sy.start, sx.start, sy.stop, sx.stop) for sy, sx in boxes]).T
+    in_box = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    own = np.bincount(groups.ravel(), minlength=len(boxes) + 1)[1:]
+    return in_box == own
 
 
 def _pack(
@@ -250,21 +269,21 @@ def _particles(binary: np.ndarray, pixel_nm: float | None, min_area_px: int) -> 
     centroids = zip(centroid_rows.tolist(), centroid_cols.tolist(), strict=True)
     particles: list[Particle] = []
     for i, (area, centroid, (y0, x0, y1, x1)) in enumerate(
-        zip(areas, centroids, boxes, strict=True)
+        zip(areas.tolist(), centroids, boxes, strict=True)
     ):
         if area < min_area_px:
             continue
-        diameter = float(np.sqrt(4.0 * area / np.pi))
+        diameter = math.sqrt(4.0 * area / math.pi)
         particles.append(
             Particle(
                 label=i + 1,
-                area_px=int(area),
-                centroid=(float(centroid[0]), float(centroid[1])),
-                bbox=(int(y0), int(x0), int(y1), int(x1)),
+                area_px=area,
+                centroid=centroid,
+                bbox=(y0, x0, y1, x1),
                 equiv_diameter_px=diameter,
-                touches_border=bool(y0 == 0 or x0 == 0 or y1 == h or x1 == w),
+                touches_border=y0 == 0 or x0 == 0 or y1 == h or x1 == w,
                 area_nm2=None if pixel_nm is None else float(area * pixel_nm**2),
-                equiv_diameter_nm=None if pixel_nm is None else diameter * pixel_nm,
+                equiv_diameter_nm=None if pixel_nm is None else float(diameter * pixel_nm),
             )
         )
     return particles
