@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import logging
@@ -603,6 +604,20 @@ def test_gil_switch_interval_shortened_while_the_daemon_runs(make_daemon, acq: P
     assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S)
     daemon.stop()
     assert sys.getswitchinterval() == before
+
+
+def test_objects_from_start_left_out_of_garbage_collections_while_running(
+    make_daemon, acq: Path
+) -> None:
+    assert gc.get_freeze_count() == 0
+    daemon = make_daemon()
+    assert gc.get_freeze_count() > 10_000  # the modules, the model, the engine
+    served = daemon.model
+    assert served is not None and gc.is_tracked(served)
+    assert not any(o is served for o in gc.get_objects())  # frozen: no collection walks it
+    daemon.stop()
+    assert gc.get_freeze_count() == 0
+    assert any(o is served for o in gc.get_objects())
 
 
 def test_thresholds_cached_until_the_model_check(db_path: Path, bundles: dict[str, Path]) -> None:

@@ -35,6 +35,7 @@ Frames not accepted yet are found by the next start's backlog scan.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -284,6 +285,7 @@ class Daemon:
         self._stopped = False
         self._shut = False
         self._switch_interval: float | None = None  # the process's, while this daemon runs
+        self._gc_frozen = False
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -344,6 +346,7 @@ class Daemon:
         except BaseException:
             self._shutdown()
             raise
+        self._freeze_gc()
         self.notifier.ready(f"watching {self.root}, publishing on {self.bound_url}")
         self._pinger = WatchdogPinger(self.notifier, self.healthy)
         self._pinger.start()
@@ -397,6 +400,24 @@ class Daemon:
             self._db.dispose()
         if self._switch_interval is not None:
             sys.setswitchinterval(self._switch_interval)
+        if self._gc_frozen:
+            gc.unfreeze()
+
+    def _freeze_gc(self) -> None:
+        """Collect once, then keep what exists now out of Python's cyclic garbage collections.
+
+        With PyTorch, SQLAlchemy and the model loaded, a full collection walks
+        over 200,000 objects and holds the GIL for 100-130 ms, stalling every
+        thread of the pipeline; frames allocate enough to trigger one every few
+        seconds at full rate (``benchmarks/RESULTS.md``). Frozen, the
+        collections walk only what frames allocated since. Undone in
+        :meth:`_shutdown`; redone after a model swap so that the old model can
+        be collected.
+        """
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self._gc_frozen = True
 
     def healthy(self) -> bool:
         """True while the pipeline threads and the watcher run (gates the systemd watchdog ping)."""
@@ -636,6 +657,7 @@ class Daemon:
         try:
             if models.refresh():
                 self.stats.model_swaps += 1
+                self._freeze_gc()  # the old model's objects may be cyclic garbage now
         except OperationalError as exc:
             logger.warning("active model check skipped: database busy (%s)", exc.orig)
             self._check_due = True
