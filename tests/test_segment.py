@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import numpy as np
@@ -11,6 +13,7 @@ from scipy import ndimage
 from temseg import segment
 from temseg.segment import (
     BOX_WALK_MAX_COMPONENTS,
+    Particle,
     binarize,
     confusion,
     find_particles,
@@ -113,6 +116,8 @@ def test_particle_to_dict_is_json_ready() -> None:
     assert data["bbox"] == [10, 10, 20, 20]
     assert data["centroid"] == pytest.approx([14.5, 14.5])
     assert data["area_px"] == 100
+    assert list(data) == [f.name for f in dataclasses.fields(Particle)]  # every field, in order
+    json.dumps(data)
 
 
 def test_scores_on_known_masks() -> None:
