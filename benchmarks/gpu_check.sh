@@ -11,7 +11,8 @@
 # host     the host-side cost per 4096 px frame and its spread over 1, 4 and 8 threads
 #          (benchmarks/bench_host.py), then the whole daemon at 4096 px with a stand-in engine
 #          of 5.5 ms (benchmarks/bench_ceiling.py), with the daemon's GIL switch interval and
-#          with Python's default: the frames/s this host's CPUs allow;
+#          with Python's default: the frames/s this host's CPUs allow; with py-spy on PATH, also
+#          the GIL each host step holds per frame;
 # tests    the gpu-marked engine tests (CUDA fp16 + channels_last, torch.compile, ONNX Runtime
 #          CUDA and TensorRT when installed) against PyTorch fp32 on the CPU;
 # engines  frames/s of PyTorch eager fp32, eager fp16 channels_last, compiled fp16 (and TensorRT
@@ -55,6 +56,10 @@ for step in $STEPS; do
     host)
         echo "== host-side cost per 4096 px frame =="
         timeout 120 "$PY" benchmarks/bench_host.py --size 4096 --threads 1 4 8 || status=1
+        if command -v py-spy >/dev/null; then
+            echo "== GIL held per step (py-spy) =="
+            timeout 120 "$PY" benchmarks/bench_host.py --size 4096 --repeats 30 --gil || status=1
+        fi
         echo "== host ceiling: the daemon at 4096 px with a 5.5 ms stand-in engine =="
         timeout 150 "$PY" benchmarks/bench_ceiling.py --size 4096 --frames 60 || status=1
         timeout 150 "$PY" benchmarks/bench_ceiling.py --size 4096 --frames 60 \
