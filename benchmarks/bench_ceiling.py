@@ -99,6 +99,7 @@ def main() -> None:
             threads=0,
             paced=args.paced,
             tile=GPU_TILE,  # frames of up to 4096 px in one piece, as on a GPU
+            host_priority="normal",  # as on a GPU: the host threads are the bottleneck
         )
     switch_ms = temseg.daemon.pipeline.GIL_SWITCH_INTERVAL_S * 1e3
     print(

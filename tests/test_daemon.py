@@ -606,6 +606,43 @@ def test_gil_switch_interval_shortened_while_the_daemon_runs(make_daemon, acq: P
     assert sys.getswitchinterval() == before
 
 
+def _policies(prefix: str) -> set[int]:
+    """Linux scheduling policies of this process's live threads named ``prefix``..."""
+    return {
+        os.sched_getscheduler(t.native_id)
+        for t in threading.enumerate()
+        if t.name.startswith(prefix) and t.native_id is not None
+    }
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
+@pytest.mark.parametrize(("priority", "idle"), [("auto", True), ("normal", False), ("idle", True)])
+def test_host_threads_yield_the_cores_to_a_cpu_engine(
+    make_daemon, acq: Path, priority: str, idle: bool
+) -> None:
+    daemon = make_daemon(host_priority=priority)  # the engine runs on the CPU here
+    assert daemon.host_threads_idle is idle
+    subscribe(daemon, acq).close()  # frames went through every stage
+    host = os.SCHED_IDLE if idle else os.SCHED_OTHER
+    for prefix in ("temseg-reader", "temseg-segmenter", "temseg-recorder"):
+        assert _policies(prefix) == {host}, prefix
+    assert _policies("temseg-inference") == {os.SCHED_OTHER}  # the engine's own thread
+
+
+def test_host_priority_follows_the_device() -> None:
+    from temseg.daemon.pipeline import host_threads_idle
+
+    assert host_threads_idle("auto", "cpu")
+    assert not host_threads_idle("auto", "cuda:0")
+    assert host_threads_idle("idle", "cuda:0")
+    assert not host_threads_idle("normal", "cpu")
+
+
+def test_unknown_host_priority_refused(acq: Path, db_path: Path) -> None:
+    with pytest.raises(ConfigError, match="host_priority 'low'"):
+        Daemon(Settings(watch=acq, db=str(db_path), host_priority="low"))
+
+
 def test_objects_from_start_left_out_of_garbage_collections_while_running(
     make_daemon, acq: Path
 ) -> None:

@@ -59,6 +59,7 @@ class Settings:
     warmup_shapes: list[str] = field(default_factory=list)  # "HxW" frame shapes run before READY
     readers: int = 0  # threads that hash and decode frames; 0 = from the number of cores
     segmenters: int = 0  # threads that threshold, measure particles, write masks; 0 = from cores
+    host_priority: str = "auto"  # auto | normal | idle: readers, segmenters, recorder (see docs)
     log_level: str = "INFO"
 
 

@@ -117,6 +117,7 @@ def bench_daemon(
     batch_size: int | None = None,
     compile: bool = False,
     tile: int | None = None,
+    host_priority: str | None = None,
     timeout_s: float = 120.0,
     on_status: Callable[[str], object] | None = None,
 ) -> tuple[StageResult, StageResult | None]:
@@ -129,7 +130,7 @@ def bench_daemon(
     once the previous mask was received: latency with an idle pipeline
     (None when ``paced`` is 0).
     ``workdir`` gets ``watch/`` and ``daemon.db``; ``model`` is pinned;
-    ``batch_size`` and ``tile`` (pixels) override the daemon's settings;
+    ``batch_size``, ``tile`` (pixels) and ``host_priority`` override the daemon's settings;
     ``compile`` sets the daemon's ``compile`` with the frames' shape in
     ``warmup_shapes``.
     """
@@ -150,6 +151,8 @@ def bench_daemon(
         settings.batch_size = batch_size
     if tile is not None:
         settings.tile = tile
+    if host_priority is not None:
+        settings.host_priority = host_priority
     if compile:
         height, width = read_frame(frames[0]).image.shape
         settings.compile, settings.warmup_shapes = True, [f"{height}x{width}"]

@@ -197,6 +197,30 @@ def _model_input_for(frame: Frame, model: ServedModel) -> ModelInput:
     )
 
 
+def host_threads_idle(host_priority: str, device: str) -> bool:
+    """Whether the readers, segmenters and recorder should run under SCHED_IDLE.
+
+    ``host_priority`` is one of :data:`~temseg.daemon.rules.HOST_PRIORITIES`; ``device`` the
+    resolved inference device ("cpu", "cuda:0"). With the engine on the CPU
+    its threads are the bottleneck: each of its parallel sections waits for
+    its slowest thread, so a host thread that takes a core from it for 1 ms
+    delays the whole call by about 1 ms, while idle cores (between sections,
+    between frames) would have done. On a GPU the host threads are the
+    pipeline's bottleneck and keep their priority.
+    """
+    return host_priority == "idle" or (host_priority == "auto" and not device.startswith("cuda"))
+
+
+def _run_when_cores_are_idle() -> None:
+    """Put the calling thread under SCHED_IDLE (Linux); elsewhere, or if refused, leave it."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
+    except OSError as exc:
+        logger.warning("host thread keeps its priority: SCHED_IDLE refused (%s)", exc)
+
+
 def _iso_utc(posix_s: float) -> str:
     return datetime.fromtimestamp(posix_s, UTC).isoformat()
 
@@ -257,6 +281,7 @@ class Daemon:
         self.readers = settings.readers or auto_readers
         self.segmenters = settings.segmenters or auto_segmenters
         self.tile = settings.tile  # pixels; resolved for the device in start()
+        self.host_threads_idle = False  # readers, segmenters, recorder under SCHED_IDLE; start()
         self._results: queue.Queue[tuple[_Outcome, Future[None]]] = queue.Queue(
             maxsize=max(1, settings.queue_size)
         )
@@ -297,7 +322,10 @@ class Daemon:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # restored in _shutdown
         self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
         try:
-            self.tile = s.tile or default_tile(resolve_device(s.device))
+            device = resolve_device(s.device)
+            self.tile = s.tile or default_tile(device)
+            self.host_threads_idle = host_threads_idle(s.host_priority, device)
+            host_start = _run_when_cores_are_idle if self.host_threads_idle else None
             options = EngineOptions(
                 backend=s.backend,
                 device=s.device,
@@ -323,9 +351,11 @@ class Daemon:
             self._publisher_ready.wait()
             if self._publisher_error is not None:
                 raise self._publisher_error
-            self._readers = ThreadPoolExecutor(self.readers, thread_name_prefix="temseg-reader")
+            self._readers = ThreadPoolExecutor(
+                self.readers, thread_name_prefix="temseg-reader", initializer=host_start
+            )
             self._segmenters = ThreadPoolExecutor(
-                self.segmenters, thread_name_prefix="temseg-segmenter"
+                self.segmenters, thread_name_prefix="temseg-segmenter", initializer=host_start
             )
             inference = threading.Thread(target=self._inference_loop, name="temseg-inference")
             inference.start()
@@ -351,11 +381,12 @@ class Daemon:
         self._pinger = WatchdogPinger(self.notifier, self.healthy)
         self._pinger.start()
         logger.info(
-            "ready watch=%s publish=%s db=%s model_id=%s",
+            "ready watch=%s publish=%s db=%s model_id=%s host_threads=%s",
             self.root,
             self.bound_url,
             s.db,
             model.model_id,
+            "idle" if self.host_threads_idle else "normal",
         )
 
     def stop(self) -> DaemonStats:
@@ -698,6 +729,8 @@ class Daemon:
         from temseg.stream import Publisher
 
         s = self.settings
+        if self.host_threads_idle:
+            _run_when_cores_are_idle()
         try:
             publisher = Publisher(
                 s.publish,

@@ -113,6 +113,12 @@ def parse_shape(text: str) -> tuple[int, int]:
     return height, width
 
 
+#: ``host_priority`` values: the CPU scheduling of the readers, segmenters and recorder.
+#: "idle" runs them under Linux's SCHED_IDLE (only on cores nothing else wants), "normal"
+#: leaves them as they are, "auto" means "idle" when the engine computes on the CPU.
+HOST_PRIORITIES = ("auto", "normal", "idle")
+
+
 def check_daemon_settings(settings: Settings) -> Path:
     """Validate what the daemon needs; return the resolved watched folder.
 
@@ -141,6 +147,10 @@ def check_daemon_settings(settings: Settings) -> Path:
         raise ConfigError("queue_size and batch_size must be at least 1")
     if settings.readers < 0 or settings.segmenters < 0:
         raise ConfigError("readers and segmenters must be 0 (from the cores) or more")
+    if settings.host_priority not in HOST_PRIORITIES:
+        raise ConfigError(
+            f"host_priority {settings.host_priority!r}: choose from {', '.join(HOST_PRIORITIES)}"
+        )
     if settings.tile < 0 or settings.tile_overlap < 0:
         raise ConfigError("tile must be 0 (from the device) or more, tile_overlap 0 or more")
     for shape in settings.warmup_shapes:
