@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from temseg import store
 from temseg.segment import find_particles
+from temseg.store import schema
 
 SHA = "ab" * 32
 
@@ -140,6 +141,36 @@ def test_record_frame_is_idempotent_and_keeps_particles(engine) -> None:
     assert other != frame_id
     assert store.get_frame(engine, other).status == "failed"  # type: ignore[union-attr]
     assert store.get_frame(engine, 999) is None
+
+
+@pytest.mark.parametrize("paramstyle", ["qmark", "named", "numeric"])
+def test_particles_recorded_with_each_parameter_style(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, paramstyle: str
+) -> None:
+    real_create_engine = schema.create_engine
+    monkeypatch.setattr(
+        schema, "create_engine", lambda url: real_create_engine(url, paramstyle=paramstyle)
+    )
+    eng = store.connect(tmp_path / "styles.db")
+    try:
+        assert eng.dialect.paramstyle == paramstyle
+        mask = np.zeros((64, 64), np.uint8)
+        mask[0:5, 0:5] = mask[20:30, 20:25] = 1  # one on the border, one inside
+        for pixel_nm in (0.05, None):  # nm values present and missing
+            particles = find_particles(mask, pixel_nm=pixel_nm)
+            frame_id = store.record_frame(
+                eng,
+                source_path=f"/acq/{pixel_nm}.tif",
+                sha256=SHA,
+                size_bytes=1,
+                status="done",
+                particles=particles,
+            )
+            record = store.get_frame(eng, frame_id)
+            assert record is not None and record.particles == tuple(particles)
+            assert [p.touches_border for p in record.particles] == [True, False]
+    finally:
+        eng.dispose()
 
 
 def test_record_frame_rejects_bad_input(engine) -> None:
