@@ -438,9 +438,9 @@ class Daemon:
         """Collect once, then keep what exists now out of Python's cyclic garbage collections.
 
         With PyTorch, SQLAlchemy and the model loaded, a full collection walks
-        over 200,000 objects and holds the GIL for 100-130 ms, stalling every
-        thread of the pipeline; frames allocate enough to trigger one every few
-        seconds at full rate (``benchmarks/RESULTS.md``). Frozen, the
+        over 200,000 objects and holds the GIL for 100-180 ms, stalling every
+        thread of the pipeline; frames allocate enough to trigger one every 100
+        to 200 frames of 4096 px (``benchmarks/RESULTS.md``). Frozen, the
         collections walk only what frames allocated since. Undone in
         :meth:`_shutdown`; redone after a model swap so that the old model can
         be collected.
