@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -359,6 +360,7 @@ def test_promoted_model_used_live_and_broken_bundle_rejected(
 
     daemon = make_daemon(model=None)
     assert daemon.model is not None and daemon.model.model_id == id_a
+    served_first = weakref.ref(daemon.model)
     sub = subscribe(daemon, acq)
     with store(db_path) as engine:
         promote_model(engine, id_b)
@@ -366,6 +368,8 @@ def test_promoted_model_used_live_and_broken_bundle_rejected(
     write_renamed(one, tiff_bytes(14))
     header = receive_for(sub, one).header
     assert (header["model_id"], header["model_source"]) == (id_b, "active")
+    gc.collect()
+    assert served_first() is None  # the swapped-out model and its engine were released
 
     with caplog.at_level(logging.ERROR, logger="temseg.daemon"), store(db_path) as engine:
         promote_model(engine, "broken0000000000")

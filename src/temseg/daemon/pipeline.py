@@ -442,8 +442,9 @@ class Daemon:
         thread of the pipeline; frames allocate enough to trigger one every 100
         to 200 frames of 4096 px (``benchmarks/RESULTS.md``). Frozen, the
         collections walk only what frames allocated since. Undone in
-        :meth:`_shutdown`; redone after a model swap so that the old model can
-        be collected.
+        :meth:`_shutdown`; redone after a model swap, so that the new model's
+        objects are left out too and the old one's can be collected even if
+        they form reference cycles.
         """
         gc.unfreeze()
         gc.collect()
@@ -688,7 +689,7 @@ class Daemon:
         try:
             if models.refresh():
                 self.stats.model_swaps += 1
-                self._freeze_gc()  # the old model's objects may be cyclic garbage now
+                self._freeze_gc()  # the new model's objects frozen too; the old one's freed
         except OperationalError as exc:
             logger.warning("active model check skipped: database busy (%s)", exc.orig)
             self._check_due = True
