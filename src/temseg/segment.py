@@ -100,7 +100,7 @@ def _stats_in_boxes(labels: np.ndarray, slices: list[tuple[slice, slice]]) -> _S
     n = len(slices)
     areas, first_cols = np.zeros(n, np.int64), np.zeros(n, np.int64)
     rows, cols = np.zeros(n), np.zeros(n)
-    ramp = np.arange(max(labels.shape, default=0))
+    ramp = np.arange(max(labels.shape))
     add, dot = np.add.reduce, np.dot
     for i, (sy, sx) in enumerate(slices):
         own = labels[sy, sx] == i + 1
