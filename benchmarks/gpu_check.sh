@@ -18,17 +18,27 @@
 # engines  frames/s of PyTorch eager fp32, eager fp16 channels_last, compiled fp16 (and TensorRT
 #          fp16 when installed) at the sizes in SIZES.
 # Each step has its own time limit; FRAMES sets the daemon burst length (default 60).
-# Nothing is installed; caches go to a temporary directory that is removed at the end.
+# Nothing is installed into the environment; caches go to a temporary directory that is
+# removed at the end. On a machine without network whose Python lacks some of the daemon's
+# packages (pyzmq, watchdog, sqlalchemy, py-spy), WHEELS=/folder/of/wheels installs those
+# wheels into that temporary directory first.
 set -u
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-daemon host tests engines}
 SIZES=${SIZES:-512 4096}
 FRAMES=${FRAMES:-60}
+WHEELS=${WHEELS:+$(cd "$WHEELS" && pwd)}
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export XDG_CACHE_HOME
 XDG_CACHE_HOME=$(mktemp -d)
 trap 'rm -rf "$XDG_CACHE_HOME"' EXIT
+if [ -n "${WHEELS:-}" ]; then
+    "$PY" -m pip install --quiet --no-index --no-deps --target "$XDG_CACHE_HOME/site" \
+        "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH="$PYTHONPATH:$XDG_CACHE_HOME/site"
+    export PATH="$XDG_CACHE_HOME/site/bin:$PATH"
+fi
 
 "$PY" - <<'PYEOF' || exit 1
 import importlib.util, os, sys
