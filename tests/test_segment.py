@@ -186,6 +186,8 @@ def _sparse_blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
     seeds[0, rng.integers(0, shape[1], 3)] = seeds[rng.integers(0, shape[0], 3), -1] = True
     grown = ndimage.binary_dilation(seeds, iterations=6) | (rng.random(shape) < 0.00005)
     grown[100:110, 100:140] = np.eye(10, 40, dtype=bool)  # a diagonal line across blocks
+    grown[200:400, 300:305] = grown[395:400, 300:500] = True  # an L whose window ...
+    grown[250:260, 400:410] = True  # ... holds a particle of its own
     return grown.astype(np.uint8)
 
 

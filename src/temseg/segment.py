@@ -77,9 +77,11 @@ BOX_WALK_MAX_COMPONENTS = 1024
 #: ``WINDOW_MAX_OCCUPIED`` of the ``WINDOW_BLOCK_PX`` blocks are labelled window
 #: by window: each group of touching occupied blocks is labelled on its own,
 #: so the labelling skips the empty background (4096 x 4096 px, 10 % particle
-#: pixels: 115 -> 41 ms for labels and boxes). The particles are the same.
+#: pixels: 115 -> 41 ms for labels and boxes with 32 px blocks; 16 px blocks
+#: fit the particles closer, another 5-10 % off the whole segmentation). The
+#: particles are the same.
 WINDOW_MIN_PIXELS = 1024 * 1024
-WINDOW_BLOCK_PX = 32  # a multiple of 8: blocks are tested 8 pixels per 64-bit word
+WINDOW_BLOCK_PX = 16  # a multiple of 8: blocks are tested 8 pixels per 64-bit word
 WINDOW_MAX_OCCUPIED = 0.5
 
 #: (areas, centroid rows, centroid columns, boxes (y0, x0, y1, x1)) of the components,
