@@ -108,6 +108,9 @@ def test_segment_probability() -> None:
     assert seg.area_fraction == pytest.approx(184 / 64**2)
     assert seg.particles[0].equiv_diameter_nm == pytest.approx(2 * math.sqrt(400 / math.pi))
     assert segment_probability(probability, 0.95).n_particles == 0
+    small_dropped = segment_probability(probability, 0.5, min_area_px=90)
+    assert small_dropped.n_particles == 1  # the 6 x 14 block dropped; the fraction keeps it
+    assert small_dropped.area_fraction == pytest.approx(184 / 64**2)
 
 
 def test_particle_to_dict_is_json_ready() -> None:

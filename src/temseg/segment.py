@@ -261,11 +261,14 @@ def find_particles(
     ``equiv_diameter_nm``. Components smaller than ``min_area_px`` are dropped;
     labels follow ``scipy.ndimage.label`` (raster order of the first pixel).
     """
-    return _particles(np.asarray(mask) > 0, pixel_nm, min_area_px)
+    return _particles(np.asarray(mask) > 0, pixel_nm, min_area_px)[0]
 
 
-def _particles(binary: np.ndarray, pixel_nm: float | None, min_area_px: int) -> list[Particle]:
-    """:func:`find_particles` of a boolean image."""
+def _particles(
+    binary: np.ndarray, pixel_nm: float | None, min_area_px: int
+) -> tuple[list[Particle], int]:
+    """:func:`find_particles` of a boolean image, and its number of True pixels
+    (every one lies in exactly one component, so no second pass counts them)."""
     areas, centroid_rows, centroid_cols, boxes = _components(binary)
     h, w = binary.shape
     centroids = zip(centroid_rows.tolist(), centroid_cols.tolist(), strict=True)
@@ -288,7 +291,7 @@ def _particles(binary: np.ndarray, pixel_nm: float | None, min_area_px: int) -> 
                 equiv_diameter_nm=None if pixel_nm is None else float(diameter * pixel_nm),
             )
         )
-    return particles
+    return particles, int(areas.sum())
 
 
 def segment_probability(
@@ -299,8 +302,8 @@ def segment_probability(
 ) -> Segmentation:
     """Threshold a probability map and measure its particles."""
     above = _above(probability, threshold)
-    particles = _particles(above, pixel_nm, min_area_px)
-    fraction = np.count_nonzero(above) / above.size if above.size else 0.0
+    particles, covered = _particles(above, pixel_nm, min_area_px)
+    fraction = covered / above.size if above.size else 0.0
     return Segmentation(above.view(np.uint8), float(threshold), particles, fraction)
 
 
