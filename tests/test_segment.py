@@ -261,3 +261,26 @@ def test_alone_in_box_matches_a_look_inside_each_box() -> None:
         ]
         assert segment._alone_in_box(groups, boxes).tolist() == expected
         assert False in expected and True in expected
+
+
+@pytest.mark.parametrize("shape", [(1100, 1050), (37, 53)])  # sides not multiples of 8
+def test_packed_mask_measures_as_the_mask_itself(shape: tuple[int, int]) -> None:
+    mask = _sparse_blobs(shape, 4) if shape[0] > 64 else (np.arange(37 * 53) % 7 == 0)
+    binary = mask.reshape(shape) > 0
+    packed = segment.measure_packed(np.packbits(binary), shape, 0.05, 2)
+    assert packed == segment.measure_particles(binary, 0.05, 2)
+    assert packed[1] == binary.sum()
+
+
+def test_segment_probability_measures_with_the_callers_function() -> None:
+    probability = two_squares() * np.float32(0.8)
+    calls = []
+
+    def measure(binary: np.ndarray, pixel_nm: float | None, min_area_px: int):
+        calls.append((binary.dtype, binary.shape, pixel_nm, min_area_px))
+        return segment.measure_particles(binary, pixel_nm, min_area_px)
+
+    got = segment_probability(probability, 0.5, 0.5, 90, measure=measure)
+    assert calls == [(np.dtype(bool), (64, 64), 0.5, 90)]
+    assert [p.area_px for p in got.particles] == [100]
+    assert got.area_fraction == pytest.approx(184 / 64**2)

@@ -7,6 +7,7 @@ Particles are 8-connected components of the mask.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,11 +262,11 @@ def find_particles(
     ``equiv_diameter_nm``. Components smaller than ``min_area_px`` are dropped;
     labels follow ``scipy.ndimage.label`` (raster order of the first pixel).
     """
-    return _particles(np.asarray(mask) > 0, pixel_nm, min_area_px)[0]
+    return measure_particles(np.asarray(mask) > 0, pixel_nm, min_area_px)[0]
 
 
-def _particles(
-    binary: np.ndarray, pixel_nm: float | None, min_area_px: int
+def measure_particles(
+    binary: np.ndarray, pixel_nm: float | None = None, min_area_px: int = 1
 ) -> tuple[list[Particle], int]:
     """:func:`find_particles` of a boolean image, and its number of True pixels
     (every one lies in exactly one component, so no second pass counts them)."""
@@ -294,17 +295,39 @@ def _particles(
     return particles, int(areas.sum())
 
 
+#: What measures a boolean mask's particles: ``(binary, pixel_nm, min_area_px)`` ->
+#: (particles, number of True pixels), as :func:`measure_particles` does.
+Measure = Callable[[np.ndarray, float | None, int], tuple[list[Particle], int]]
+
+
 def segment_probability(
     probability: np.ndarray,
     threshold: float,
     pixel_nm: float | None = None,
     min_area_px: int = 1,
+    *,
+    measure: Measure = measure_particles,
 ) -> Segmentation:
-    """Threshold a probability map and measure its particles."""
+    """Threshold a probability map and measure its particles.
+
+    ``measure`` does the measuring, :func:`measure_particles` unless the
+    caller runs it elsewhere (the daemon can, in worker processes).
+    """
     above = _above(probability, threshold)
-    particles, covered = _particles(above, pixel_nm, min_area_px)
+    particles, covered = measure(above, pixel_nm, min_area_px)
     fraction = covered / above.size if above.size else 0.0
     return Segmentation(above.view(np.uint8), float(threshold), particles, fraction)
+
+
+def measure_packed(
+    bits: np.ndarray, shape: tuple[int, int], pixel_nm: float | None, min_area_px: int
+) -> tuple[list[Particle], int]:
+    """:func:`measure_particles` of a mask packed 8 pixels per byte (``np.packbits``).
+
+    A 4096 x 4096 px mask packs into 2 MiB, which is what crosses to a worker process.
+    """
+    binary = np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).view(bool)
+    return measure_particles(binary, pixel_nm, min_area_px)
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
