@@ -587,6 +587,44 @@ def test_parallel_segmenters_keep_each_frame_its_own_mask_and_the_arrival_order(
         np.testing.assert_array_equal(mask, tifffile.imread(offline / f"{path.stem}_mask.tif"))
 
 
+def test_segmenter_processes_record_each_masks_own_particles(
+    make_daemon, acq: Path, db_path: Path, tmp_path: Path
+) -> None:
+    from temseg.segment import find_particles
+    from temseg.synth import simulate_frame
+
+    paths = [acq / f"f_{i:02d}.tif" for i in range(6)]
+    for i, path in enumerate(paths):
+        frame = simulate_frame(("Au", "CdSe")[i % 2], 256, 400 + i)
+        tifffile.imwrite(path, frame.image, metadata={"pixel_nm": 0.05})
+    daemon = make_daemon(
+        masks=tmp_path / "masks", segmenters=2, segmenter_processes=True, model=None
+    )
+    pool = daemon._segment_pool
+    assert pool is not None and pool.workers == 2
+    workers = list(pool._executor._processes.values())
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    assert daemon.wait_idle(60)
+    assert (daemon.stats.done, daemon.stats.failed) == (len(paths), 0)
+    daemon.stop()
+    assert not any(w.is_alive() for w in workers)
+
+    rows = frame_rows(db_path)
+    assert sum(row["n_particles"] for row in rows) > 0
+    for row in rows:
+        with store(db_path) as engine:
+            record = get_frame(engine, row["id"])
+        assert record is not None and record.pixel_nm == 0.05
+        mask = tifffile.imread(row["mask_path"])
+        expected = find_particles(mask, pixel_nm=0.05)
+        assert len(record.particles) == len(expected) == row["n_particles"]
+        for got, want in zip(record.particles, expected, strict=True):
+            assert (got.label, got.area_px, got.bbox) == (want.label, want.area_px, want.bbox)
+            assert got.centroid == pytest.approx(want.centroid)
+            assert got.area_nm2 == pytest.approx(want.area_nm2)
+        assert row["area_fraction"] == pytest.approx(mask.mean())
+
+
 def test_compile_without_a_gpu_runs_eager_after_warming_the_listed_shapes(
     make_daemon, acq: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -60,6 +60,7 @@ class Settings:
     readers: int = 0  # threads that hash and decode frames; 0 = from the number of cores
     segmenters: int = 0  # threads that threshold, measure particles, write masks; 0 = from cores
     host_priority: str = "auto"  # auto | normal | idle: readers, segmenters, recorder (see docs)
+    segmenter_processes: bool = False  # measure particles in worker processes (see docs)
     log_level: str = "INFO"
 
 

@@ -10,11 +10,33 @@ Programmatic use (tests, demo, benchmarks)::
 
     run_daemon(settings, stop_event=event, ready=None) -> DaemonStats  # blocking
     serve(settings) -> DaemonStats     # foreground, SIGTERM/SIGINT stop it
+
+The names below are imported on first use, so that a segmentation worker
+process (:mod:`temseg.daemon.segment_pool`) imports this package without
+PyTorch, SQLAlchemy or ZeroMQ.
 """
 
-from temseg.daemon.lifecycle import Notifier, configure_logging, install_stop_signals
-from temseg.daemon.pipeline import Daemon, DaemonStats, run_daemon, serve
-from temseg.daemon.watcher import FrameWatcher, scan_backlog
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from temseg.daemon.lifecycle import Notifier, configure_logging, install_stop_signals
+    from temseg.daemon.pipeline import Daemon, DaemonStats, run_daemon, serve
+    from temseg.daemon.watcher import FrameWatcher, scan_backlog
+
+_HOME = {
+    "Daemon": "pipeline",
+    "DaemonStats": "pipeline",
+    "run_daemon": "pipeline",
+    "serve": "pipeline",
+    "FrameWatcher": "watcher",
+    "scan_backlog": "watcher",
+    "Notifier": "lifecycle",
+    "configure_logging": "lifecycle",
+    "install_stop_signals": "lifecycle",
+}
 
 __all__ = [
     "Daemon",
@@ -27,3 +49,9 @@ __all__ = [
     "scan_backlog",
     "serve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

@@ -69,6 +69,7 @@ from temseg.daemon.rules import (
     resolve_material,
     valid_material,
 )
+from temseg.daemon.segment_pool import SegmentPool, run_when_cores_are_idle
 from temseg.daemon.watcher import FrameWatcher, scan_backlog
 from temseg.engine import input_allocator
 from temseg.engine.base import resolve_device
@@ -81,7 +82,7 @@ from temseg.inference import (
     run_inputs,
     to_frame_grid,
 )
-from temseg.segment import Segmentation, segment_probability
+from temseg.segment import Measure, Segmentation, measure_particles, segment_probability
 from temseg.store import connect, is_recorded, record_frame
 
 logger = logging.getLogger("temseg.daemon")
@@ -211,16 +212,6 @@ def host_threads_idle(host_priority: str, device: str) -> bool:
     return host_priority == "idle" or (host_priority == "auto" and not device.startswith("cuda"))
 
 
-def _run_when_cores_are_idle() -> None:
-    """Put the calling thread under SCHED_IDLE (Linux); elsewhere, or if refused, leave it."""
-    if not hasattr(os, "SCHED_IDLE"):
-        return
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: this thread
-    except OSError as exc:
-        logger.warning("host thread keeps its priority: SCHED_IDLE refused (%s)", exc)
-
-
 def _iso_utc(posix_s: float) -> str:
     return datetime.fromtimestamp(posix_s, UTC).isoformat()
 
@@ -303,6 +294,8 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self._readers: ThreadPoolExecutor | None = None
         self._segmenters: ThreadPoolExecutor | None = None
+        self._segment_pool: SegmentPool | None = None  # with segmenter_processes
+        self._measure: Measure = measure_particles  # in the segmenter threads, or the pool's
         self._watcher: FrameWatcher | None = None
         self._pinger: WatchdogPinger | None = None
         self._models: ModelServer | None = None
@@ -325,7 +318,7 @@ class Daemon:
             device = resolve_device(s.device)
             self.tile = s.tile or default_tile(device)
             self.host_threads_idle = host_threads_idle(s.host_priority, device)
-            host_start = _run_when_cores_are_idle if self.host_threads_idle else None
+            host_start = run_when_cores_are_idle if self.host_threads_idle else None
             options = EngineOptions(
                 backend=s.backend,
                 device=s.device,
@@ -357,6 +350,10 @@ class Daemon:
             self._segmenters = ThreadPoolExecutor(
                 self.segmenters, thread_name_prefix="temseg-segmenter", initializer=host_start
             )
+            if s.segmenter_processes:
+                self._segment_pool = SegmentPool(self.segmenters, idle=self.host_threads_idle)
+                self._segment_pool.start()
+                self._measure = self._segment_pool.measure
             inference = threading.Thread(target=self._inference_loop, name="temseg-inference")
             inference.start()
             self._threads.append(inference)
@@ -423,6 +420,8 @@ class Daemon:
             thread.join()
         if self._segmenters is not None:  # idle: the recorder waited for every frame
             self._segmenters.shutdown(wait=True)
+        if self._segment_pool is not None:
+            self._segment_pool.close()
         if self._pinger is not None:
             self._pinger.stop()
         if self._models is not None:
@@ -450,6 +449,10 @@ class Daemon:
         gc.collect()
         gc.freeze()
         self._gc_frozen = True
+
+    def segment_worker_pids(self) -> list[int]:
+        """Process ids of the segmentation workers (``segmenter_processes``), else empty."""
+        return [] if self._segment_pool is None else self._segment_pool.pids()
 
     def healthy(self) -> bool:
         """True while the pipeline threads and the watcher run (gates the systemd watchdog ping)."""
@@ -713,7 +716,7 @@ class Daemon:
         try:
             outcome.probability = to_frame_grid(outcome.probability, outcome.frame_shape)
             outcome.segmentation = segment_probability(
-                outcome.probability, outcome.threshold, outcome.pixel_nm
+                outcome.probability, outcome.threshold, outcome.pixel_nm, measure=self._measure
             )
         except Exception as exc:
             logger.exception("segmentation failed path=%s", job.path)
@@ -731,7 +734,7 @@ class Daemon:
 
         s = self.settings
         if self.host_threads_idle:
-            _run_when_cores_are_idle()
+            run_when_cores_are_idle()
         try:
             publisher = Publisher(
                 s.publish,

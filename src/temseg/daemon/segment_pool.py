@@ -1,0 +1,120 @@
+"""Particle measurement in worker processes, so that it holds no lock the daemon needs.
+
+Measuring a 4096 x 4096 px mask's particles takes 55-65 ms of one core, of
+which 5-8 ms hold Python's GIL (the per-particle Python and numpy calls,
+``benchmarks/RESULTS.md``); in threads, that share of every frame waits for
+and blocks the daemon's other threads. A :class:`SegmentPool` runs
+:func:`temseg.segment.measure_packed` in worker processes instead: the
+segmenter thread thresholds the map (numpy, GIL released), packs the mask
+8 pixels per byte (2 MiB at 4096 px, under 1 ms), waits for a worker and
+gets the particles back. The workers import numpy and SciPy only.
+
+Workers start with ``forkserver`` (``spawn`` where there is none), never by
+forking the daemon: its CUDA context and threads must not be copied.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from temseg.segment import Particle, measure_packed
+
+logger = logging.getLogger("temseg.daemon")
+
+#: Seconds to wait for the workers to start and import their modules.
+START_TIMEOUT_S = 120.0
+
+
+class SegmentWorkerError(RuntimeError):
+    """A segmentation worker process died while measuring a frame's particles."""
+
+
+def run_when_cores_are_idle() -> None:
+    """Put the calling thread (a worker process's only one) under Linux's SCHED_IDLE, if allowed."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:
+        logger.warning("host thread keeps its priority: SCHED_IDLE refused (%s)", exc)
+
+
+def _start_method() -> str:
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+class SegmentPool:
+    """``workers`` processes that measure particles (:meth:`measure`, a ``Measure``).
+
+    ``idle`` runs the workers under SCHED_IDLE (as the daemon's host threads
+    beside a CPU engine). A worker that dies fails the frame it was
+    measuring (:class:`SegmentWorkerError`); the pool is replaced and the
+    next frames go to new workers.
+    """
+
+    def __init__(self, workers: int, *, idle: bool = False) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self._idle = idle
+        self._lock = threading.Lock()
+        self._executor = self._new_executor()
+        self.replaced = 0  # pools replaced after a worker died
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context(_start_method()),
+            initializer=run_when_cores_are_idle if self._idle else None,
+        )
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start every worker and let it import its modules, before the first frame."""
+        empty = np.packbits(np.zeros((8, 8), dtype=bool))
+        futures = [
+            self._executor.submit(measure_packed, empty, (8, 8), None, 1)
+            for _ in range(self.workers)
+        ]
+        for future in futures:
+            future.result(timeout=timeout_s)
+
+    def measure(
+        self, binary: np.ndarray, pixel_nm: float | None, min_area_px: int
+    ) -> tuple[list[Particle], int]:
+        """:func:`temseg.segment.measure_particles` of ``binary``, run by a worker process."""
+        bits = np.packbits(binary)
+        executor = self._executor
+        try:
+            return executor.submit(
+                measure_packed, bits, binary.shape, pixel_nm, min_area_px
+            ).result()
+        except BrokenProcessPool as exc:
+            self._replace(executor)
+            raise SegmentWorkerError(
+                f"a segmentation worker process died ({exc}); new workers were started"
+            ) from exc
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is not broken:  # another thread replaced it already
+                return
+            logger.error("a segmentation worker process died; starting new workers")
+            broken.shutdown(wait=False, cancel_futures=True)
+            self._executor = self._new_executor()
+            self.replaced += 1
+
+    def pids(self) -> list[int]:
+        """Process ids of the workers running now (for CPU accounting)."""
+        processes = self._executor._processes.values()  # the executor's own record of them
+        return [process.pid for process in processes if process.pid is not None]
+
+    def close(self) -> None:
+        """Stop the workers once they finish what they were given."""
+        self._executor.shutdown(wait=True)
