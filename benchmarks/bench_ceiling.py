@@ -71,6 +71,11 @@ def main() -> None:
         default=None,
         help="GIL switch interval while the daemon runs (default: the daemon's own)",
     )
+    parser.add_argument(
+        "--segmenter-processes",
+        action="store_true",
+        help="measure particles in worker processes (the daemon setting)",
+    )
     args = parser.parse_args()
     if args.switch_interval_ms is not None:
         temseg.daemon.pipeline.GIL_SWITCH_INTERVAL_S = args.switch_interval_ms / 1e3
@@ -100,11 +105,13 @@ def main() -> None:
             paced=args.paced,
             tile=GPU_TILE,  # frames of up to 4096 px in one piece, as on a GPU
             host_priority="normal",  # as on a GPU: the host threads are the bottleneck
+            segmenter_processes=args.segmenter_processes,
         )
     switch_ms = temseg.daemon.pipeline.GIL_SWITCH_INTERVAL_S * 1e3
     print(
         f"{args.size} x {args.size} px, {args.frames} frames, stand-in engine "
-        f"{args.engine_ms:g} ms per frame, GIL switch interval {switch_ms:g} ms"
+        f"{args.engine_ms:g} ms per frame, GIL switch interval {switch_ms:g} ms, particles "
+        f"measured in {'worker processes' if args.segmenter_processes else 'segmenter threads'}"
     )
     print(
         f"  burst: {burst.frames_per_s:.1f} frames/s, latency p50 {burst.ms_p50:.0f} ms, "

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from temseg.daemon.segment_pool import SegmentPool
 from temseg.frames import read_frame
 from temseg.inference import prepare_input, to_frame_grid
 from temseg.model.bundle import load_bundle
@@ -96,10 +97,20 @@ def gil_report(size: int, repeats: int) -> None:
         samples = raw.read_text().splitlines()
     print(f"{size} x {size} px uint16 frame; {calls} calls per step, {GIL_SAMPLE_RATE} samples/s")
     print(f"  {'step':40s} {'ms/call':>8s} {'GIL ms/call':>12s}  (means)")
+    # The worker pool's own threads in this process (feeding calls to the workers,
+    # taking results back) hold the GIL outside the step functions: counted to the step
+    # that uses the pool.
+    pool_threads = ("concurrent/futures/process.py", "multiprocessing/")
+    pool_held = sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in samples
+        if "main.<locals>." not in line and any(mark in line for mark in pool_threads)
+    )
     for row in rows:
         function, name, ms = row.split("\t")
         frame = f"main.<locals>.{function} ("
         held = sum(int(line.rsplit(" ", 1)[1]) for line in samples if frame in line)
+        held += pool_held if function == "particles_in_worker" else 0
         print(f"  {name:40s} {float(ms):8.1f} {held / GIL_SAMPLE_RATE * 1e3 / calls:12.1f}")
 
 
@@ -173,12 +184,23 @@ def main() -> None:
         probability = to_frame_grid(model_probability, x.frame_shape)
         return segment_probability(probability, 0.5, frame.pixel_nm)
 
+    pool = SegmentPool(max(args.threads))  # segmenter_processes: one worker per segmenter
+    pool.start()
+
+    def particles_in_worker() -> object:
+        return segment_probability(model_probability, 0.5, frame.pixel_nm, measure=pool.measure)
+
+    def segment_in_workers() -> object:
+        probability = to_frame_grid(model_probability, x.frame_shape)
+        return segment_probability(probability, 0.5, frame.pixel_nm, measure=pool.measure)
+
     steps: list[tuple[str, Callable[[], object]]] = [
         ("reader: SHA-256", sha256),
         ("reader: TIFF decode", decode),
         ("reader: model input (normalise, pad)", model_input),
         ("segmenter: to frame grid", frame_grid),
         ("segmenter: threshold + particles", particles),
+        ("segmenter: the same, particles in a worker", particles_in_worker),
         ("recorder: database record (SQLite)", record),
         ("recorder: mask message with particles", message),
     ]
@@ -189,6 +211,7 @@ def main() -> None:
                 step()
             ms = (time.perf_counter() - start) * 1e3 / (args.repeats + 1)
             print(f"{step.__name__}\t{name}\t{ms:.2f}", flush=True)
+        pool.close()
         return
     print(
         f"{args.size} x {args.size} px uint16 frame, {seg.n_particles} particles; "
@@ -196,10 +219,16 @@ def main() -> None:
     )
     for name, step in steps:
         print(f"  {name:40s} {median_ms(step, args.repeats):8.1f} ms")
-    for label, work in (("reader", read), ("segmenter", segment)):
+    steps_in_threads = (
+        ("reader", read),
+        ("segmenter", segment),
+        ("segmenter, particles in workers", segment_in_workers),
+    )
+    for label, work in steps_in_threads:
         for threads in args.threads:
             rate = frames_per_s(work, threads, threads * args.repeats)
             print(f"  {label} step, {threads} thread(s): {rate:7.1f} frames/s")
+    pool.close()
 
 
 if __name__ == "__main__":

@@ -2,16 +2,18 @@
 # GPU check for the inference engines and the daemon, on a machine with an NVIDIA GPU and a CUDA
 # build of PyTorch. Run from anywhere; STEPS picks what runs, in the order given:
 #
-#   STEPS="daemon" bash benchmarks/gpu_check.sh          # about 4 min
+#   STEPS="daemon" bash benchmarks/gpu_check.sh          # about 6 min
 #   STEPS="tests engines" bash benchmarks/gpu_check.sh   # about 6 min
 #   PYTHON=/path/to/python bash benchmarks/gpu_check.sh  # all steps
 #
 # daemon   the daemon end to end on 4096 x 4096 uint16 frames (the 60 frames/s target), eager
-#          fp16 and compiled, with `temseg bench` (bare engine, naive loop, daemon burst, paced);
+#          fp16 and compiled, with `temseg bench` (bare engine, naive loop, daemon burst, paced),
+#          then compiled again with particles measured in worker processes;
 # host     the host-side cost per 4096 px frame and its spread over 1, 4 and 8 threads
 #          (benchmarks/bench_host.py), then the whole daemon at 4096 px with a stand-in engine
-#          of 5.5 ms (benchmarks/bench_ceiling.py), with the daemon's GIL switch interval and
-#          with Python's default: the frames/s this host's CPUs allow; with py-spy on PATH, also
+#          of 5.5 ms (benchmarks/bench_ceiling.py), with the daemon's GIL switch interval, with
+#          Python's default, and with particles measured in worker processes: the frames/s this
+#          host's CPUs allow; with py-spy on PATH, also
 #          the GIL each host step holds per frame;
 # tests    the gpu-marked engine tests (CUDA fp16 + channels_last, torch.compile, ONNX Runtime
 #          CUDA and TensorRT when installed) against PyTorch fp32 on the CPU;
@@ -62,6 +64,9 @@ for step in $STEPS; do
         echo "== daemon at 4096 x 4096, compiled fp16 =="
         timeout 240 "$PY" -m temseg bench --size 4096 --frames "$FRAMES" --device cuda \
             --backend torch --compile || status=1
+        echo "== daemon at 4096 x 4096, compiled fp16, particles in worker processes =="
+        timeout 180 "$PY" -m temseg bench --size 4096 --frames "$FRAMES" --device cuda \
+            --backend torch --compile --segmenter-processes || status=1
         ;;
     host)
         echo "== host-side cost per 4096 px frame =="
@@ -74,6 +79,8 @@ for step in $STEPS; do
         timeout 150 "$PY" benchmarks/bench_ceiling.py --size 4096 --frames 60 || status=1
         timeout 150 "$PY" benchmarks/bench_ceiling.py --size 4096 --frames 60 \
             --switch-interval-ms 5 || status=1
+        timeout 150 "$PY" benchmarks/bench_ceiling.py --size 4096 --frames 60 \
+            --segmenter-processes || status=1
         ;;
     tests)
         echo "== gpu tests =="

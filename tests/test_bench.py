@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -144,9 +145,12 @@ def test_batch_size_one_no_paced_run_and_compile_without_gpu(tmp_path: Path) -> 
     out = tmp_path / "report.json"
     args = ["bench", "--frames", "1", "--size", "64", "--threads", "1", "--paced", "0"]
     args += ["--batch-size", "1", "--compile", "--json", str(out)]  # compile: CUDA only
+    args += ["--segmenter-processes"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "particles measured in worker processes" in result.stdout
     report = json.loads(out.read_text())
+    assert report["segmenter_processes"] is True
     assert set(report["stages"]) == STAGES - {"engine_batched", "daemon_paced"}
     assert report["batch_size"] == 1
     assert not report["backend"].endswith("-compiled")  # no GPU: the engines ran eager
@@ -184,3 +188,25 @@ def test_large_frames_are_simulated_fewer_times_and_materials_still_alternate(
     images = [tifffile.imread(p) for p in paths]
     np.testing.assert_array_equal(images[2], np.roll(images[0], 2, axis=1))
     assert not np.array_equal(images[0], images[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_cpu_of_worker_processes_is_counted_under_their_own_group() -> None:
+    import subprocess
+    import sys
+
+    from temseg.bench.stats import WORKERS, thread_cpu_s
+
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    worker = subprocess.Popen([sys.executable, "-c", burn + "\ninput()"], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while thread_cpu_s([worker.pid])[WORKERS] < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        usage = thread_cpu_s([worker.pid])
+        assert 0.3 <= usage[WORKERS] < 5
+        assert usage["MainThread"] > 0  # this process's own threads still counted
+        assert WORKERS not in thread_cpu_s()
+    finally:
+        worker.communicate(b"\n", timeout=30)
+    assert thread_cpu_s([worker.pid])[WORKERS] == 0  # gone: nothing to read

@@ -24,8 +24,9 @@ def run_script(name: str, *args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("engine_ms", ["0", "2"])
-def test_bench_ceiling_runs_the_daemon_with_a_stand_in_engine(engine_ms: str) -> None:
+@pytest.mark.parametrize(("engine_ms", "where"), [("0", "threads"), ("2", "processes")])
+def test_bench_ceiling_runs_the_daemon_with_a_stand_in_engine(engine_ms: str, where: str) -> None:
+    options = ["--segmenter-processes"] if where == "processes" else []
     out = run_script(
         "bench_ceiling.py",
         "--size",
@@ -36,7 +37,9 @@ def test_bench_ceiling_runs_the_daemon_with_a_stand_in_engine(engine_ms: str) ->
         "2",
         "--engine-ms",
         engine_ms,
+        *options,
     )
+    assert f"particles measured in {'worker processes' if options else 'segmenter threads'}" in out
     burst = re.search(r"burst: ([\d.]+) frames/s", out)
     assert burst is not None and float(burst.group(1)) > 0
     infer = re.search(r"infer ([\d.]+)", out)
@@ -49,3 +52,5 @@ def test_bench_host_measures_every_step() -> None:
     for step in ("SHA-256", "TIFF decode", "threshold + particles", "database record"):
         assert re.search(rf"{re.escape(step)}.*\d+\.\d ms", out), step
     assert "reader step, 1 thread(s)" in out
+    assert re.search(r"particles in a worker .*\d+\.\d ms", out)
+    assert "segmenter, particles in workers step, 1 thread(s)" in out

@@ -817,6 +817,11 @@ def bench(
     compile_: bool = typer.Option(
         False, "--compile", help="torch.compile the CUDA engine (stage a and the daemon)."
     ),
+    segmenter_processes: bool = typer.Option(
+        False,
+        "--segmenter-processes",
+        help="The daemon measures particles in worker processes (its setting of that name).",
+    ),
     json_out: str | None = typer.Option(None, "--json", help="Write every figure to this file."),
     workdir: str | None = typer.Option(
         None, "--workdir", help="Keep frames, watched folder and database here (default: temp)."
@@ -848,6 +853,7 @@ def bench(
             paced=paced,
             batch_size=batch_size,
             compile=compile_,
+            segmenter_processes=segmenter_processes,
             workdir=workdir,
             on_status=lambda text: typer.echo(f"bench: {text}", err=True),
         )

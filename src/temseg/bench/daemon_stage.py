@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from temseg.bench.stats import (
+    WORKERS,
     Clock,
     StageResult,
     cpu_split_ms,
@@ -118,6 +119,7 @@ def bench_daemon(
     compile: bool = False,
     tile: int | None = None,
     host_priority: str | None = None,
+    segmenter_processes: bool = False,
     timeout_s: float = 120.0,
     on_status: Callable[[str], object] | None = None,
 ) -> tuple[StageResult, StageResult | None]:
@@ -130,7 +132,8 @@ def bench_daemon(
     once the previous mask was received: latency with an idle pipeline
     (None when ``paced`` is 0).
     ``workdir`` gets ``watch/`` and ``daemon.db``; ``model`` is pinned;
-    ``batch_size``, ``tile`` (pixels) and ``host_priority`` override the daemon's settings;
+    ``batch_size``, ``tile`` (pixels), ``host_priority`` and ``segmenter_processes`` set the
+    daemon's settings (the burst's CPU time then includes the worker processes');
     ``compile`` sets the daemon's ``compile`` with the frames' shape in
     ``warmup_shapes``.
     """
@@ -153,6 +156,7 @@ def bench_daemon(
         settings.tile = tile
     if host_priority is not None:
         settings.host_priority = host_priority
+    settings.segmenter_processes = segmenter_processes
     if compile:
         height, width = read_frame(frames[0]).image.shape
         settings.compile, settings.warmup_shapes = True, [f"{height}x{width}"]
@@ -166,7 +170,8 @@ def bench_daemon(
             if not daemon.wait_idle(timeout_s):
                 raise BenchError(f"the daemon was still busy after {timeout_s:g} s of warm-up")
             say(f"daemon ready on {daemon.bound_url}; burst of {len(frames)} frames")
-            burst = _burst(subscriber, watch, frames, device, timeout_s)
+            workers = daemon.segment_worker_pids()
+            burst = _burst(subscriber, watch, frames, device, timeout_s, workers)
             if not daemon.wait_idle(timeout_s):
                 raise BenchError(f"the daemon was still busy {timeout_s:g} s after the burst")
             paced_result = None
@@ -204,15 +209,20 @@ def _timing_summary(messages: list[StreamMessage]) -> dict[str, float | None]:
 
 
 def _burst(
-    subscriber: Subscriber, watch: Path, frames: list[Path], device: str, timeout_s: float
+    subscriber: Subscriber,
+    watch: Path,
+    frames: list[Path],
+    device: str,
+    timeout_s: float,
+    workers: list[int],
 ) -> StageResult:
     staged = [_stage(path, watch, path.name) for path in frames]
     reset_gpu_peak(device)
     clock = Clock()
-    threads_before = thread_cpu_s()
+    threads_before = thread_cpu_s(workers)
     arrivals = {final.name: _arrive(part, final) for part, final in staged}
     got = _wait_for(subscriber, set(arrivals), timeout_s)
-    cpu_by_thread = cpu_split_ms(threads_before, thread_cpu_s(), len(frames))
+    cpu_by_thread = cpu_split_ms(threads_before, thread_cpu_s(workers), len(frames))
     first = min(arrivals.values())
     last = max(received for _, received in got.values())
     latency = [
@@ -231,7 +241,10 @@ def _burst(
         **_timing_summary(messages),
     }
     label = "daemon, burst (ZeroMQ end to end)"
-    return timed_stage("daemon", label, clock, latency, device, details, seconds=last - first)
+    burst = timed_stage("daemon", label, clock, latency, device, details, seconds=last - first)
+    if burst.cpu_ms_per_frame is not None:  # this process's, and its workers'
+        burst.cpu_ms_per_frame += cpu_by_thread.get(WORKERS, 0.0)
+    return burst
 
 
 def _paced(

@@ -76,6 +76,7 @@ class BenchReport:
     ratios: dict[str, float | None] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
     frames_per_call: int = 1  # frames per engine call in the daemon with this engine
+    segmenter_processes: bool = False  # the daemon measured particles in worker processes
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy, each target with its ``met`` flag."""
@@ -148,6 +149,7 @@ def run_bench(
     paced: int | None = None,
     batch_size: int | None = None,
     compile: bool = False,
+    segmenter_processes: bool = False,
     seed: int = 0,
     workdir: str | Path | None = None,
     on_status: Callable[[str], object] | None = None,
@@ -161,7 +163,8 @@ def run_bench(
     then ``paced`` frames one at a time (default: ``min(frames, 10)``). ``batch_size``:
     the daemon's (and the batched engine stage's) batch size, default the
     daemon's setting. ``compile``: ``torch.compile`` the engine (CUDA), in
-    stage (a) and in the daemon, compiled before timing. ``threads``: CPU
+    stage (a) and in the daemon, compiled before timing. ``segmenter_processes``:
+    the daemon's setting of that name. ``threads``: CPU
     threads (0 = all cores). ``workdir`` (new or empty) keeps the frames,
     database and watched folder (default: a temporary folder, removed afterwards).
     """
@@ -200,6 +203,7 @@ def run_bench(
             model_source=source,
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
             host=_host(resolved),
+            segmenter_processes=segmenter_processes,
         )
         say(f"writing {frames} synthetic frames of {size} x {size} px")
         paths = write_frames(work / "frames", frames, size, seed=seed)
@@ -246,6 +250,7 @@ def run_bench(
             paced=min(frames, DEFAULT_PACED) if paced is None else paced,
             batch_size=batch,
             compile=compile,
+            segmenter_processes=segmenter_processes,
             on_status=say,
         )
         report.stages["daemon"] = burst
@@ -288,7 +293,8 @@ def format_report(report: BenchReport) -> str:
     lines = [
         f"temseg bench {report.started_at}: {report.frames} frames of {report.size} x "
         f"{report.size} px, device {report.device}{threads}, engine {report.backend}, "
-        f"daemon batch {report.batch_size} ({report.frames_per_call} frame(s) per engine call), "
+        f"daemon batch {report.batch_size} ({report.frames_per_call} frame(s) per engine call"
+        f"{', particles measured in worker processes' if report.segmenter_processes else ''}), "
         f"model {report.model_id} ({report.model_source})",
         "",
         f"{'stage':48s} {'frames/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'CPU ms/fr':>10s} "

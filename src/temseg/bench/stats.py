@@ -6,6 +6,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,13 +126,18 @@ def timed_stage(
     )
 
 
-def thread_cpu_s() -> dict[str, float]:
+#: The group :func:`thread_cpu_s` sums the daemon's segmentation worker processes under.
+WORKERS = "segment-workers"
+
+
+def thread_cpu_s(workers: Sequence[int] = ()) -> dict[str, float]:
     """CPU seconds used so far by each thread of this process, keyed by thread name.
 
     Python threads appear under their ``threading`` names (numbered ones such
     as ``temseg-reader_0`` summed under ``temseg-reader``); threads started
     by native libraries (e.g. ONNX Runtime's pool) are summed under
-    ``"native"``. Empty where ``/proc`` is unavailable.
+    ``"native"``; the processes ``workers`` (pids) under :data:`WORKERS`.
+    Empty where ``/proc`` is unavailable.
     """
     import re
     import threading
@@ -139,19 +145,24 @@ def thread_cpu_s() -> dict[str, float]:
     task_dir = f"/proc/{os.getpid()}/task"
     if not os.path.isdir(task_dir):
         return {}
-    tick = os.sysconf("SC_CLK_TCK")
     names = {t.native_id: re.sub(r"_\d+$", "", t.name) for t in threading.enumerate()}
     usage: dict[str, float] = {}
     for tid in os.listdir(task_dir):
-        try:
-            with open(f"{task_dir}/{tid}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        seconds = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
         name = names.get(int(tid), "native")
-        usage[name] = usage.get(name, 0.0) + seconds
+        usage[name] = usage.get(name, 0.0) + _cpu_s(f"{task_dir}/{tid}/stat")
+    if workers:
+        usage[WORKERS] = sum(_cpu_s(f"/proc/{pid}/stat") for pid in workers)
     return usage
+
+
+def _cpu_s(stat_path: str) -> float:
+    """User + system CPU seconds in a ``/proc`` stat file; 0 once the thread or process ended."""
+    try:
+        with open(stat_path) as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_split_ms(
