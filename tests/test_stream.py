@@ -90,6 +90,8 @@ def test_pub_sub_headers_seq_and_mask_bytes(encoding: str) -> None:
         assert header["probability"] == "float16"
         np.testing.assert_array_equal(message.mask, mask)
         np.testing.assert_array_equal(message.probability, mask * np.float16(0.75))
+        assert message.mask is not None and message.probability is not None
+        assert not message.mask.flags.writeable and not message.probability.flags.writeable
     assert messages[5].is_error and messages[5].header == error
     assert error["source"] == "/acq/bad.tif" and error["error"] == "not a TIFF"
     assert sub.gaps == [] and sub.invalid == 0 and pub.dropped == 0

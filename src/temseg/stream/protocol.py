@@ -170,20 +170,22 @@ def _decode_mask(
             f"mask message has {len(parts)} parts, expected 3 or 4 with probability"
         )
     h, w = shape
-    body = bytes(parts[2])
+    body: bytes | memoryview = memoryview(parts[2]).cast("B")  # no copy: the mask reads it
     if encoding == "packbits":
         body = packbits_decode(body)
     if len(body) != h * w:
         raise ProtocolError(f"mask has {len(body)} bytes, shape {shape} needs {h * w}")
     mask = np.frombuffer(body, dtype=np.uint8).reshape(h, w)
+    mask.flags.writeable = False  # also where the received buffer itself is writable
     probability = None
     if with_probability:
-        prob = bytes(parts[3])
+        prob = memoryview(parts[3]).cast("B")
         if len(prob) != 2 * h * w:
             raise ProtocolError(
                 f"probability has {len(prob)} bytes, shape {shape} needs {2 * h * w}"
             )
         probability = np.frombuffer(prob, dtype=_PROBABILITY_WIRE).reshape(h, w)
+        probability.flags.writeable = False
     return StreamMessage(topic, header, mask, probability)
 
 
@@ -228,7 +230,7 @@ def packbits_encode(data: bytes) -> bytes:
     return out.tobytes()
 
 
-def packbits_decode(data: bytes) -> bytes:
+def packbits_decode(data: bytes | memoryview) -> bytes:
     """Inverse of :func:`packbits_encode` for any standard PackBits stream
     (header 128 is a no-op). Truncated input raises :class:`ProtocolError`."""
     data = bytes(data)

@@ -93,7 +93,9 @@ class Subscriber:
             )
             if not self._socket.poll(remaining, zmq.POLLIN):
                 return None
-            parts = self._socket.recv_multipart()
+            # Zero-copy: the mask is read where ZeroMQ received it. A copy of a 4096 px
+            # mask (16 MiB) would hold this process's GIL for several ms per frame.
+            parts = [frame.buffer for frame in self._socket.recv_multipart(copy=False)]
             try:
                 message = decode_message(parts)
             except ProtocolError as exc:
