@@ -19,6 +19,7 @@ compiled engine does.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,6 +107,7 @@ def main() -> None:
             tile=GPU_TILE,  # frames of up to 4096 px in one piece, as on a GPU
             host_priority="normal",  # as on a GPU: the host threads are the bottleneck
             segmenter_processes=args.segmenter_processes,
+            on_status=lambda text: print(f"ceiling: {text}", file=sys.stderr, flush=True),
         )
     switch_ms = temseg.daemon.pipeline.GIL_SWITCH_INTERVAL_S * 1e3
     print(
