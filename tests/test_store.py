@@ -200,7 +200,7 @@ def test_locked_database_raises_operational_error(tmp_path: Path) -> None:
 
 
 def test_models_promote_keeps_exactly_one_active(engine) -> None:
-    assert store.active_model(engine) is None
+    assert store.active_model(engine) is None and store.active_model_id(engine) is None
     store.register_model(engine, "m1", "first", "/models/m1", {"epochs": 3})
     store.register_model(engine, "m2", "second", "/models/m2", {})
     store.register_model(engine, "m1", "first", "/models/m1", {"epochs": 3})
@@ -212,6 +212,7 @@ def test_models_promote_keeps_exactly_one_active(engine) -> None:
     store.promote_model(engine, "m2")
     active = store.active_model(engine)
     assert active is not None and active.model_id == "m2" and active.path == "/models/m2"
+    assert store.active_model_id(engine) == "m2"
     assert [m.active for m in store.list_models(engine)] == [False, True]
     assert store.list_models(engine)[0].metadata == {"epochs": 3}
 
@@ -226,6 +227,7 @@ def test_models_promote_keeps_exactly_one_active(engine) -> None:
 
 def test_latest_calibration(engine) -> None:
     assert store.latest_calibration(engine, "Au", "m1") is None
+    assert store.latest_threshold(engine, "Au", "m1") is None
     common = dict(model_id="m1", precision=0.9, recall=0.8, dice=0.85, n_images=10)
     store.record_calibration(
         engine,
@@ -259,6 +261,9 @@ def test_latest_calibration(engine) -> None:
     assert (latest.id, latest.threshold, latest.plot_path) == (newest, 0.55, "/plots/au.png")
     assert latest.curve == {"t": [0.5, 0.55], "dice": [0.8, 0.85]}
     assert store.latest_calibration(engine, "Au", "m2") is None
+    assert store.latest_threshold(engine, "Au", "m1") == 0.55  # the newest, not the first
+    assert store.latest_threshold(engine, "CdSe", "m1") == 0.3
+    assert store.latest_threshold(engine, "Au", "m2") is None
     with pytest.raises(ValueError, match="threshold"):
         store.record_calibration(
             engine,

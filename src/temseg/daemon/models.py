@@ -26,7 +26,7 @@ from temseg.engine import Engine, load_engine, warmup
 from temseg.frames.tiling import engine_shape
 from temseg.inference import CPU_TILE
 from temseg.model.bundle import ModelBundle, load_bundle
-from temseg.store import active_model, latest_calibration
+from temseg.store import active_model, active_model_id, latest_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -195,12 +195,14 @@ class ModelServer:
         self._thresholds.clear()
         if self._pinned is not None:
             return False
-        record = active_model(self._db)
-        wanted = None if record is None else record.model_id
+        wanted = active_model_id(self._db)  # the id only: the whole record when it changed
         if wanted == self.current.registry_id or (wanted is not None and wanted == self._rejected):
             return False
-        if record is None and self.current.source == DEFAULT_SOURCE:
+        if wanted is None and self.current.source == DEFAULT_SOURCE:
             return False
+        record = None if wanted is None else active_model(self._db)
+        if wanted is not None and (record is None or record.model_id != wanted):
+            return False  # changed again in between: the next check follows it
         try:
             if record is None:
                 served = self._load(None, DEFAULT_SOURCE, None)
@@ -236,9 +238,9 @@ class ModelServer:
         cached = self._thresholds.get(key)
         if cached is not None:
             return cached
-        calibration = latest_calibration(self._db, material, model.model_id)
-        if calibration is not None:
-            found = float(calibration.threshold), "calibration"
+        calibrated = latest_threshold(self._db, material, model.model_id)
+        if calibrated is not None:
+            found = calibrated, "calibration"
         else:
             found = model.bundle.threshold_for(material), "bundle"
         self._thresholds[key] = found

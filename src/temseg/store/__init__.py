@@ -32,6 +32,7 @@ Models (at most one active)::
     register_model(engine, model_id, name, path, metadata: Mapping) -> None  # idempotent
     promote_model(engine, model_id) -> None    # unknown id -> KeyError
     active_model(engine) -> ModelRecord | None
+    active_model_id(engine) -> str | None       # the same, id only (cheap)
     list_models(engine) -> list[ModelRecord]
 
 Calibrations::
@@ -39,6 +40,7 @@ Calibrations::
     record_calibration(engine, *, material, model_id, threshold, precision, recall,
                        dice, n_images, curve: Mapping, plot_path, criterion) -> int
     latest_calibration(engine, material, model_id) -> CalibrationRecord | None
+    latest_threshold(engine, material, model_id) -> float | None  # its threshold only
 
 Status::
 
@@ -47,11 +49,17 @@ Status::
 Tables and the migration mechanism are described in ``docs/database.md``.
 """
 
-from temseg.store.calibrations import CalibrationRecord, latest_calibration, record_calibration
+from temseg.store.calibrations import (
+    CalibrationRecord,
+    latest_calibration,
+    latest_threshold,
+    record_calibration,
+)
 from temseg.store.frames import FrameRecord, get_frame, is_recorded, record_frame, recorded_paths
 from temseg.store.models import (
     ModelRecord,
     active_model,
+    active_model_id,
     list_models,
     promote_model,
     register_model,
@@ -66,10 +74,12 @@ __all__ = [
     "ModelRecord",
     "SchemaError",
     "active_model",
+    "active_model_id",
     "connect",
     "get_frame",
     "is_recorded",
     "latest_calibration",
+    "latest_threshold",
     "list_models",
     "promote_model",
     "record_calibration",

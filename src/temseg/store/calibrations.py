@@ -7,10 +7,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, select
 
 from temseg.store.schema import read_session, write_session
 from temseg.store.tables import CalibrationRow, utc_now
+
+# Built once: the daemon looks a threshold up again after every check of the database.
+_LATEST_THRESHOLD = (
+    select(CalibrationRow.threshold)
+    .where(
+        CalibrationRow.material == bindparam("material"),
+        CalibrationRow.model_id == bindparam("model_id"),
+    )
+    .order_by(CalibrationRow.created_at.desc(), CalibrationRow.id.desc())
+    .limit(1)
+)
 
 
 @dataclass(frozen=True)
@@ -93,3 +104,14 @@ def latest_calibration(engine: Engine, material: str, model_id: str) -> Calibrat
             plot_path=row.plot_path,
             criterion=row.criterion,
         )
+
+
+def latest_threshold(engine: Engine, material: str, model_id: str) -> float | None:
+    """The threshold of :func:`latest_calibration`, without loading the rest of the row.
+
+    A Core connection, not an ORM session (a third of the time): the daemon
+    asks again whenever it has checked the database for changes.
+    """
+    with engine.connect() as conn:
+        found = conn.scalar(_LATEST_THRESHOLD, {"material": material, "model_id": model_id})
+    return None if found is None else float(found)

@@ -12,6 +12,8 @@ from sqlalchemy import Engine, select, update
 from temseg.store.schema import read_session, write_session
 from temseg.store.tables import ModelRow, utc_now
 
+_ACTIVE_ID = select(ModelRow.id).where(ModelRow.active)  # built once
+
 
 @dataclass(frozen=True)
 class ModelRecord:
@@ -68,6 +70,16 @@ def active_model(engine: Engine) -> ModelRecord | None:
     with read_session(engine) as session:
         row = session.scalar(select(ModelRow).where(ModelRow.active))
         return None if row is None else _record(row)
+
+
+def active_model_id(engine: Engine) -> str | None:
+    """The id of the active model, or ``None``: what :func:`active_model` finds, cheaply.
+
+    A Core connection, not an ORM session: the daemon asks every time it
+    checks the database for a new active model.
+    """
+    with engine.connect() as conn:
+        return conn.scalar(_ACTIVE_ID)
 
 
 def list_models(engine: Engine) -> list[ModelRecord]:
