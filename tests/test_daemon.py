@@ -481,8 +481,9 @@ def test_sd_notify_on_abstract_socket() -> None:
     assert not Notifier({}).ready()  # outside systemd: a no-op
 
 
+@pytest.mark.parametrize("segmenter_processes", [False, True])
 def test_sigterm_drains_frame_in_flight_and_notifies_systemd(
-    acq: Path, db_path: Path, bundles: dict[str, Path]
+    acq: Path, db_path: Path, bundles: dict[str, Path], segmenter_processes: bool
 ) -> None:
     sock_dir = Path(tempfile.mkdtemp(prefix="temseg-"))  # short path: unix socket limit
     notify_path = sock_dir / "notify"
@@ -491,6 +492,7 @@ def test_sigterm_drains_frame_in_flight_and_notifies_systemd(
     notify.settimeout(60)
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
     env.pop("WATCHDOG_PID", None)
+    env["TEMSEG_SEGMENTER_PROCESSES"] = str(segmenter_processes).lower()
     command = [
         sys.executable,
         "-c",
@@ -503,7 +505,10 @@ def test_sigterm_drains_frame_in_flight_and_notifies_systemd(
         "--log-level", "DEBUG",
         "--threads", "1",
     ]  # fmt: skip
-    proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    # A process group of its own: SIGTERM goes to all of its processes, as systemd sends it.
+    proc = subprocess.Popen(
+        command, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(
         target=lambda: [lines.put(line) for line in proc.stderr],
@@ -526,7 +531,7 @@ def test_sigterm_drains_frame_in_flight_and_notifies_systemd(
         frame = acq / "in_flight.tif"
         write_renamed(frame, tiff_bytes(18))
         wait_line(f"accepted path={frame}")
-        proc.send_signal(signal.SIGTERM)  # while the frame is read, queued or inferred
+        os.killpg(proc.pid, signal.SIGTERM)  # while the frame is read, queued or inferred
         assert proc.wait(timeout=60) == 0
         notify.settimeout(0.5)
         with pytest.raises(TimeoutError):
@@ -535,10 +540,10 @@ def test_sigterm_drains_frame_in_flight_and_notifies_systemd(
         assert "STOPPING=1" in received
         assert received.index("READY=1") < received.index("STOPPING=1")
         row = row_for(db_path, frame)
-        assert row["status"] == "done" and row["n_particles"] is not None
+        assert row["status"] == "done" and row["n_particles"] is not None, row["error"]
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         notify.close()
         notify_path.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Particle measurement in real worker processes (forkserver), as the daemon runs it."""
+"""Particle measurement in real worker processes, as the daemon runs it."""
 
 from __future__ import annotations
 
@@ -65,6 +65,19 @@ def test_a_dead_worker_fails_its_frame_and_new_workers_take_the_next() -> None:
         assert pool._executor.submit(os.getpid).result() != pid
     finally:
         pool.close()
+
+
+def test_workers_outlive_a_stop_signal_until_the_pool_closes(pool: SegmentPool) -> None:
+    pids = {pool._executor.submit(os.getpid).result() for _ in range(4)}
+    for pid in pids:  # what systemd's stop and Ctrl-C send to every process of the service
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+    mask = blobs((300, 300), 3)
+    assert pool.measure(mask, None, 1) == measure_particles(mask, None, 1)
+    assert pool.replaced == 0 and set(pool.pids()) >= pids
+    processes = list(pool._executor._processes.values())
+    pool.close()
+    assert not any(p.is_alive() for p in processes)
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")

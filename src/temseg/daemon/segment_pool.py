@@ -9,8 +9,10 @@ segmenter thread thresholds the map (numpy, GIL released), packs the mask
 8 pixels per byte (2 MiB at 4096 px, under 1 ms), waits for a worker and
 gets the particles back. The workers import numpy and SciPy only.
 
-Workers start with ``forkserver`` (``spawn`` where there is none), never by
-forking the daemon: its CUDA context and threads must not be copied.
+Workers are started fresh (``spawn``), never by forking the daemon, whose
+CUDA context and threads must not be copied, and not from a fork server
+either: systemd's SIGTERM reaches every process of the service, and a
+pool whose fork server died takes its workers for dead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -36,6 +39,16 @@ class SegmentWorkerError(RuntimeError):
     """A segmentation worker process died while measuring a frame's particles."""
 
 
+def _start_worker(idle: bool) -> None:
+    """A worker ignores SIGTERM and SIGINT: systemd's stop and a terminal's Ctrl-C reach
+    every process of the service, and the daemon, which drains its frames first, stops
+    its workers itself (:meth:`SegmentPool.close`)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if idle:
+        run_when_cores_are_idle()
+
+
 def run_when_cores_are_idle() -> None:
     """Put the calling thread (a worker process's only one) under Linux's SCHED_IDLE, if allowed."""
     if not hasattr(os, "SCHED_IDLE"):
@@ -46,15 +59,12 @@ def run_when_cores_are_idle() -> None:
         logger.warning("host thread keeps its priority: SCHED_IDLE refused (%s)", exc)
 
 
-def _start_method() -> str:
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-
-
 class SegmentPool:
     """``workers`` processes that measure particles (:meth:`measure`, a ``Measure``).
 
     ``idle`` runs the workers under SCHED_IDLE (as the daemon's host threads
-    beside a CPU engine). A worker that dies fails the frame it was
+    beside a CPU engine). Workers ignore SIGTERM and SIGINT and stop when
+    :meth:`close` is called. A worker that dies fails the frame it was
     measuring (:class:`SegmentWorkerError`); the pool is replaced and the
     next frames go to new workers.
     """
@@ -71,8 +81,9 @@ class SegmentPool:
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             self.workers,
-            mp_context=multiprocessing.get_context(_start_method()),
-            initializer=run_when_cores_are_idle if self._idle else None,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(self._idle,),
         )
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
