@@ -6,13 +6,15 @@ which 5-8 ms hold Python's GIL (the per-particle Python and numpy calls,
 and blocks the daemon's other threads. A :class:`SegmentPool` runs
 :func:`temseg.segment.measure_packed` in worker processes instead: the
 segmenter thread thresholds the map (numpy, GIL released), packs the mask
-8 pixels per byte (2 MiB at 4096 px, under 1 ms), waits for a worker and
-gets the particles back. The workers import numpy and SciPy only.
+8 pixels per byte (2 MiB at 4096 px, 1-3 ms), waits for a worker and gets
+the particles back. The workers import numpy and SciPy only.
 
 Workers are started fresh (``spawn``), never by forking the daemon, whose
 CUDA context and threads must not be copied, and not from a fork server
 either: systemd's SIGTERM reaches every process of the service, and a
-pool whose fork server died takes its workers for dead.
+pool whose fork server died takes its workers for dead. As always with
+spawned processes, a script that starts a daemon with worker processes
+itself must do so under ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def _start_worker(idle: bool) -> None:
 
 
 def run_when_cores_are_idle() -> None:
-    """Put the calling thread (a worker process's only one) under Linux's SCHED_IDLE, if allowed."""
+    """Put the calling thread under Linux's SCHED_IDLE, if allowed (a daemon host thread,
+    or a worker process's only thread)."""
     if not hasattr(os, "SCHED_IDLE"):
         return
     try:
@@ -60,7 +63,7 @@ def run_when_cores_are_idle() -> None:
 
 
 class SegmentPool:
-    """``workers`` processes that measure particles (:meth:`measure`, a ``Measure``).
+    """``workers`` processes that measure particles; :meth:`measure` is a ``Measure``.
 
     ``idle`` runs the workers under SCHED_IDLE (as the daemon's host threads
     beside a CPU engine). Workers ignore SIGTERM and SIGINT and stop when
