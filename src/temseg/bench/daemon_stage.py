@@ -133,7 +133,7 @@ def bench_daemon(
     (None when ``paced`` is 0).
     ``workdir`` gets ``watch/`` and ``daemon.db``; ``model`` is pinned;
     ``batch_size``, ``tile`` (pixels), ``host_priority`` and ``segmenter_processes`` set the
-    daemon's settings (the burst's CPU time then includes the worker processes');
+    daemon's settings (the burst's CPU time then includes that of the worker processes);
     ``compile`` sets the daemon's ``compile`` with the frames' shape in
     ``warmup_shapes``.
     """

@@ -198,11 +198,14 @@ class ModelServer:
         wanted = active_model_id(self._db)  # the id only: the whole record when it changed
         if wanted == self.current.registry_id or (wanted is not None and wanted == self._rejected):
             return False
-        if wanted is None and self.current.source == DEFAULT_SOURCE:
-            return False
-        record = None if wanted is None else active_model(self._db)
-        if wanted is not None and (record is None or record.model_id != wanted):
-            return False  # changed again in between: the next check follows it
+        if wanted is None:
+            if self.current.source == DEFAULT_SOURCE:
+                return False
+            record = None
+        else:
+            record = active_model(self._db)  # the whole record, now that it changed
+            if record is None or record.model_id != wanted:
+                return False  # changed again in between: the next check follows it
         try:
             if record is None:
                 served = self._load(None, DEFAULT_SOURCE, None)
