@@ -223,3 +223,17 @@ def test_prepare_input_fills_the_engines_own_memory(
     assert len(given) == 1 and filled.padded is given[0]
     np.testing.assert_array_equal(filled.padded, plain.padded)
     assert (filled.grid_shape, filled.frame_shape) == (plain.grid_shape, plain.frame_shape)
+
+
+def test_float16_copy_rounds_as_numpy_does_bit_for_bit() -> None:
+    from temseg.inference import to_float16
+
+    rng = np.random.default_rng(7)
+    probability = rng.random((37, 53), dtype=np.float32)
+    probability[0, :6] = [0.0, 1.0, 1e-8, 6e-8, 0.5 + 2**-12, 0.99951171875]  # ties, subnormals
+    half = to_float16(probability)
+    assert half.dtype == np.float16 and half.shape == probability.shape
+    expected = probability.astype(np.float16)
+    np.testing.assert_array_equal(half.view(np.uint16), expected.view(np.uint16))
+    strided = to_float16(probability[:, ::2])  # not contiguous
+    np.testing.assert_array_equal(strided, probability[:, ::2].astype(np.float16))

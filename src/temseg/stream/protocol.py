@@ -108,7 +108,7 @@ def encode_mask_message(
         prob = np.asarray(probability)
         if prob.shape != mask_u8.shape:
             raise ProtocolError(f"probability shape {prob.shape} != mask shape {mask_u8.shape}")
-        parts.append(_wire_bytes(prob.astype(_PROBABILITY_WIRE)))
+        parts.append(_wire_bytes(prob.astype(_PROBABILITY_WIRE, copy=False)))
     return parts
 
 
