@@ -593,7 +593,7 @@ def test_parallel_segmenters_keep_each_frame_its_own_mask_and_the_arrival_order(
 
 
 def test_segmenter_processes_record_each_masks_own_particles(
-    make_daemon, acq: Path, db_path: Path, tmp_path: Path
+    make_daemon, acq: Path, db_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from temseg.segment import find_particles
     from temseg.synth import simulate_frame
@@ -602,9 +602,11 @@ def test_segmenter_processes_record_each_masks_own_particles(
     for i, path in enumerate(paths):
         frame = simulate_frame(("Au", "CdSe")[i % 2], 256, 400 + i)
         tifffile.imwrite(path, frame.image, metadata={"pixel_nm": 0.05})
-    daemon = make_daemon(
-        masks=tmp_path / "masks", segmenters=2, segmenter_processes=True, model=None
-    )
+    with caplog.at_level(logging.INFO, logger="temseg.daemon"):
+        daemon = make_daemon(
+            masks=tmp_path / "masks", segmenters=2, segmenter_processes=True, model=None
+        )
+    assert "segmenters=2 segment_workers=2" in caplog.text  # the ready line says so
     pool = daemon._segment_pool
     assert pool is not None and pool.workers == 2
     workers = list(pool._executor._processes.values())

@@ -381,12 +381,16 @@ class Daemon:
         self._pinger = WatchdogPinger(self.notifier, self.healthy)
         self._pinger.start()
         logger.info(
-            "ready watch=%s publish=%s db=%s model_id=%s host_threads=%s",
+            "ready watch=%s publish=%s db=%s model_id=%s host_threads=%s readers=%d "
+            "segmenters=%d segment_workers=%d",
             self.root,
             self.bound_url,
             s.db,
             model.model_id,
             "idle" if self.host_threads_idle else "normal",
+            self.readers,
+            self.segmenters,
+            0 if self._segment_pool is None else self._segment_pool.workers,
         )
 
     def stop(self) -> DaemonStats:
