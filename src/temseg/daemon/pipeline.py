@@ -711,7 +711,8 @@ class Daemon:
     # ----------------------------------------------------------------- segmenters
 
     def _segment(self, outcome: _Outcome) -> None:
-        """Threshold, measure particles, write the mask file if asked; a failure fails the frame.
+        """Threshold, measure particles, make the float16 map if it is sent, write the mask
+        file if asked; a failure fails the frame.
 
         Runs on the segmenter pool, frames in parallel; the recorder takes
         the results in arrival order.
