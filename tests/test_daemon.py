@@ -632,6 +632,26 @@ def test_segmenter_processes_record_each_masks_own_particles(
         assert row["area_fraction"] == pytest.approx(mask.mean())
 
 
+def test_packbits_masks_are_encoded_by_the_segmenters_and_published_intact(
+    make_daemon, acq: Path, db_path: Path, tmp_path: Path
+) -> None:
+    from temseg.synth import simulate_frame
+
+    daemon = make_daemon(mask_encoding="packbits", masks=tmp_path / "masks", model=None)
+    sub = subscribe(daemon, acq)
+    frames = [acq / f"p_{i}.tif" for i in range(3)]
+    for i, path in enumerate(frames):
+        tifffile.imwrite(path.with_suffix(".part"), simulate_frame("Au", 128, 700 + i).image)
+        path.with_suffix(".part").rename(path)
+    messages = receive_all(sub, frames)
+    sub.close()
+    for path in frames:
+        message, row = messages[path], row_for(db_path, path)
+        assert message.header["encoding"] == "packbits" and message.mask is not None
+        np.testing.assert_array_equal(message.mask, tifffile.imread(row["mask_path"]))
+        assert message.header["n_particles"] == row["n_particles"]
+
+
 def test_compile_without_a_gpu_runs_eager_after_warming_the_listed_shapes(
     make_daemon, acq: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

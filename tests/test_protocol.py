@@ -14,9 +14,11 @@ from temseg.segment import find_particles
 from temseg.stream.protocol import (
     SCHEMA_ERROR,
     SCHEMA_MASK,
+    EncodedMask,
     ProtocolError,
     decode_message,
     encode_error_message,
+    encode_mask,
     encode_mask_message,
     packbits_decode,
     packbits_encode,
@@ -30,6 +32,34 @@ def _mask(h: int = 48, w: int = 64) -> np.ndarray:
     mask[5:20, 7:30] = 1
     mask[30:, 50:] = 1
     return mask
+
+
+@pytest.mark.parametrize("encoding", ["raw", "packbits"])
+def test_mask_encoded_ahead_makes_the_same_message(encoding: str) -> None:
+    mask = _mask(37, 53).astype(bool)
+    probability = mask * np.float32(0.75)
+    encoded = encode_mask(mask, encoding)
+    assert isinstance(encoded, EncodedMask) and encoded.shape == (37, 53)
+    ahead = encode_mask_message(HEADER, encoded, encoding=encoding, probability=probability)
+    direct = encode_mask_message(HEADER, mask, encoding=encoding, probability=probability)
+    assert [bytes(p) for p in ahead] == [bytes(p) for p in direct]
+    message = decode_message(ahead)
+    assert message.header["shape"] == [37, 53] and message.header["encoding"] == encoding
+    np.testing.assert_array_equal(message.mask, mask)
+
+
+def test_mask_encoded_otherwise_or_misshapen_probability_refused() -> None:
+    encoded = encode_mask(_mask(), "packbits")
+    with pytest.raises(ProtocolError, match="encoded as 'packbits', message needs 'raw'"):
+        encode_mask_message(HEADER, encoded, encoding="raw")
+    with pytest.raises(ProtocolError, match="probability shape"):
+        encode_mask_message(
+            HEADER, encoded, encoding="packbits", probability=np.zeros((4, 4), np.float32)
+        )
+    with pytest.raises(ProtocolError, match="encoding must be one of"):
+        encode_mask(_mask(), "zip")
+    with pytest.raises(ProtocolError, match="0 or 1"):
+        encode_mask(_mask() * 2, "raw")
 
 
 @pytest.mark.parametrize("encoding", ["raw", "packbits"])

@@ -18,6 +18,7 @@ from temseg.stream import (
     StreamMessage,
     Subscriber,
     encode_error_message,
+    encode_mask,
     encode_mask_message,
     generate_keys,
 )
@@ -75,7 +76,8 @@ def test_pub_sub_headers_seq_and_mask_bytes(encoding: str) -> None:
                 "timing_ms": {"read": 1.0, "infer": 2.0, "total": 3.5},
             }
             prob = mask * np.float32(0.75)
-            sent.append(pub.publish_mask(fields, mask, prob))
+            ahead = encode_mask(mask, encoding)  # encoded on another thread, as the daemon does
+            sent.append(pub.publish_mask(fields, mask if i % 2 else ahead, prob))
         error = pub.publish_error("/acq/bad.tif", "not a TIFF")
         received = [sub.receive() for _ in range(6)]
 

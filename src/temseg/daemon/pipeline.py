@@ -85,6 +85,7 @@ from temseg.inference import (
 )
 from temseg.segment import Measure, Segmentation, measure_particles, segment_probability
 from temseg.store import connect, is_recorded, record_frame
+from temseg.stream.protocol import EncodedMask, encode_mask
 
 logger = logging.getLogger("temseg.daemon")
 
@@ -184,6 +185,7 @@ class _Outcome:
     infer_ms: float = 0.0  # per frame: the batch's engine time divided among its frames
     segment_ms: float = 0.0  # thresholding and particle measurement
     mask_path: Path | None = None  # the mask TIFF written, when ``masks`` is set
+    encoded_mask: EncodedMask | None = None  # PackBits, made by the segmenter (mask_encoding)
 
 
 def _read_bytes(path: Path) -> tuple[bytes, float]:
@@ -711,8 +713,9 @@ class Daemon:
     # ----------------------------------------------------------------- segmenters
 
     def _segment(self, outcome: _Outcome) -> None:
-        """Threshold, measure particles, make the float16 map if it is sent, write the mask
-        file if asked; a failure fails the frame.
+        """Threshold, measure particles, make the float16 map if it is sent and the
+        PackBits mask if that is the encoding, write the mask file if asked; a failure
+        fails the frame.
 
         Runs on the segmenter pool, frames in parallel; the recorder takes
         the results in arrival order.
@@ -731,6 +734,8 @@ class Daemon:
             # map took 45-90 ms), or nothing, and its memory goes now.
             send = self.settings.send_probability
             outcome.probability = to_float16(outcome.probability) if send else None
+            if self.settings.mask_encoding == "packbits":  # here too, not on the recorder
+                outcome.encoded_mask = encode_mask(outcome.segmentation.mask, "packbits")
         except Exception as exc:
             logger.exception("segmentation failed path=%s", job.path)
             job.error = f"{job.path}: segmentation failed ({exc})"
@@ -854,7 +859,8 @@ class Daemon:
                 "received_at": job.received_at.isoformat(),
             }
             # 0/1 by construction: as booleans the encoder needs no range check of its values.
-            publisher.publish_mask(header, seg.mask.view(bool), outcome.probability)
+            mask = outcome.encoded_mask or seg.mask.view(bool)
+            publisher.publish_mask(header, mask, outcome.probability)
             self.stats.done += 1
             self.stats.particles += seg.n_particles
             logger.info(

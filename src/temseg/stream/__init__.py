@@ -3,7 +3,8 @@
 Protocol (:mod:`temseg.stream.protocol`, pure, no sockets)::
 
     SCHEMA_MASK = "temseg.mask/1" ; SCHEMA_ERROR = "temseg.error/1"
-    encode_mask_message(header, mask, *, encoding="raw" | "packbits",
+    encode_mask(mask, encoding="raw" | "packbits") -> EncodedMask  # .shape .encoding .body
+    encode_mask_message(header, mask | EncodedMask, *, encoding="raw" | "packbits",
                         probability=None) -> list[bytes | memoryview]  # needs "material"
     encode_error_message(header) -> list[bytes]
     decode_message(parts) -> StreamMessage  # .topic .header .mask .probability .is_error
@@ -15,7 +16,7 @@ Publisher (thread-confined, never blocks; one per process run)::
     Publisher(url="tcp://127.0.0.1:5557", *, send_hwm=100, encoding="raw",
               send_probability=False, curve_keys: Path | None = None,
               nodrop=False, context=None, linger_ms=1000)
-        .publish_mask(header_fields, mask, probability=None) -> dict  # header sent
+        .publish_mask(header_fields, mask | EncodedMask, probability=None) -> dict  # as sent
         .publish_error(source, error) -> dict
         .run_id: str  .seq: int  .dropped: int  .bound_url: str
         .close() ; context manager
@@ -45,10 +46,12 @@ from temseg.stream.keys import KeyFiles, generate_keys, load_client_keys
 from temseg.stream.protocol import (
     SCHEMA_ERROR,
     SCHEMA_MASK,
+    EncodedMask,
     ProtocolError,
     StreamMessage,
     decode_message,
     encode_error_message,
+    encode_mask,
     encode_mask_message,
     packbits_decode,
     packbits_encode,
@@ -60,6 +63,7 @@ __all__ = [
     "DEFAULT_URL",
     "SCHEMA_ERROR",
     "SCHEMA_MASK",
+    "EncodedMask",
     "KeyFiles",
     "ProtocolError",
     "Publisher",
@@ -67,6 +71,7 @@ __all__ = [
     "Subscriber",
     "decode_message",
     "encode_error_message",
+    "encode_mask",
     "encode_mask_message",
     "generate_keys",
     "load_client_keys",

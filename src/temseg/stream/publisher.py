@@ -18,6 +18,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from temseg.stream.protocol import (
     ENCODINGS,
     SCHEMA_ERROR,
+    EncodedMask,
     encode_error_message,
     encode_mask_message,
     mask_header,
@@ -116,7 +117,7 @@ class Publisher:
     def publish_mask(
         self,
         header_fields: Mapping[str, Any],
-        mask: np.ndarray,
+        mask: np.ndarray | EncodedMask,
         probability: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Send one mask; return the header as sent.
@@ -124,14 +125,20 @@ class Publisher:
         ``header_fields`` must hold ``material`` and should hold the frame
         fields of ``docs/protocol.md``; ``schema``, ``seq``, ``run_id``,
         ``published_at``, ``shape``, ``dtype`` and ``encoding`` are filled in.
-        ``probability`` is sent only if the publisher has ``send_probability``.
+        ``mask`` is a 0/1 array, or one encoded ahead with this publisher's
+        ``encoding`` (:func:`~temseg.stream.protocol.encode_mask`, e.g. on
+        another thread). ``probability`` is sent only if the publisher has
+        ``send_probability``.
         """
         prob = probability if self.send_probability else None
         fields = self._stamp(header_fields)
         parts = encode_mask_message(fields, mask, encoding=self.encoding, probability=prob)
         self._send(parts)
         return mask_header(
-            fields, np.shape(mask), encoding=self.encoding, probability=prob is not None
+            fields,
+            mask.shape if isinstance(mask, EncodedMask) else np.shape(mask),
+            encoding=self.encoding,
+            probability=prob is not None,
         )
 
     def publish_error(self, source: str, error: str) -> dict[str, Any]:
