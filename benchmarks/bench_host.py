@@ -4,9 +4,10 @@ On a GPU the engine takes a few ms per frame even at 4096 x 4096 px; what
 limits the daemon then is the host: reading (SHA-256, TIFF decode, model
 input), segmenting (probability back on the frame's grid, threshold,
 particles) and recording (the database row with its particles, the mask
-message with its particle list). This measures each step on
-one core, then the frames/s of the reader and segmenter steps with 1..K
-threads working on different frames::
+message with its particle list); a subscriber then decodes each message
+(raw or PackBits). This measures each step on one core, then the frames/s
+of the reader and segmenter steps with 1..K threads working on different
+frames::
 
     python benchmarks/bench_host.py --size 4096 --threads 1 2
 
@@ -48,7 +49,7 @@ from temseg.inference import prepare_input, to_frame_grid
 from temseg.model.bundle import load_bundle
 from temseg.segment import segment_probability
 from temseg.store import connect, record_frame
-from temseg.stream.protocol import encode_mask_message
+from temseg.stream.protocol import decode_message, encode_mask, encode_mask_message
 from temseg.synth import simulate_frame
 
 
@@ -111,7 +112,7 @@ def gil_report(size: int, repeats: int) -> None:
         frame = f"main.<locals>.{function} ("
         held = sum(int(line.rsplit(" ", 1)[1]) for line in samples if frame in line)
         held += pool_held if function == "particles_in_worker" else 0
-        print(f"  {name:40s} {float(ms):8.1f} {held / GIL_SAMPLE_RATE * 1e3 / calls:12.1f}")
+        print(f"  {name:44s} {float(ms):8.1f} {held / GIL_SAMPLE_RATE * 1e3 / calls:12.1f}")
 
 
 def main() -> None:
@@ -180,6 +181,23 @@ def main() -> None:
         header = {"material": "Au", "particles": [p.to_dict() for p in seg.particles]}
         return encode_mask_message(header, seg.mask)
 
+    def packbits() -> object:
+        return encode_mask(seg.mask, "packbits")
+
+    header = {
+        "material": "Au",
+        "seq": 1,
+        "run_id": "bench",
+        "particles": [p.to_dict() for p in seg.particles],
+    }
+    sent = {e: encode_mask_message(header, seg.mask, encoding=e) for e in ("raw", "packbits")}
+
+    def receive_raw() -> object:
+        return decode_message(sent["raw"])
+
+    def receive_packbits() -> object:
+        return decode_message(sent["packbits"])
+
     def segment() -> object:
         probability = to_frame_grid(model_probability, x.frame_shape)
         return segment_probability(probability, 0.5, frame.pixel_nm)
@@ -202,7 +220,10 @@ def main() -> None:
         ("segmenter: threshold + particles", particles),
         ("segmenter: the same, particles in a worker", particles_in_worker),
         ("recorder: database record (SQLite)", record),
+        ("segmenter: PackBits mask (mask_encoding)", packbits),
         ("recorder: mask message with particles", message),
+        ("subscriber: decode a raw mask message", receive_raw),
+        ("subscriber: decode a PackBits mask message", receive_packbits),
     ]
     if args.steps_only:  # the process py-spy samples for --gil: mean over all calls
         for name, step in steps:
@@ -218,7 +239,7 @@ def main() -> None:
         f"median of {args.repeats}, one thread"
     )
     for name, step in steps:
-        print(f"  {name:40s} {median_ms(step, args.repeats):8.1f} ms")
+        print(f"  {name:44s} {median_ms(step, args.repeats):8.1f} ms")
     steps_in_threads = (
         ("reader", read),
         ("segmenter", segment),

@@ -57,10 +57,28 @@ def test_big_endian_file_gives_native_array(tmp_path: Path) -> None:
     np.testing.assert_array_equal(frame.image, image)
 
 
-def test_compressed_frame(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("compression", "predictor", "stored"),
+    [
+        ("zlib", None, tifffile.COMPRESSION.ADOBE_DEFLATE),
+        ("lzw", None, tifffile.COMPRESSION.LZW),
+        ("lzw", "horizontal", tifffile.COMPRESSION.LZW),
+        ("zstd", None, tifffile.COMPRESSION.ZSTD),
+        ("packbits", None, tifffile.COMPRESSION.PACKBITS),
+    ],
+)
+def test_compressed_frame(
+    tmp_path: Path, compression: str, predictor: str | None, stored: tifffile.COMPRESSION
+) -> None:
+    # LZW (with or without a predictor, as ImageJ and many camera programs write) and
+    # Zstandard need imagecodecs' codecs; deflate and PackBits tifffile decodes itself.
     image = ramp(dtype="uint16")
-    frame = read_frame(write(tmp_path / "z.tif", image, compression="zlib"))
-    np.testing.assert_array_equal(frame.image, image)
+    path = write(tmp_path / "z.tif", image, compression=compression, predictor=predictor)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages.first.compression == stored
+    for data in (None, path.read_bytes()):  # from the file, and from its bytes as the daemon
+        frame = read_frame(path, data=data)
+        np.testing.assert_array_equal(frame.image, image)
 
 
 def test_first_page_of_a_stack(tmp_path: Path) -> None:

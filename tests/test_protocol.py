@@ -190,8 +190,9 @@ def _with_header(**changes: object) -> list[bytes]:
         (_good()[:2], "3 or 4"),
         ([*_good(), b"extra"], "3 or 4"),
         (_with_header(probability="float32"), "float16"),
-        ([*_good()[:2], b"\x05\x01"], "past the end"),
-        ([*_good()[:2], b"\xfe"], "no value byte"),
+        ([*_good()[:2], b"\x05\x01"], "truncated or corrupt"),
+        ([*_good()[:2], b"\xfe"], "truncated or corrupt"),
+        ([*_good()[:2], b"\x00"], "has 0 bytes, shape"),  # a lone final header: padding
         ([*encode_error_message({"seq": 1, "run_id": "r"}), b"x"], "2 parts"),
     ],
 )

@@ -250,12 +250,40 @@ def test_error_message_round_trip(source: str, error: str, seq: int) -> None:
     assert {k: message.header[k] for k in header} == header
 
 
+def reference_packbits_decode(data: bytes) -> tuple[bytes, bool]:
+    """The decoder of docs/protocol.md, byte by byte: the bytes decoded and whether
+    the stream ended inside a packet (then the bytes are those decoded before it)."""
+    out, i = bytearray(), 0
+    while i < len(data):
+        n = data[i]
+        i += 1
+        if n < 128:
+            if i + n + 1 > len(data):
+                return bytes(out), True
+            out += data[i : i + n + 1]
+            i += n + 1
+        elif n > 128:
+            if i >= len(data):
+                return bytes(out), True
+            out += data[i : i + 1] * (257 - n)
+            i += 1
+    return bytes(out), False
+
+
 @FUZZ
 @given(st.binary(max_size=600))
+@example(b"\x02\x01")  # literal of 3 with 1 byte left
+@example(b"\x80\xfe")  # no-op, then a repeat with no value byte
+@example(b"\x00\x07\x00")  # a final literal header with nothing after it
 def test_packbits_decoder_on_random_bytes(data: bytes) -> None:
+    expected, truncated = reference_packbits_decode(data)
     try:
         decoded = packbits_decode(data)
     except ProtocolError:
+        assert truncated
         return
+    # A stream cut inside a packet is refused or decoded up to that packet (a lone
+    # final header byte reads as padding); a message's length check then refuses it.
+    assert decoded == expected
     assert len(decoded) <= 128 * len(data)
     assert packbits_decode(packbits_encode(decoded)) == decoded

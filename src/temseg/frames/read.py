@@ -1,9 +1,11 @@
 """Read one HRTEM frame from a TIFF file, with its pixel size and material.
 
 Frames are opened read-only and never modified. Only single grayscale planes
-are returned: the first page of a stack or series. Every problem with a file
-(empty, truncated, not a TIFF, colour, unsupported sample type, non-finite
-values, too many pixels) raises :class:`FrameError` naming the file.
+are returned: the first page of a stack or series. Compressed TIFFs (deflate,
+LZW, Zstandard, PackBits, ...) are decoded by tifffile with imagecodecs.
+Every problem with a file (empty, truncated, not a TIFF, colour, unsupported
+sample type, non-finite values, too many pixels) raises :class:`FrameError`
+naming the file.
 
 Pixel size (nm per pixel, key ``pixel_nm``) is taken from, in order:
 

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import PurePath
 from typing import Any
 
+import imagecodecs
 import numpy as np
 
 SCHEMA_MASK = "temseg.mask/1"
@@ -258,25 +259,19 @@ def packbits_encode(data: bytes | memoryview) -> bytes:
 
 def packbits_decode(data: bytes | memoryview) -> bytes:
     """Inverse of :func:`packbits_encode` for any standard PackBits stream
-    (header 128 is a no-op). Truncated input raises :class:`ProtocolError`."""
-    data = bytes(data)
-    out = bytearray()
-    i, n = 0, len(data)
-    while i < n:
-        header = data[i]
-        i += 1
-        if header < 128:
-            count = header + 1
-            if i + count > n:
-                raise ProtocolError(f"PackBits literal at byte {i - 1} runs past the end")
-            out += data[i : i + count]
-            i += count
-        elif header > 128:
-            if i >= n:
-                raise ProtocolError(f"PackBits repeat at byte {i - 1} has no value byte")
-            out += data[i : i + 1] * (257 - header)
-            i += 1
-    return bytes(out)
+    (header 128 is a no-op), by imagecodecs' C decoder: 4-10 ms for a
+    4096 x 4096 px mask, against about 50 ms for a Python loop over the packets.
+
+    A stream cut inside a packet raises :class:`ProtocolError`, except a lone
+    final literal header, which reads as padding (the bytes before it come
+    back; a message's length check then refuses a short mask).
+    """
+    try:
+        # Any buffer works (a memoryview of the received message included); the stub
+        # names fewer. With no ``out`` the result is a new ``bytes``: bytes() keeps it.
+        return bytes(imagecodecs.packbits_decode(data))  # type: ignore[arg-type]
+    except imagecodecs.PackbitsError as exc:
+        raise ProtocolError(f"PackBits stream is truncated or corrupt ({exc})") from None
 
 
 def _as_mask(mask: np.ndarray) -> np.ndarray:
