@@ -72,7 +72,7 @@ def valid_tiff(seed: int) -> bytes:
         buffer,
         rng.integers(0, 4000, (24, 16), dtype=np.uint16),
         metadata={"material": "Au", "pixel_nm": 0.05},
-        compression="zlib" if seed % 2 else None,
+        compression=(None, "zlib", "lzw", "zstd")[seed % 4],
     )
     return buffer.getvalue()
 
@@ -129,7 +129,7 @@ def _images() -> st.SearchStrategy[np.ndarray]:
 @given(
     _images(),
     st.sampled_from(["<", ">"]),
-    st.sampled_from([None, "zlib"]),
+    st.sampled_from([None, "zlib", "lzw", "zstd"]),
     st.booleans(),
     st.one_of(st.none(), st.floats(1e-4, 1e3)),
 )
