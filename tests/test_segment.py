@@ -181,11 +181,11 @@ def test_box_walk_and_single_pass_agree(monkeypatch: pytest.MonkeyPatch) -> None
         assert a.centroid == pytest.approx(b.centroid, abs=1e-9)
 
 
-def _sparse_blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
-    """A large 0/1 mask with a few hundred blobs of many sizes, some on the borders."""
+def _sparse_blobs(shape: tuple[int, int], seed: int, blobs: int = 150) -> np.ndarray:
+    """A 0/1 mask with ``blobs`` blobs of many sizes and some specks, some on the borders."""
     rng = np.random.default_rng(seed)
     seeds = np.zeros(shape, bool)
-    seeds[rng.integers(0, shape[0], 150), rng.integers(0, shape[1], 150)] = True
+    seeds[rng.integers(0, shape[0], blobs), rng.integers(0, shape[1], blobs)] = True
     seeds[0, rng.integers(0, shape[1], 3)] = seeds[rng.integers(0, shape[0], 3), -1] = True
     grown = ndimage.binary_dilation(seeds, iterations=6) | (rng.random(shape) < 0.00005)
     grown[100:110, 100:140] = np.eye(10, 40, dtype=bool)  # a diagonal line across blocks
@@ -195,13 +195,22 @@ def _sparse_blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("shape", "seed", "box_walk"),
-    [((1100, 1050), 1, True), ((1024, 1024), 2, True), ((1024, 1024), 3, False)],
+    ("shape", "seed", "blobs", "box_walk"),
+    [
+        ((1100, 1050), 1, 150, True),
+        ((1024, 1024), 2, 150, True),
+        ((1024, 1024), 3, 150, False),
+        ((512, 600), 4, 40, True),
+    ],
 )
 def test_windowed_labelling_finds_the_same_particles(
-    shape: tuple[int, int], seed: int, box_walk: bool, monkeypatch: pytest.MonkeyPatch
+    shape: tuple[int, int],
+    seed: int,
+    blobs: int,
+    box_walk: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    mask = _sparse_blobs(shape, seed)
+    mask = _sparse_blobs(shape, seed, blobs)
     occupied = segment._occupied_blocks(mask > 0, segment.WINDOW_BLOCK_PX)
     assert mask.size >= segment.WINDOW_MIN_PIXELS
     assert occupied.mean() <= segment.WINDOW_MAX_OCCUPIED  # the windowed path runs
@@ -212,7 +221,7 @@ def test_windowed_labelling_finds_the_same_particles(
     windowed = find_particles(mask, pixel_nm=0.05, min_area_px=2)
     monkeypatch.setattr(segment, "WINDOW_MIN_PIXELS", mask.size + 1)  # label the whole frame
     whole = find_particles(mask, pixel_nm=0.05, min_area_px=2)
-    assert len(windowed) == len(whole) > 150
+    assert len(windowed) == len(whole) > blobs
     for a, b in zip(windowed, whole, strict=True):
         assert (a.label, a.area_px, a.bbox, a.touches_border) == (
             b.label,
