@@ -22,8 +22,8 @@
 # Each step has its own time limit; FRAMES sets the daemon burst length (default 60).
 # Nothing is installed into the environment; caches go to a temporary directory that is
 # removed at the end. On a machine without network whose Python lacks some of the daemon's
-# packages (pyzmq, watchdog, sqlalchemy, py-spy), WHEELS=/folder/of/wheels installs those
-# wheels into that temporary directory first.
+# packages (pyzmq, watchdog, sqlalchemy, imagecodecs, py-spy), WHEELS=/folder/of/wheels
+# installs those wheels into that temporary directory first.
 set -u
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-daemon host tests engines}
@@ -50,7 +50,7 @@ if not torch.cuda.is_available():
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}, "
       f"{len(os.sched_getaffinity(0))} CPU cores")
 for name in ("onnx", "onnxruntime", "tensorrt", "safetensors", "scipy", "typer", "pytest", "zmq",
-             "watchdog", "sqlalchemy"):
+             "watchdog", "sqlalchemy", "imagecodecs"):
     print(f"  {name}: {'yes' if importlib.util.find_spec(name) else 'missing'}")
 PYEOF
 
