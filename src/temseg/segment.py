@@ -80,10 +80,10 @@ BOX_WALK_MAX_COMPONENTS = 1024
 #: so the labelling skips the empty background (4096 x 4096 px, 10 % particle
 #: pixels: 115 -> 41 ms for labels and boxes with 32 px blocks; 16 px blocks
 #: fit the particles closer, another 5-10 % off the whole segmentation). The
-#: particles are the same. Windows stop paying when about a third of the
-#: blocks are occupied (256 to 4096 px frames of random disks: windowed/whole
-#: 0.2-0.9 up to a quarter, 0.7-1.4 at 0.27-0.39, 1.1-1.6 at a half), and on
-#: frames smaller than 256 x 256 px.
+#: particles are the same. Windows stop paying from about a third of the
+#: blocks occupied, so they run up to a quarter (256 to 4096 px frames of
+#: random disks, windowed/whole: 0.2-0.9 up to a quarter, 0.7-1.4 at
+#: 0.27-0.39, 1.1-1.6 at a half), and not on frames under 256 x 256 px.
 WINDOW_MIN_PIXELS = 256 * 256
 WINDOW_BLOCK_PX = 16  # a multiple of 8: blocks are tested 8 pixels per 64-bit word
 WINDOW_MAX_OCCUPIED = 0.25
