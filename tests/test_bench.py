@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from temseg.bench import BenchReport, StageResult, evaluate, format_report
 from temseg.cli import app
+from temseg.engine import tensorrt_importable
 from temseg.store import connect, recorded_paths
 
 STAGES = {"engine", "engine_batched", "decode", "naive", "daemon", "daemon_paced"}
@@ -130,6 +131,16 @@ def test_size_must_fit_the_network(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "multiple" in result.output
+    assert not (tmp_path / "w" / "frames").exists()
+
+
+@pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is installed here")
+def test_an_unavailable_backend_fails_before_any_work(tmp_path: Path) -> None:
+    args = ["bench", "--frames", "1", "--size", "64", "--backend", "tensorrt"]
+    result = CliRunner().invoke(app, [*args, "--workdir", str(tmp_path / "w")])
+    assert result.exit_code == 1
+    assert "TensorRT is not installed" in result.output
+    assert "(c) naive loop" not in result.output  # no baseline ran first
     assert not (tmp_path / "w" / "frames").exists()
 
 

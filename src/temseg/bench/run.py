@@ -25,7 +25,7 @@ from temseg.bench.stages import (
 from temseg.bench.stats import StageResult
 from temseg.config import Settings
 from temseg.daemon.models import frames_per_call
-from temseg.engine import load_engine
+from temseg.engine import check_backend, load_engine
 from temseg.engine.base import resolve_device, resolve_threads
 from temseg.inference import default_tile
 from temseg.model.bundle import BundleError, ModelBundle, load_bundle, save_bundle
@@ -183,6 +183,7 @@ def run_bench(
         if batch < 1:
             raise ValueError(f"batch size must be at least 1, got {batch}")
         resolved = resolve_device(device)
+        check_backend(backend, resolved)  # before minutes of frames and baseline
         tile = defaults.tile or default_tile(resolved)  # as the daemon resolves it
         cpu_threads = resolve_threads(threads)
         bundle, source = _bench_model(model, work)

@@ -36,6 +36,21 @@ def tensorrt_importable() -> bool:
     return True
 
 
+def check_backend(backend: str, device: str) -> None:
+    """Raise :class:`EngineError` now where :func:`load_engine` would for ``backend``
+    on ``device`` before it loads anything: an unknown backend, or TensorRT not
+    installed or without a CUDA device. Commands that do other work first (the
+    benchmark writes frames and runs a baseline) check this before they start.
+    """
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "tensorrt":
+        from temseg.engine.tensorrt_engine import cuda_device, import_tensorrt
+
+        import_tensorrt()
+        cuda_device(device)
+
+
 def choose_backend(device: str, *, tensorrt_available: bool) -> str:
     """The concrete backend ``auto`` means on a resolved ``device`` ("cpu" or "cuda[:N]")."""
     if device.startswith("cuda"):
@@ -66,9 +81,8 @@ def load_engine(
     ``$XDG_CACHE_HOME/temseg/engines``). ``max_size`` (pixels per side) and
     ``batch`` (frames) bound the TensorRT optimisation profile.
     """
-    if backend not in BACKENDS:
-        raise EngineError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     resolved = resolve_device(device)
+    check_backend(backend, resolved)
     on_cuda = resolved.startswith("cuda")
     if backend == "auto":
         backend = choose_backend(resolved, tensorrt_available=on_cuda and tensorrt_importable())
@@ -155,6 +169,7 @@ __all__ = [
     "CPU_DEFAULT_BACKEND",
     "Engine",
     "EngineError",
+    "check_backend",
     "choose_backend",
     "input_allocator",
     "load_engine",

@@ -222,7 +222,8 @@ def import_tensorrt() -> ModuleType:
     return tensorrt
 
 
-def _cuda_device(device: str) -> Any:
+def cuda_device(device: str) -> Any:
+    """The ``torch.device`` TensorRT runs on, or :class:`EngineError` without CUDA."""
     import torch
 
     resolved = resolve_device(device)
@@ -327,7 +328,7 @@ def _load(
     trt = import_tensorrt()
     import torch
 
-    cuda = _cuda_device(device)
+    cuda = cuda_device(device)
     plan = plan_engine(
         trt.__version__,
         bundle,
