@@ -178,8 +178,3 @@ def fold_batch_norm(unet: UNet) -> UNet:
         for layer in fused:
             block.append(layer)
     return folded
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
