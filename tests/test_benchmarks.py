@@ -49,7 +49,8 @@ def test_bench_ceiling_runs_the_daemon_with_a_stand_in_engine(engine_ms: str, wh
 
 def test_bench_host_measures_every_step() -> None:
     out = run_script("bench_host.py", "--size", "128", "--repeats", "1", "--threads", "1")
-    for step in ("SHA-256", "TIFF decode", "threshold + particles", "database record"):
+    steps = ("SHA-256", "TIFF decode", "threshold + particles", "database record", "PackBits mask")
+    for step in (*steps, "decode a raw mask message", "decode a PackBits mask message"):
         assert re.search(rf"{re.escape(step)}.*\d+\.\d ms", out), step
     assert "reader step, 1 thread(s)" in out
     assert re.search(r"particles in a worker .*\d+\.\d ms", out)
