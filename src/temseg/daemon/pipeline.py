@@ -754,8 +754,6 @@ class Daemon:
         from temseg.stream import Publisher
 
         s = self.settings
-        if self.host_threads_idle:
-            run_when_cores_are_idle()
         try:
             publisher = Publisher(
                 s.publish,
@@ -770,6 +768,10 @@ class Daemon:
             return
         self.bound_url = publisher.bound_url
         self._publisher_ready.set()
+        # Only now: ZeroMQ's I/O and CURVE threads, started with the publisher, inherit
+        # this thread's policy and must keep normal priority to serve every subscriber.
+        if self.host_threads_idle:
+            run_when_cores_are_idle()
         try:
             while True:
                 try:
