@@ -123,8 +123,8 @@ def warm_up(
     per shape (``torch.compile``) do it now instead of on the first frame;
     frames of other shapes still compile on their first frame. Shapes are
     not bucketed further: padding a frame beyond the model's size multiple
-    changed up to 0.3 % of the mask pixels near the bottom and right edges
-    of small frames, and a camera delivers few distinct shapes.
+    changes mask pixels near its bottom and right edges, and a camera
+    delivers few distinct shapes.
     """
     multiple = bundle.config.size_multiple
 

@@ -23,6 +23,8 @@ from temseg.options import MaskEncoding
 class PublishSink:
     """See the module docstring; the arguments are :class:`~temseg.stream.Publisher`'s."""
 
+    event: EventKind | None = None  # the recorder emits "published" or "failed" after it
+
     def __init__(
         self,
         url: str,
@@ -43,8 +45,6 @@ class PublishSink:
         self._faults = faults
         self._publisher: Any = None
         self.bound_url: str | None = None
-
-    event: EventKind | None = None  # the recorder emits "published" or "failed" after it
 
     def open(self) -> None:
         from temseg.stream import Publisher

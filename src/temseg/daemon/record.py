@@ -26,6 +26,8 @@ class RecordSink:
     """See the module docstring; ``next_seq()`` is the sequence number the publisher gives
     its next message."""
 
+    event: EventKind | None = "recorded"
+
     def __init__(
         self,
         db: Database,
@@ -37,8 +39,6 @@ class RecordSink:
         self._next_seq = next_seq
         self._give_up = give_up
         self._faults = faults
-
-    event: EventKind | None = "recorded"
 
     def open(self) -> None:
         pass
