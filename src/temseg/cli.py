@@ -278,6 +278,17 @@ def daemon(
         help="Key folder from `temseg keys generate`: encrypt the stream (CURVE) and accept "
         "only the clients whose public keys are in its authorized/.",
     ),
+    metrics: str | None = typer.Option(
+        None,
+        "--metrics",
+        help="HOST:PORT for /metrics, /healthz, /readyz (default 127.0.0.1:9557); 'off'.",
+    ),
+    stuck_after_s: float | None = typer.Option(
+        None, "--stuck-after-s", min=0.001, help="A frame this long in one stage = wedged."
+    ),
+    send_preview_px: int | None = typer.Option(
+        None, "--send-preview-px", min=0, help="Preview of the frame in each message (px; 0 none)."
+    ),
 ) -> None:
     """Watch a folder and segment each new frame until SIGTERM/SIGINT (systemd: Type=notify)."""
     from temseg.config import ConfigError, load_settings
@@ -301,6 +312,9 @@ def daemon(
         "warmup_shapes": warmup_shape or None,
         "log_level": log_level,
         "curve_keys": curve_keys,
+        "metrics": metrics,
+        "stuck_after_s": stuck_after_s,
+        "send_preview_px": send_preview_px,
     }
     try:
         settings = load_settings(config, overrides)
