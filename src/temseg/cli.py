@@ -443,6 +443,71 @@ def subscribe(
 
 
 @app.command()
+def view(
+    connect: str | None = typer.Option(
+        None, "--connect", help="Publisher endpoint (default: the daemon's publish setting)."
+    ),
+    listen: str = typer.Option(
+        "127.0.0.1:8557", "--listen", help="HOST:PORT of the page (port 0: a free one)."
+    ),
+    curve_server_key: str | None = typer.Option(
+        None, "--curve-server-key", help="Server public key file (server.key) for CURVE."
+    ),
+    curve_client_key: str | None = typer.Option(
+        None, "--curve-client-key", help="This client's secret key file (NAME.key_secret)."
+    ),
+    config: str | None = typer.Option(None, "--config", help="Settings file (TOML)."),
+) -> None:
+    """Live page in the browser: newest frame and mask, particles, throughput, errors."""
+    import threading
+    from pathlib import Path
+
+    from temseg.config import ConfigError, load_settings
+    from temseg.daemon.rules import parse_listen
+
+    if (curve_server_key is None) != (curve_client_key is None):
+        typer.echo("error: CURVE needs both --curve-server-key and --curve-client-key", err=True)
+        raise typer.Exit(2)
+    try:
+        address = parse_listen(listen, "--listen")
+        if address is None:
+            raise ConfigError("--listen 'off': nothing to serve; give HOST:PORT")
+        if connect is None:
+            connect = _local_endpoint(load_settings(config).publish)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        from temseg.view.server import Viewer
+    except ImportError as exc:
+        typer.echo(f"error: {exc.name} is missing: pip install 'temseg[view]'", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        viewer = Viewer(
+            connect,
+            *address,
+            curve_keys=None if curve_server_key is None else Path(curve_server_key),
+            client_key=None if curve_client_key is None else Path(curve_client_key),
+        )
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"viewer: {viewer.url} (stream {connect}); Ctrl-C stops")
+    with viewer:
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+def _local_endpoint(publish: str) -> str:
+    """The daemon's ``publish`` endpoint as this machine connects to it (``*`` -> 127.0.0.1)."""
+    import re
+
+    return re.sub(r"^tcp://(\*|0\.0\.0\.0):", "tcp://127.0.0.1:", publish)
+
+
+@app.command()
 def status(
     db: str | None = typer.Option(None, "--db", help="Database URL or file (default: settings)."),
     minutes: float = typer.Option(10.0, "--minutes", min=0.01, help="Throughput window."),

@@ -150,6 +150,7 @@ def bench_daemon(
         device=device,
         threads=threads,
         log_level="WARNING",
+        metrics="127.0.0.1:0",
     )
     if batch_size is not None:
         settings.batch_size = batch_size
