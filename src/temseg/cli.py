@@ -350,12 +350,25 @@ def demo(
     model: str | None = typer.Option(None, "--model", help="Model bundle (default: bundled)."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary frames and database."),
     log_level: str = typer.Option("WARNING", "--log-level", help="Daemon log level."),
+    view: bool = typer.Option(False, "--view", help="Serve the live page on the demo stream."),
+    listen: str = typer.Option(
+        "127.0.0.1:8557", "--listen", help="With --view: HOST:PORT of the page (0: free port)."
+    ),
 ) -> None:
     """Live demo: a simulated camera writes Au/CdSe frames, the daemon segments them."""
+    import threading
+
     from temseg.config import ConfigError
     from temseg.daemon import configure_logging
     from temseg.daemon.demo import run_demo
     from temseg.model.bundle import BundleError
+
+    def linger() -> None:
+        typer.echo("all frames in: the page stays up until Ctrl-C")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
 
     configure_logging(log_level)
     try:
@@ -367,8 +380,13 @@ def demo(
             publish=publish,
             model=model,
             keep=keep,
+            view=listen if view else None,
+            linger=linger if view else None,
             echo=typer.echo,
         )
+    except ImportError as exc:
+        typer.echo(f"error: {exc.name} is missing: pip install 'temseg[view]'", err=True)
+        raise typer.Exit(2) from exc
     except (ConfigError, BundleError, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
