@@ -69,8 +69,8 @@ class Endpoint:
             raise OSError(
                 exc.errno, f"cannot serve metrics on {host}:{port}: {exc.strerror}"
             ) from exc
-        bound_host, bound_port = self._server.server_address[:2]
-        shown = f"[{bound_host}]" if ":" in str(bound_host) else str(bound_host)
+        bound_host, bound_port = str(self._server.server_address[0]), self._server.server_port
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         #: The base URL, e.g. ``http://127.0.0.1:9557`` (the port chosen for port 0).
         self.url = f"http://{shown}:{bound_port}"
         self._thread = threading.Thread(

@@ -106,9 +106,10 @@ class ViewState:
         self._changed.notify_all()
 
     def _frame(self, message: StreamMessage, name: str) -> dict[str, Any]:
-        header = message.header
+        header, mask = message.header, message.mask
+        assert mask is not None  # a mask message
         preview = header.get("preview") or source_image(str(header.get("source", "")))
-        image, shape = None, tuple(message.mask.shape)
+        image, shape = None, tuple(mask.shape)
         if isinstance(preview, dict) and "png" in preview:
             image = "data:image/png;base64," + str(preview["png"])
             shape = tuple(int(n) for n in preview["shape"])
@@ -125,7 +126,7 @@ class ViewState:
             "latency_s": float(header.get("latency_ms", 0.0)) / 1e3,
             "seq": header.get("seq"),
             "image": image,
-            "overlay": _data_url(overlay_png(message.mask, (shape[0], shape[1]))),
+            "overlay": _data_url(overlay_png(mask, (shape[0], shape[1]))),
         }
 
     def wait_change(self, version: int, timeout_s: float) -> int:
