@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from temseg.cli import app
 from temseg.stream import Subscriber
+from temseg.stream.keys import generate_keys
 from temseg.view.server import Viewer
 
 PREVIEW_PX = 48
@@ -184,3 +185,20 @@ def test_view_refuses_a_bad_listen_address_in_one_line() -> None:
     result = CliRunner().invoke(app, ["view", "--connect", "tcp://127.0.0.1:1", "--listen", "x"])
     assert result.exit_code == 2
     assert "--listen 'x': expected HOST:PORT" in result.output
+
+
+def test_the_viewer_subscribes_with_curve_keys(make_daemon: Any, acq: Path, tmp_path: Path) -> None:
+    keys = generate_keys(tmp_path / "keys", clients=["viewer"])
+    daemon = make_daemon(curve_keys=tmp_path / "keys")
+    with Viewer(
+        daemon.bound_url,
+        "127.0.0.1",
+        0,
+        curve_keys=keys.server_public,
+        client_key=keys.client_secrets["viewer"],
+    ) as viewer:
+        time.sleep(0.5)
+        write_renamed(acq / "secret.tif", tiff_bytes(3))
+        assert wait_for(
+            lambda: (viewer.state.snapshot()["latest"] or {}).get("name") == "secret.tif"
+        )
