@@ -27,8 +27,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("KERAS_BACKEND", "torch")
-
 import numpy as np
 import torch
 from scipy.signal import medfilt2d
@@ -39,16 +37,16 @@ from temseg.frames.read import read_frame
 from temseg.inference import predict_probability
 from temseg.model.zoo import import_model
 
-
 # --- the originals, rebuilt from the papers' code ---------------------------------------------
 
 
-def keras_get_unet(size: int = 512):  # noqa: ANN201 - a keras.Model
-    """pyNanoFind's get_unet((size, size, 1), 2), layer for layer."""
+def keras_get_unet(size: int = 512):
+    """pyNanoFind's get_unet((size, size, 1), 2), layer for layer, in Keras 3 on PyTorch."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
     import keras
     from keras import layers
 
-    def conv_bn(x, filters):  # noqa: ANN001, ANN202
+    def conv_bn(x, filters):
         x = layers.Conv2D(filters, (3, 3), padding="same")(x)
         return layers.BatchNormalization(epsilon=1e-4)(x)
 
@@ -191,7 +189,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pynanofind", type=Path, nargs="*", default=[])
     parser.add_argument("--hrtem", type=Path, nargs="*", default=[])
-    parser.add_argument("--frames", type=Path, default=Path("../shared/data/real-tem/au-tetrahedra"))
+    parser.add_argument(
+        "--frames", type=Path, default=Path("../shared/data/real-tem/au-tetrahedra")
+    )
     parser.add_argument("--last", type=int, default=6, help="frames: the last N sorted by name")
     parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime"])
     parser.add_argument("--json", type=Path, default=None)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy.signal import medfilt2d
+from test_trainer import write_dataset
 from torch import nn
 from typer.testing import CliRunner
 
@@ -28,6 +28,7 @@ from temseg.model.bundle import BundleError, load_bundle, save_bundle
 from temseg.model.unet import UNetConfig, build_unet, fold_batch_norm
 from temseg.model.zoo import ImportFailed, import_model
 from temseg.store import connect, list_models
+from temseg.trainer.loop import TrainConfig, train
 
 SIZE = 64  # pixels; a multiple of 16, the networks' size multiple
 
@@ -35,13 +36,13 @@ SIZE = 64  # pixels; a multiple of 16, the networks' size multiple
 # --- the originals ----------------------------------------------------------------------------
 
 
-def keras_get_unet(size: int):  # noqa: ANN201 - a keras.Model
+def keras_get_unet(size: int):
     """pyNanoFind's get_unet((size, size, 1), 2) in Keras 3."""
     os.environ.setdefault("KERAS_BACKEND", "torch")
     keras = pytest.importorskip("keras")
     from keras import layers
 
-    def conv_bn(x, filters):  # noqa: ANN001, ANN202
+    def conv_bn(x, filters):
         x = layers.Conv2D(filters, (3, 3), padding="same")(x)
         return layers.BatchNormalization(epsilon=1e-4)(x)
 
@@ -315,8 +316,10 @@ def test_cli_import_registers_and_prints_the_id(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'temseg.db'}"
     result = CliRunner().invoke(
         app,
-        ["models", "import", str(source), "--format", "hrtem-generalization"]
-        + ["--out", str(tmp_path / "cdse"), "--db", db, "--name", "cdse-fold0"],
+        [
+            *("models", "import", str(source), "--format", "hrtem-generalization"),
+            *("--out", str(tmp_path / "cdse"), "--db", db, "--name", "cdse-fold0"),
+        ],
     )
     assert result.exit_code == 0, result.output
     model_id = result.output.strip()
@@ -330,26 +333,28 @@ def test_cli_import_registers_and_prints_the_id(tmp_path: Path) -> None:
     assert promoted.exit_code == 0, promoted.output
 
     bad = CliRunner().invoke(
-        app, ["models", "import", str(source), "--format", "pynanofind", "--out", str(tmp_path / "x")]
+        app,
+        ["models", "import", str(source), "--format", "pynanofind", "--out", str(tmp_path / "x")],
     )
     assert bad.exit_code == 1 and "Traceback" not in bad.output
     assert bad.output.count("\n") == 1 and "not an HDF5 file" in bad.output
 
 
 def test_fine_tune_an_imported_model(tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_trainer import write_dataset
-
-    from temseg.trainer.loop import TrainConfig, train
-
     source = tmp_path / "unet481632_AuDots_final.h5"
     keras_weights_file(source)
     start = import_model(source, "pynanofind", tmp_path / "imported")
     data = write_dataset(tmp_path / "data", 4, pixel_nm=None)
     result = train(
         TrainConfig(
-            data=[data], out=tmp_path / "tuned", init=tmp_path / "imported",
-            epochs=1, patch=64, batch=2, device="cpu", patience=0,
+            data=[data],
+            out=tmp_path / "tuned",
+            init=tmp_path / "imported",
+            epochs=1,
+            patch=64,
+            batch=2,
+            device="cpu",
+            patience=0,
         )
     )
     tuned = load_bundle(result.bundle_path)

@@ -708,7 +708,7 @@ def models_import(
     try:
         bundle = import_model(
             file,
-            fmt,  # type: ignore[arg-type]
+            fmt,
             out,
             name=name,
             pixel_nm=pixel_nm,

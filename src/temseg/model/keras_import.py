@@ -47,7 +47,9 @@ def read_keras_weights(path: str | Path) -> list[tuple[str, list[np.ndarray]]]:
                 for n in layer.attrs.get("weight_names", [])
             ]
             if weight_names:
-                layers.append((name, [np.asarray(layer[w], dtype=np.float32) for w in weight_names]))
+                layers.append(
+                    (name, [np.asarray(layer[w], dtype=np.float32) for w in weight_names])
+                )
     return layers
 
 
@@ -124,7 +126,9 @@ def _assign_bn(path: Path, layer: tuple[str, list[np.ndarray]], bn: nn.BatchNorm
     name, weights = layer
     if len(weights) != 4:
         raise KerasFileError(f"{path}: layer {name} is not a batch normalisation")
-    for array, target in zip(weights, (bn.weight, bn.bias, bn.running_mean, bn.running_var)):
+    for array, target in zip(
+        weights, (bn.weight, bn.bias, bn.running_mean, bn.running_var), strict=True
+    ):
         assert target is not None
         _check(path, name, array.shape, tuple(target.shape))
         target.copy_(torch.from_numpy(array))

@@ -137,7 +137,10 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
 
 
 def onnx_matches(
-    path: str | Path, bundle_or_model: ModelBundle | Network | ProbabilityModel, *, fp16: bool = False
+    path: str | Path,
+    bundle_or_model: ModelBundle | Network | ProbabilityModel,
+    *,
+    fp16: bool = False,
 ) -> bool:
     """True when ``path`` is a readable, current ONNX export of these weights at this precision."""
     try:

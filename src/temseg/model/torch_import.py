@@ -71,12 +71,16 @@ class ModuleRecord:
     """Stand-in for a pickled ``nn.Module``: its class name and pickled ``state``, nothing else."""
 
     origin: tuple[str, str] = ("", "")
-    state: dict[str, Any] = {}  # replaced, never mutated, by __setstate__
 
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, dict):
             raise UnsafePickleError(f"unexpected state for {'.'.join(self.origin)}")
-        self.state = state
+        self._state = state
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The pickled attributes (``_parameters``, ``_modules``, settings); empty if none."""
+        return dict(self.__dict__.get("_state", {}))
 
     @property
     def class_name(self) -> str:
@@ -179,7 +183,9 @@ def read_torch_file(path: str | Path) -> Any:
             except KeyError as exc:
                 raise TorchFileError(f"{path}: storage {key} is missing") from exc
             if info.file_size != size:
-                raise TorchFileError(f"{path}: storage {key} holds {info.file_size} bytes, not {size}")
+                raise TorchFileError(
+                    f"{path}: storage {key} holds {info.file_size} bytes, not {size}"
+                )
             data = bytearray(archive.read(member))
             if not data:
                 return torch.empty(0, dtype=dtype)

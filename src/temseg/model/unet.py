@@ -71,7 +71,9 @@ class UNetConfig:
         if "filters" in known:
             known["filters"] = tuple(int(f) for f in known["filters"])
         if known.get("kind", "unet") not in KINDS:
-            raise ValueError(f"unknown architecture kind {known['kind']!r}; known: {', '.join(KINDS)}")
+            raise ValueError(
+                f"unknown architecture kind {known['kind']!r}; known: {', '.join(KINDS)}"
+            )
         return cls(**known)
 
     @classmethod

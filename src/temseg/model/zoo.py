@@ -43,7 +43,12 @@ NORMALISATION: dict[Format, str] = {"pynanofind": "pynanofind", "hrtem-generaliz
 #: nm per pixel at each magnification of HRTEM-Generalization's data
 #: (``trained_models/model_details.csv``), keyed by the file name's "330kX" token.
 HRTEM_PIXEL_NM = {"160kX": 0.042, "205kX": 0.033, "260kX": 0.026, "330kX": 0.02}
-_MATERIAL_TOKENS = (("AuCdSe", ("Au", "CdSe")), ("CdSe", ("CdSe",)), ("Ag", ("Ag",)), ("Au", ("Au",)))
+_MATERIAL_TOKENS = (
+    ("AuCdSe", ("Au", "CdSe")),
+    ("CdSe", ("CdSe",)),
+    ("Ag", ("Ag",)),
+    ("Au", ("Au",)),
+)
 #: their module attribute names -> temseg's, per residual block
 _BLOCK_NAMES = {
     "conv1": "body.0",
@@ -113,7 +118,9 @@ def load_hrtem_generalization(path: str | Path) -> ResidualUNet:
         root = read_torch_file(path)
         theirs = module_state_dict(root)
     except TorchFileError as exc:
-        raise ImportFailed(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from exc
+        raise ImportFailed(
+            str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+        ) from exc
     if isinstance(root, ModuleRecord):
         _hrtem_checks(root, path)
     try:
