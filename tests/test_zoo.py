@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from framekit import frame_rows, write_renamed
 from scipy.signal import medfilt2d
+from test_calibrate import write_frame
 from test_trainer import write_dataset
 from torch import nn
 from typer.testing import CliRunner
 
+from temseg.calibrate.run import calibrate
 from temseg.cli import app
 from temseg.engine import load_engine
 from temseg.frames.normalise import normalise
@@ -27,7 +32,7 @@ from temseg.inference import predict_probability
 from temseg.model.bundle import BundleError, load_bundle, save_bundle
 from temseg.model.unet import UNetConfig, build_unet, fold_batch_norm
 from temseg.model.zoo import ImportFailed, import_model
-from temseg.store import connect, list_models
+from temseg.store import connect, latest_calibration, list_models, promote_model, register_model
 from temseg.trainer.loop import TrainConfig, train
 
 SIZE = 64  # pixels; a multiple of 16, the networks' size multiple
@@ -306,7 +311,8 @@ def test_wrong_format_gives_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(ImportFailed, match="not a PyTorch archive") as caught:
         import_model(keras_file, "hrtem-generalization", tmp_path / "x")
     assert "\n" not in str(caught.value)
-    with pytest.raises(ImportFailed, match="not an HDF5 file"):
+    assert "is it a --format pynanofind file?" in str(caught.value)
+    with pytest.raises(ImportFailed, match="not an HDF5 file.*--format hrtem-generalization"):
         import_model(torch_file, "pynanofind", tmp_path / "x")
 
 
@@ -361,3 +367,47 @@ def test_fine_tune_an_imported_model(tmp_path: Path) -> None:
     assert tuned.config == start.config and tuned.normalisation == "pynanofind"
     assert tuned.metadata["training"]["init"] == start.model_id
     assert tuned.model_id != start.model_id
+
+
+def test_an_imported_model_is_promoted_and_calibrated(tmp_path: Path) -> None:
+    source = tmp_path / "UNet_5nmAu330kX423eUTC_fold0_seed962_model.h5"
+    hrtem_file(source)
+    bundle = import_model(source, "hrtem-generalization", tmp_path / "bundle")
+    db = f"sqlite:///{tmp_path / 'temseg.db'}"
+    engine = connect(db)
+    register_model(engine, bundle.model_id, "au", str(bundle.path), bundle.metadata)
+    promote_model(engine, bundle.model_id)
+    rng = np.random.default_rng(4)
+    for i in range(2):
+        write_frame(tmp_path / "data", f"au{i}", "Au", rng, pixel_nm=0.02)
+    result = calibrate("Au", [tmp_path / "data"], db=db, out=tmp_path, backend="onnxruntime")
+    assert result.model_id == bundle.model_id
+    assert latest_calibration(engine, "Au", bundle.model_id) is not None
+    engine.dispose()
+
+
+def test_the_daemon_serves_an_imported_model(tmp_path: Path, acq: Path, db_path: Path,
+                                             make_daemon: Any) -> None:  # fmt: skip
+    source = tmp_path / "unet481632_AuDots_final.h5"
+    keras_weights_file(source)
+    bundle = import_model(source, "pynanofind", tmp_path / "bundle")
+    daemon = make_daemon(model=str(bundle.path), material="Au")
+    write_renamed(acq / "one.tif", tifffile_bytes(frame(5, 128)))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = frame_rows(db_path) if db_path.exists() else []
+        if rows:  # a row is written when the frame is done or failed
+            break
+        time.sleep(0.2)
+    assert daemon.model is not None and daemon.model.model_id == bundle.model_id
+    assert [(r["status"], r["model_id"]) for r in rows] == [("done", bundle.model_id)]
+
+
+def tifffile_bytes(image: np.ndarray) -> bytes:
+    import io
+
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image)
+    return buffer.getvalue()

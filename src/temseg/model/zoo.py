@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -145,15 +146,30 @@ def load_hrtem_generalization(path: str | Path) -> ResidualUNet:
     return net.eval()
 
 
+def _other_format_hint(path: Path, fmt: Format) -> str:
+    """"; is it a --format X file?" when the file looks like the other format."""
+    if fmt == "pynanofind" and zipfile.is_zipfile(path):
+        return "; a zip archive: is it a --format hrtem-generalization file?"
+    with path.open("rb") as handle:
+        magic = handle.read(8)
+    if fmt == "hrtem-generalization" and magic == b"\x89HDF\r\n\x1a\n":
+        return "; an HDF5 file: is it a --format pynanofind file?"
+    return ""
+
+
 def load_foreign(path: str | Path, fmt: Format) -> Network:
     """The network stored in ``path`` in format ``fmt``, in eval mode (nothing written)."""
-    if fmt == "pynanofind":
-        try:
-            return load_pynanofind(path)
-        except KerasFileError as exc:
-            raise ImportFailed(str(exc)) from exc
-    if fmt == "hrtem-generalization":
-        return load_hrtem_generalization(path)
+    path = Path(path)
+    try:
+        if fmt == "pynanofind":
+            try:
+                return load_pynanofind(path)
+            except KerasFileError as exc:
+                raise ImportFailed(str(exc)) from exc
+        if fmt == "hrtem-generalization":
+            return load_hrtem_generalization(path)
+    except ImportFailed as exc:
+        raise ImportFailed(f"{exc}{_other_format_hint(path, fmt)}") from exc
     raise ImportFailed(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
