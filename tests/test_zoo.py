@@ -312,7 +312,7 @@ def test_wrong_format_gives_one_line_errors(tmp_path: Path) -> None:
         import_model(keras_file, "hrtem-generalization", tmp_path / "x")
     assert "\n" not in str(caught.value)
     assert "is it a --format pynanofind file?" in str(caught.value)
-    with pytest.raises(ImportFailed, match="not an HDF5 file.*--format hrtem-generalization"):
+    with pytest.raises(ImportFailed, match=r"not an HDF5 file.*--format hrtem-generalization"):
         import_model(torch_file, "pynanofind", tmp_path / "x")
 
 
