@@ -147,7 +147,7 @@ def load_hrtem_generalization(path: str | Path) -> ResidualUNet:
 
 
 def _other_format_hint(path: Path, fmt: Format) -> str:
-    """A hint naming the other format when the file looks like it, else "."""
+    """A hint naming the other format when the file looks like it, else an empty string."""
     if fmt == "pynanofind" and zipfile.is_zipfile(path):
         return "; a zip archive: is it a --format hrtem-generalization file?"
     with path.open("rb") as handle:
