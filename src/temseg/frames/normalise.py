@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
 from temseg.frames.read import FrameError
 
@@ -100,13 +99,32 @@ def replace_outliers(image: np.ndarray, sigma: float = OUTLIER_SIGMA) -> np.ndar
     A pixel is replaced when it differs from the median of its 3 x 3
     neighbourhood (mirrored at the edges) by more than ``sigma`` standard
     deviations of the whole image: pyNanoFind's x-ray (hot pixel) removal.
+    The median of the nine values lies between the smallest and the largest
+    of the eight neighbours, so only pixels further than that from one of
+    those bounds can be replaced; medians are taken for those pixels only
+    (the same result as a full median filter at a fraction of its cost).
     """
     values = np.asarray(image, dtype=np.float32)
-    median = ndimage.median_filter(values, size=3, mode="mirror")
-    threshold = sigma * float(np.std(image, dtype=np.float64))
-    outliers = np.abs(values - median) > threshold
     cleaned = values.copy()
-    cleaned[outliers] = median[outliers]
+    if values.ndim != 2 or min(values.shape) < 2:
+        return cleaned
+    threshold = np.float32(sigma * float(np.std(image, dtype=np.float64)))
+    padded = np.pad(values, 1, mode="reflect")  # numpy's "reflect" is ndimage's "mirror"
+    h, w = values.shape
+    offsets = [(dy, dx) for dy in range(3) for dx in range(3)]
+    neighbours = [padded[dy : dy + h, dx : dx + w] for dy, dx in offsets if (dy, dx) != (1, 1)]
+    low, high = neighbours[0].copy(), neighbours[0].copy()
+    for view in neighbours[1:]:
+        np.minimum(low, view, out=low)
+        np.maximum(high, view, out=high)
+    low -= values
+    high -= values
+    ys, xs = np.nonzero((low < -threshold) | (high > threshold))
+    if ys.size:
+        window = np.stack([padded[ys + dy, xs + dx] for dy, dx in offsets], axis=1)
+        median = np.median(window, axis=1).astype(np.float32)
+        far = np.abs(values[ys, xs] - median) > threshold
+        cleaned[ys[far], xs[far]] = median[far]
     return cleaned
 
 
