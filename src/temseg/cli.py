@@ -529,7 +529,11 @@ def train(
     materials: str | None = typer.Option(
         None, "--materials", help="Comma-separated materials to train on (default: all)."
     ),
-    preset: str = typer.Option("groschner2021", "--preset", help="groschner2021 | wide."),
+    preset: str = typer.Option(
+        "groschner2021",
+        "--preset",
+        help="groschner2021 | wide | pynanofind | hrtem-generalization.",
+    ),
     epochs: int = typer.Option(50, "--epochs", min=1),
     patch: int = typer.Option(512, "--patch", help="Training patch size (pixels)."),
     batch: int = typer.Option(8, "--batch", min=1),
