@@ -297,6 +297,27 @@ def test_a_pickle_with_code_is_refused_and_not_run(tmp_path: Path) -> None:
     assert marker.exists()
 
 
+def test_a_plain_pickle_is_not_read_at_all(tmp_path: Path) -> None:
+    import pickle
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "model.h5"
+    path.write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(ImportFailed, match="not a PyTorch archive"):
+        import_model(path, "hrtem-generalization", tmp_path / "bundle")
+    assert not marker.exists()
+
+
+def test_other_fixed_settings_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bilinear.h5"
+    model = hrtem_file(path)
+    for upsample in model.upsamples:
+        upsample.mode = "bilinear"
+    torch.save(model, path)
+    with pytest.raises(ImportFailed, match="not nearest-neighbour 2x"):
+        import_model(path, "hrtem-generalization", tmp_path / "bundle")
+
+
 def test_unknown_classes_are_refused_without_import(tmp_path: Path) -> None:
     path = tmp_path / "net.h5"
     torch.save(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU()), path)

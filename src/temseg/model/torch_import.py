@@ -57,6 +57,8 @@ STORAGE_DTYPES: dict[str, torch.dtype] = {
     "BoolStorage": torch.bool,
 }
 MAX_PICKLE_BYTES = 16 << 20
+#: All tensors of one file together; the published networks hold under 1 MiB.
+MAX_TENSOR_BYTES = 1 << 30
 
 
 class TorchFileError(ValueError):
@@ -175,9 +177,14 @@ def read_torch_file(path: str | Path) -> Any:
         if archive.getinfo(pickles[0]).file_size > MAX_PICKLE_BYTES:
             raise TorchFileError(f"{path}: the pickle is larger than {MAX_PICKLE_BYTES} bytes")
 
+        total = [0]
+
         def read_storage(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
             member = f"{prefix}data/{key}"
             size = numel * torch.empty((), dtype=dtype).element_size()
+            total[0] += size
+            if total[0] > MAX_TENSOR_BYTES:
+                raise TorchFileError(f"tensors larger than {MAX_TENSOR_BYTES} bytes in all")
             try:
                 info = archive.getinfo(member)
             except KeyError as exc:
