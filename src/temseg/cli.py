@@ -722,9 +722,18 @@ def models_import(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     if db is not None:
+        from sqlalchemy.exc import SQLAlchemyError
+
         from temseg.trainer.export import register_bundle
 
-        register_bundle(db, bundle)
+        try:
+            register_bundle(db, bundle)
+        except (SQLAlchemyError, OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0]
+            typer.echo(
+                f"error: bundle {bundle.path} written but not registered: {reason}", err=True
+            )
+            raise typer.Exit(1) from exc
     typer.echo(bundle.model_id)
 
 

@@ -6,7 +6,7 @@ Two formats (see docs/models.md for where the files come from):
   U-Net (:mod:`temseg.model.keras_import`); input normalisation
   "pynanofind"; pixel size unknown unless given.
 - ``"hrtem-generalization"``: whole PyTorch modules saved with
-  ``torch.save`` (named ``*_model.h5``) of HTREM-Generalization's residual
+  ``torch.save`` (named ``*_model.h5``) of HRTEM-Generalization's residual
   U-Net, read without running pickled code
   (:mod:`temseg.model.torch_import`); per-frame z-score normalisation; pixel
   size from the magnification in the file name (:data:`HRTEM_PIXEL_NM`).
