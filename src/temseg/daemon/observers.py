@@ -73,7 +73,7 @@ class StatsObserver:
 
 
 class LogObserver:
-    """One log line per frame outcome (INFO, WARNING on failure), DEBUG for the others."""
+    """One log line per frame outcome (INFO; WARNING for a failed frame), DEBUG for the others."""
 
     def __init__(self) -> None:
         self._infer_s: dict[int, float] = {}  # by ticket, from inferred to the outcome
@@ -109,9 +109,9 @@ class LogObserver:
                 event.frame_id or 0,
                 event.error,
             )
-        elif kind == "abandoned":
+        elif kind == "abandoned":  # the daemon's stop says so once, at ERROR
             self._infer_s.pop(event.ticket, None)
-            logger.warning(
+            logger.info(
                 "frame not recorded path=%s error=%s; the next start's backlog finds it",
                 event.path,
                 event.error,

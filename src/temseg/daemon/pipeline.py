@@ -348,9 +348,9 @@ class Pipeline:
             self._close_sinks()
             return
         self._sinks_open.set()
-        # Only now: ZeroMQ's I/O and CURVE threads, started when the publish sink opened its
-        # socket, inherit this thread's policy and must keep normal priority to serve every
-        # subscriber.
+        # Only now: ZeroMQ's I/O and CURVE threads and pyzmq's zero-copy collector, started
+        # when the publish sink opened its socket, inherit this thread's policy and must
+        # keep normal priority to serve every subscriber.
         if self._host_idle:
             run_when_cores_are_idle()
         try:
