@@ -980,6 +980,9 @@ def bench(
         "--segmenter-processes",
         help="The daemon measures particles in worker processes (its setting of that name).",
     ),
+    metrics: bool = typer.Option(
+        True, "--metrics/--no-metrics", help="The daemon serves its Prometheus metrics or not."
+    ),
     json_out: str | None = typer.Option(None, "--json", help="Write every figure to this file."),
     workdir: str | None = typer.Option(
         None, "--workdir", help="Keep frames, watched folder and database here (default: temp)."
@@ -1012,6 +1015,7 @@ def bench(
             batch_size=batch_size,
             compile=compile_,
             segmenter_processes=segmenter_processes,
+            metrics=metrics,
             workdir=workdir,
             on_status=lambda text: typer.echo(f"bench: {text}", err=True),
         )
