@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from framekit import write_renamed
 from test_daemon import tiff_bytes
 from test_metrics import finished, get, scrape
+from test_viewer import wait_for
 
 from temseg.config import Settings
 from temseg.daemon import Daemon, Notifier
@@ -18,6 +22,18 @@ from temseg.daemon.progress import Progress
 
 STUCK_AFTER_S = 1.0
 WATCHDOG_USEC = 200_000  # a ping every 0.1 s while healthy
+
+
+def release(fifo: Path, timeout_s: float = 30.0) -> None:
+    """End the read blocked on ``fifo``: a writer opens it and closes it (end of file)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            return
+        except OSError:  # ENXIO: the reader has not opened it yet
+            assert time.monotonic() < deadline, f"no reader opened {fifo}"
+            time.sleep(0.05)
 
 
 def pings(server: socket.socket, window_s: float) -> int:
@@ -86,12 +102,15 @@ def test_a_read_that_never_returns_fails_healthz_and_stops_the_watchdog(
         assert samples[("temseg_frames_in_flight", ())] == 1
 
         # The read returns (end of file: an empty, undecodable frame) and the frame fails.
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        release(fifo)
         assert finished(daemon, 2)
         assert get(url + "/healthz") == 200
         assert pings(server, 1.0) >= 1
         assert daemon.stats.failed == 1
     finally:
+        if daemon.pending:  # a failed assertion left the read blocked: stop() would wait
+            with contextlib.suppress(AssertionError):
+                release(fifo, timeout_s=1.0)
         daemon.stop()
         server.close()
 
@@ -123,3 +142,21 @@ def test_progress_counts_the_frame_that_moved_least_recently() -> None:
     progress(event("published", 0))
     progress(event("skipped", 1))
     assert progress.in_flight == 0 and progress.stalled_s() == 0 and progress.seconds_behind() == 0
+
+
+def test_readyz_is_503_while_stopping(make_daemon: Any, acq: Path) -> None:
+    daemon = make_daemon()
+    url = daemon.metrics_url
+    assert get(url + "/readyz") == 200
+    fifo = acq / "hold.fifo"
+    os.mkfifo(fifo)
+    assert daemon.submit(fifo)  # holds stopping until the read returns
+    stopper = threading.Thread(target=daemon.stop)
+    stopper.start()
+    try:
+        assert wait_for(lambda: get(url + "/readyz") == 503, 30)
+        assert get(url + "/healthz") == 503  # not accepting frames any more
+    finally:
+        release(fifo)
+        stopper.join(60)
+    assert not stopper.is_alive() and daemon.stats.failed == 1
