@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from html.parser import HTMLParser
@@ -202,3 +203,14 @@ def test_the_viewer_subscribes_with_curve_keys(make_daemon: Any, acq: Path, tmp_
         assert wait_for(
             lambda: (viewer.state.snapshot()["latest"] or {}).get("name") == "secret.tif"
         )
+
+
+def test_the_daemon_does_not_import_the_web_framework() -> None:
+    code = (
+        "import sys, temseg.daemon.service, temseg.cli; "
+        "print(sorted(m for m in ('starlette', 'uvicorn') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "[]"
