@@ -431,9 +431,13 @@ def status(
     db: str | None = typer.Option(None, "--db", help="Database URL or file (default: settings)."),
     minutes: float = typer.Option(10.0, "--minutes", min=0.01, help="Throughput window."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of text."),
+    by: str = typer.Option(
+        "material", "--by", help="Group the counts by material, instrument or model."
+    ),
     config: str | None = typer.Option(None, "--config", help="Settings file (TOML)."),
 ) -> None:
-    """Frames recorded per status and material, the last frame, recent throughput."""
+    """Frames recorded per status and material (or instrument, model), the last frame,
+    recent throughput."""
     import json
 
     from sqlalchemy.exc import OperationalError
@@ -441,6 +445,9 @@ def status(
     from temseg.config import ConfigError, load_settings
     from temseg.store import SchemaError, connect, status_summary
 
+    if by not in ("material", "instrument", "model"):
+        typer.echo(f"error: --by must be material, instrument or model, not {by!r}", err=True)
+        raise typer.Exit(2)
     try:
         url = load_settings(config, overrides={"db": db}).db
     except ConfigError as exc:
@@ -452,8 +459,11 @@ def status(
             summary = status_summary(engine, window_minutes=minutes)
         finally:
             engine.dispose()
-    except (FileNotFoundError, SchemaError, OperationalError) as exc:
+    except (FileNotFoundError, SchemaError) as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {url}: {_first_line(exc.orig)}", err=True)
         raise typer.Exit(1) from exc
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -464,9 +474,10 @@ def status(
 
     typer.echo(f"database  {summary['database']} (schema {summary['schema_version']})")
     typer.echo(f"model     {summary['active_model'] or 'none active'}")
-    typer.echo(f"frames    {summary['total']}: {counts(summary['by_status'])}")
-    for material, by_status in summary["by_material"].items():
-        typer.echo(f"  {material:8}{counts(by_status)}")
+    grouping = "" if by == "material" else f" (by {by})"
+    typer.echo(f"frames    {summary['total']}: {counts(summary['by_status'])}{grouping}")
+    for group, by_status in summary[f"by_{by}"].items():
+        typer.echo(f"  {group:8}{counts(by_status)}")
     last = summary["last_frame"]
     if last is not None:
         detail = f"{last['n_particles']} particles" if last["status"] == "done" else last["error"]
@@ -479,6 +490,12 @@ def status(
         f"{summary['frames_per_minute']:.2f} frames/min, mean latency "
         + ("-" if mean is None else f"{mean:.0f} ms")
     )
+
+
+def _first_line(error: object) -> str:
+    """A driver's error message, first line only (PostgreSQL's run over several)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 keys_app = typer.Typer(help="CURVE keys for an encrypted, authenticated mask stream.")

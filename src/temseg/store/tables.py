@@ -22,7 +22,6 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -64,13 +63,24 @@ class SchemaInfo(Base):
 
 
 class FrameRow(Base):
-    """One processed (or failed) acquisition frame, unique per (source_path, sha256)."""
+    """A frame's result for a model: one per (sha256, model_id), whether the daemon
+    recorded it live or ``temseg reprocess`` did later.
+
+    ``source_path`` is where the content was found first; ``instrument`` names the
+    microscope whose daemon recorded it (``None`` for reprocessed archives unless
+    given). A failure before any model ran (unreadable file) has ``model_id``
+    ``None`` and is unique per (source_path, sha256) instead. Uniqueness is kept by
+    the writers (:func:`temseg.store.record_frame` serialises on the key), not by a
+    unique index: databases upgraded from version 2 may hold the same content
+    recorded under two paths with one model, and keep both rows.
+    """
 
     __tablename__ = "frames"
     __table_args__ = (
-        UniqueConstraint("source_path", "sha256", name="uq_frames_source_sha256"),
         CheckConstraint("status IN ('done', 'failed')", name="ck_frames_status"),
         Index("ix_frames_processed_at", "processed_at"),
+        Index("ix_frames_sha256_model", "sha256", "model_id"),
+        Index("ix_frames_source_sha256", "source_path", "sha256"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -93,6 +103,7 @@ class FrameRow(Base):
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     backend: Mapped[str | None] = mapped_column(String(32))
+    instrument: Mapped[str | None] = mapped_column(String(64))
 
     particles: Mapped[list[ParticleRow]] = relationship(
         back_populates="frame", cascade="all, delete-orphan", order_by="ParticleRow.label"
