@@ -5,6 +5,9 @@ Each command parses flags and calls into the package; no logic lives here.
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import typer
 
 from temseg import __version__
@@ -490,6 +493,107 @@ def status(
         f"{summary['frames_per_minute']:.2f} frames/min, mean latency "
         + ("-" if mean is None else f"{mean:.0f} ms")
     )
+
+
+@app.command()
+def reprocess(
+    paths: list[str] = typer.Argument(..., help="Frame files and folders of the archive."),
+    db: str | None = typer.Option(None, "--db", help="Database URL or file (default: settings)."),
+    model: str = typer.Option(
+        "auto", "--model", help="ID | DIR | active | bundled (default: active, else bundled)."
+    ),
+    material: str | None = typer.Option(
+        None, "--material", help="Material when neither metadata nor folder rules say."
+    ),
+    scheduler: str = typer.Option(
+        "local", "--scheduler", help="local, or tcp://HOST:PORT of a running Dask scheduler."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Workers of the local cluster."),
+    instrument: str | None = typer.Option(
+        None, "--instrument", help="Microscope name to record (default: settings)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=0, help="CPU threads per worker (0: cores / workers)."
+    ),
+    config: str | None = typer.Option(None, "--config", help="Settings file (TOML)."),
+) -> None:
+    """Segment an archive with a model on Dask; each frame's result is recorded once per
+    model, so a rerun (also after Ctrl-C) does only what is left."""
+    from sqlalchemy.exc import OperationalError
+
+    from temseg.config import ConfigError, load_settings
+    from temseg.reprocess import ReprocessError, Summary
+    from temseg.reprocess import reprocess as run
+    from temseg.store import SchemaError, connect
+
+    try:
+        settings = load_settings(
+            config,
+            overrides={
+                "db": db,
+                "material": material,
+                "instrument": instrument,
+                "threads": threads,
+            },
+        )
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        engine = connect(settings.db)
+    except (FileNotFoundError, SchemaError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {settings.db}: {_first_line(exc.orig)}", err=True)
+        raise typer.Exit(1) from exc
+    bar: Any = None
+
+    def progress(summary: Summary) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = typer.progressbar(length=summary.found, label="reprocess", file=sys.stderr)
+            bar.__enter__()
+        bar.update(summary.handled - bar.pos)
+
+    try:
+        summary = run(
+            paths,
+            engine,
+            model=model,
+            settings=settings,
+            scheduler=scheduler,
+            workers=workers,
+            instrument=settings.instrument,
+            progress=progress,
+        )
+    except ReprocessError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {settings.db}: {_first_line(exc.orig)}", err=True)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        typer.echo("interrupted before reprocessing started; nothing recorded", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+        engine.dispose()
+    for error in summary.errors[:10]:
+        typer.echo(f"  {error}", err=True)
+    if len(summary.errors) > 10:
+        typer.echo(f"  ... and {len(summary.errors) - 10} more", err=True)
+    typer.echo(
+        f"model {summary.model_id}: {summary.found} frames found, {summary.done} done, "
+        f"{summary.failed} failed, {summary.skipped} already recorded, {summary.repeats} "
+        f"repeated content, {summary.unreadable} unreadable; {summary.segmented} segmented "
+        f"in {summary.segment_s:.1f} s ({summary.frames_per_s:.2f} frames/s) on "
+        f"{summary.workers} worker(s), {summary.elapsed_s:.1f} s in all"
+    )
+    if summary.interrupted:
+        typer.echo("interrupted: what was recorded stays; run the same command to resume", err=True)
+        raise typer.Exit(130)
 
 
 def _first_line(error: object) -> str:

@@ -47,6 +47,7 @@ Calibrations::
                        dice, n_images, curve: Mapping, plot_path, criterion) -> int
     latest_calibration(engine, material, model_id) -> CalibrationRecord | None
     latest_threshold(engine, material, model_id) -> float | None  # its threshold only
+    latest_thresholds(engine, model_id) -> dict[str, float]  # per material
 
 Status::
 
@@ -59,6 +60,7 @@ from temseg.store.calibrations import (
     CalibrationRecord,
     latest_calibration,
     latest_threshold,
+    latest_thresholds,
     record_calibration,
 )
 from temseg.store.frames import (
@@ -95,6 +97,7 @@ __all__ = [
     "is_recorded",
     "latest_calibration",
     "latest_threshold",
+    "latest_thresholds",
     "list_models",
     "promote_model",
     "record_calibration",
