@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from temseg import store
 from temseg.segment import find_particles
 from temseg.store import schema
+from temseg.store.tables import FrameRow
 
 SHA = "ab" * 32
 
@@ -405,34 +406,49 @@ def test_concurrent_writers_and_readers(db_url: str) -> None:
             engine.dispose()
 
 
-def test_results_are_keyed_by_content_and_model(engine) -> None:
+def test_a_file_has_one_result_per_model(engine) -> None:
     fields = dict(sha256=SHA, size_bytes=10, status="done", particles=_particles())
     live = store.record_frame(
         engine, source_path="/acq/a.tif", model_id="m1", instrument="titan", **fields
     )
-    # The same content moved to an archive: the result of m1 is already there.
-    moved = store.record_frame(engine, source_path="/archive/a.tif", model_id="m1", **fields)
-    assert moved == live
-    # Another model: a second result for the same content.
-    second = store.record_frame(engine, source_path="/archive/a.tif", model_id="m2", **fields)
+    assert store.record_frame(engine, source_path="/acq/a.tif", model_id="m1", **fields) == live
+    # Another model: a second result for the same file.
+    second = store.record_frame(engine, source_path="/acq/a.tif", model_id="m2", **fields)
     assert second != live
+    # The same content copied elsewhere is a row of its own, as before version 3 ...
+    copy = store.record_frame(engine, source_path="/archive/a.tif", model_id="m1", **fields)
+    assert copy not in (live, second)
+    # ... and whether a model has work left on it is asked by content.
     assert store.result_id(engine, SHA, "m1") == live
     assert store.result_id(engine, SHA, "m2") == second
     assert store.result_id(engine, SHA, "m3") is None
     assert store.recorded_contents(engine, "m2") == {SHA}
     assert store.recorded_contents(engine, "m3") == set()
     assert store.get_frame(engine, live).instrument == "titan"  # type: ignore[union-attr]
-    # Failures before any model ran are kept per path.
+    # Failures before any model ran are kept once per file.
     failed = dict(sha256="ee" * 32, size_bytes=1, status="failed", error="bad")
     one = store.record_frame(engine, source_path="/acq/x.tif", **failed)
     assert store.record_frame(engine, source_path="/acq/x.tif", **failed) == one
     assert store.record_frame(engine, source_path="/acq/y.tif", **failed) != one
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM frames")).scalar() == 4
-        assert conn.execute(text("SELECT count(*) FROM particles")).scalar() == 2 * 2
+        assert conn.execute(text("SELECT count(*) FROM frames")).scalar() == 5
+        assert conn.execute(text("SELECT count(*) FROM particles")).scalar() == 3 * 2
     summary = store.status_summary(engine)
-    assert summary["by_instrument"] == {"?": {"done": 1, "failed": 2}, "titan": {"done": 1}}
-    assert summary["by_model"] == {"?": {"failed": 2}, "m1": {"done": 1}, "m2": {"done": 1}}
+    assert summary["by_instrument"] == {"?": {"done": 2, "failed": 2}, "titan": {"done": 1}}
+    assert summary["by_model"] == {"?": {"failed": 2}, "m1": {"done": 2}, "m2": {"done": 1}}
+
+
+def test_the_database_refuses_a_second_row_for_a_result(engine) -> None:
+    """Writers that bypass record_frame's check still cannot duplicate a result."""
+    fields = dict(sha256=SHA, size_bytes=1, status="done", processed_at=datetime.now(UTC))
+    table = FrameRow.__table__
+    with engine.begin() as conn:
+        conn.execute(table.insert(), {"source_path": "/a", "model_id": "m1", **fields})
+        conn.execute(table.insert(), {"source_path": "/a", "model_id": "m2", **fields})
+        conn.execute(table.insert(), {"source_path": "/a", "model_id": None, **fields})
+    for model_id in ("m1", None):
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(table.insert(), {"source_path": "/a", "model_id": model_id, **fields})
 
 
 def _schema_shape(engine) -> dict[str, object]:
@@ -474,19 +490,14 @@ def test_upgrade_from_version_2_keeps_every_row(tmp_path: Path) -> None:
         assert _schema_shape(eng) == _schema_shape(fresh)
         first = store.get_frame(eng, 1)
         assert first is not None and first.n_particles == len(first.particles) == 2
-        # The same content under a second path (a version 2 duplicate) is kept, and
-        # its model's result is found; a new model gets its own row.
+        # Old rows keep their keys; the file can now have a second model's result.
         assert store.result_id(eng, "aa" * 32, "m2") == 1
-        again = store.record_frame(
-            eng, source_path="/archive/a.tif", sha256="aa" * 32, size_bytes=1000,
-            status="done", model_id="m2",
-        )  # fmt: skip
-        assert again == 1
-        new = store.record_frame(
-            eng, source_path="/archive/a.tif", sha256="aa" * 32, size_bytes=1000,
-            status="done", model_id="m3", instrument="titan",
-        )  # fmt: skip
+        same = dict(source_path="/acq/copy/a.tif", sha256="aa" * 32, size_bytes=1000)
+        assert store.record_frame(eng, **same, status="done", model_id="m2") == 2
+        new = store.record_frame(eng, **same, status="done", model_id="m3", instrument="titan")
         assert new == 4
+        failed = dict(source_path="/acq/Au/broken.tif", sha256="bb" * 32, size_bytes=10)
+        assert store.record_frame(eng, **failed, status="failed", error="again") == 3
         assert store.active_model_id(eng) == "m2"
         assert store.latest_threshold(eng, "Au", "m2") == 0.45
     finally:

@@ -480,7 +480,7 @@ def status(
     grouping = "" if by == "material" else f" (by {by})"
     typer.echo(f"frames    {summary['total']}: {counts(summary['by_status'])}{grouping}")
     for group, by_status in summary[f"by_{by}"].items():
-        typer.echo(f"  {group:8}{counts(by_status)}")
+        typer.echo(f"  {group:8}{' ' if len(group) >= 8 else ''}{counts(by_status)}")
     last = summary["last_frame"]
     if last is not None:
         detail = f"{last['n_particles']} particles" if last["status"] == "done" else last["error"]

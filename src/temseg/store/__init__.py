@@ -17,8 +17,8 @@ Connect::
         create=False: FileNotFoundError instead of creating a missing database.
     SCHEMA_VERSION: int ; SchemaError(RuntimeError) ; DriverError(SchemaError)
 
-Frames: a frame's result for a model, idempotent on (sha256, model_id)
-(model-less failures: on (source_path, sha256))::
+Frames: a frame's result for a model, idempotent on (source_path, sha256, model_id)
+(model-less failures: on (source_path, sha256)); work left is asked by content::
 
     record_frame(engine, *, source_path, sha256, size_bytes, status,  # "done" | "failed"
                  material=None, error=None, model_id=None, threshold=None,
@@ -28,7 +28,7 @@ Frames: a frame's result for a model, idempotent on (sha256, model_id)
                  latency_ms=None, backend=None, instrument=None,
                  particles: Sequence[temseg.segment.Particle] = ()) -> int  # frame id
     is_recorded(engine, source_path, sha256) -> bool    # by any model
-    result_id(engine, sha256, model_id) -> int | None
+    result_id(engine, sha256, model_id) -> int | None   # under any path
     recorded_contents(engine, model_id) -> set[str]     # sha256 with a result of the model
     recorded_paths(engine) -> set[tuple[str, str]]      # (source_path, sha256)
     get_frame(engine, frame_id) -> FrameRecord | None   # .particles: tuple[Particle, ...]

@@ -1,9 +1,11 @@
-"""Record frames' results and their particles; one result per (content, model).
+"""Record frames' results and their particles: a row is a frame's result for a model.
 
-A row is a frame's result for a model, keyed by (sha256, model_id): the daemon's
-live results and ``temseg reprocess``'s share it, so content already segmented
-by a model is not recorded again, wherever the file lies now. A failure before
-any model ran (``model_id`` ``None``) is keyed by (source_path, sha256).
+Rows are unique per (source_path, sha256, model_id), in the database itself; the
+daemon's live results and ``temseg reprocess``'s share them. Whether a model
+still has work on some content is asked by (sha256, model_id)
+(:func:`result_id`, :func:`recorded_contents`), wherever the file lies now. A
+failure before any model ran (``model_id`` ``None``) is unique per
+(source_path, sha256).
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, insert, select, text
+from sqlalchemy import Connection, Dialect, Engine, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from temseg.segment import Particle
-from temseg.store.schema import advisory_key, read_session, write_connection
+from temseg.store.schema import read_session, write_connection
 from temseg.store.tables import FRAME_STATUSES, FrameRow, ParticleRow, utc_now
 
 _FRAMES: Table = FrameRow.metadata.tables[FrameRow.__tablename__]
@@ -37,6 +39,11 @@ _RESULT_ID = (
     .order_by(_FRAMES.c.id)
     .limit(1)
 )
+_ROW_ID = select(_FRAMES.c.id).where(
+    _FRAMES.c.source_path == bindparam("path"),
+    _FRAMES.c.sha256 == bindparam("sha"),
+    _FRAMES.c.model_id == bindparam("model"),
+)
 _MODELLESS_ID = (
     select(_FRAMES.c.id)
     .where(
@@ -48,7 +55,6 @@ _MODELLESS_ID = (
     .limit(1)
 )
 _RESULTS_OF_MODEL = select(_FRAMES.c.sha256).where(_FRAMES.c.model_id == bindparam("model"))
-_KEY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 _INSERT_FRAME = insert(_FRAMES)
 _INSERT_PARTICLES = insert(_PARTICLES)
 #: The particle columns a frame's record fills, in the order of :func:`_particle_values`.
@@ -104,7 +110,8 @@ def is_recorded(engine: Engine, source_path: str, sha256: str) -> bool:
 
 
 def result_id(engine: Engine, sha256: str, model_id: str) -> int | None:
-    """The id of the result of model ``model_id`` for content ``sha256``, or ``None``."""
+    """The id of a result of model ``model_id`` for content ``sha256`` (under any path;
+    the first recorded), or ``None``."""
     with engine.connect() as conn:
         return conn.scalar(_RESULT_ID, {"sha": sha256, "model": model_id})
 
@@ -148,12 +155,12 @@ def record_frame(
 ) -> int:
     """Record a frame's result with its particles and return its id.
 
-    Idempotent: if the result of ``model_id`` for ``sha256`` is already recorded
-    (with ``model_id`` ``None``: a model-less record of (``source_path``,
-    ``sha256``)), nothing is written and the existing id is returned, also when
-    another process records it at the same moment. ``status`` is ``"done"`` or
-    ``"failed"``; ``received_at`` must be timezone-aware; ``processed_at`` is set
-    to now (UTC); ``instrument`` names the microscope.
+    Idempotent: if (``source_path``, ``sha256``, ``model_id``) is already
+    recorded, nothing is written and the existing id is returned, also when
+    another process records it at the same moment (the database's unique index
+    decides). ``status`` is ``"done"`` or ``"failed"``; ``received_at`` must be
+    timezone-aware; ``processed_at`` is set to now (UTC); ``instrument`` names the
+    microscope.
     """
     if status not in FRAME_STATUSES:
         raise ValueError(f"status must be one of {FRAME_STATUSES}, got {status!r}")
@@ -181,20 +188,14 @@ def record_frame(
         "backend": backend,
         "instrument": instrument,
     }
-    params: dict[str, str]
+    params: dict[str, str] = {"path": source_path, "sha": sha256}
     if model_id is None:
-        lookup, params = _MODELLESS_ID, {"path": source_path, "sha": sha256}
-        lock_name = f"frame {sha256} path {source_path}"
+        lookup = _MODELLESS_ID
     else:
-        lookup, params = _RESULT_ID, {"sha": sha256, "model": model_id}
-        lock_name = f"frame {sha256} model {model_id}"
+        lookup, params["model"] = _ROW_ID, model_id
     try:
         # Core, not the ORM: its unit of work doubled the cost of a frame's record.
         with write_connection(engine) as conn:
-            if conn.dialect.name == "postgresql":
-                # Writers of one key queue here (SQLite's BEGIN IMMEDIATE queues all writers),
-                # so the check below and the insert are one step for every temseg writer.
-                conn.execute(_KEY_LOCK, {"key": advisory_key(lock_name)})
             existing = conn.scalar(lookup, params)
             if existing is not None:
                 return int(existing)
@@ -205,7 +206,7 @@ def record_frame(
                 _insert_particles(conn, frame_id, particles)
             return frame_id
     except IntegrityError:
-        # A writer that does not take the lock recorded the same frame meanwhile.
+        # Another writer recorded the same row between our check and insert.
         with engine.connect() as conn:
             found = conn.scalar(lookup, params)
         if found is None:

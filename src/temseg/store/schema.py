@@ -58,13 +58,13 @@ class DriverError(SchemaError):
     """The database driver for a URL is not installed (the message names the extra)."""
 
 
-def advisory_key(name: str) -> int:
+def _advisory_key(name: str) -> int:
     """A signed 64-bit key for PostgreSQL's advisory locks, derived from ``name``."""
     digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
 
 
-_SCHEMA_LOCK = advisory_key("temseg schema")
+_SCHEMA_LOCK = _advisory_key("temseg schema")
 _LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
 
@@ -103,10 +103,11 @@ CREATE TABLE frames_v3 (
 
 
 def _upgrade_2_to_3(conn: Connection) -> None:
-    """Version 3 makes a row a frame's result for a model: the unique
-    (source_path, sha256) goes (a file may have results of several models), lookups
-    by (sha256, model_id) and (source_path, sha256) get indexes, and every row can
-    name its ``instrument``.
+    """Version 3 makes a row a frame's result for a model: unique per (source_path,
+    sha256, model_id) instead of (source_path, sha256), so a file may have results
+    of several models (model-less failures stay unique per (source_path, sha256));
+    lookups by (sha256, model_id) get an index; every row can name its
+    ``instrument``. Every version 2 row satisfies the new keys.
 
     SQLite cannot drop a table constraint, so there the table is rebuilt (the
     caller runs SQLite upgrades with foreign keys off, as SQLite documents for
@@ -123,8 +124,16 @@ def _upgrade_2_to_3(conn: Connection) -> None:
     else:
         conn.execute(text("ALTER TABLE frames DROP CONSTRAINT uq_frames_source_sha256"))
         conn.execute(text("ALTER TABLE frames ADD COLUMN instrument VARCHAR(64)"))
+    conn.execute(
+        text("CREATE UNIQUE INDEX uq_frames_result ON frames (source_path, sha256, model_id)")
+    )
+    conn.execute(
+        text(
+            "CREATE UNIQUE INDEX uq_frames_modelless ON frames (source_path, sha256) "
+            "WHERE model_id IS NULL"
+        )
+    )
     conn.execute(text("CREATE INDEX ix_frames_sha256_model ON frames (sha256, model_id)"))
-    conn.execute(text("CREATE INDEX ix_frames_source_sha256 ON frames (source_path, sha256)"))
 
 
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}

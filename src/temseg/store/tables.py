@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -63,24 +64,30 @@ class SchemaInfo(Base):
 
 
 class FrameRow(Base):
-    """A frame's result for a model: one per (sha256, model_id), whether the daemon
-    recorded it live or ``temseg reprocess`` did later.
+    """A frame's result for a model: one row per (source_path, sha256, model_id),
+    whether the daemon recorded it live or ``temseg reprocess`` did later.
 
-    ``source_path`` is where the content was found first; ``instrument`` names the
-    microscope whose daemon recorded it (``None`` for reprocessed archives unless
-    given). A failure before any model ran (unreadable file) has ``model_id``
-    ``None`` and is unique per (source_path, sha256) instead. Uniqueness is kept by
-    the writers (:func:`temseg.store.record_frame` serialises on the key), not by a
-    unique index: databases upgraded from version 2 may hold the same content
-    recorded under two paths with one model, and keep both rows.
+    Work is skipped by (sha256, model_id): content a model already has a result
+    for, under any path, is not segmented by it again. ``instrument`` names the
+    microscope whose daemon recorded the row. A failure before any model ran
+    (unreadable file) has ``model_id`` ``None`` and is unique per
+    (source_path, sha256).
     """
 
     __tablename__ = "frames"
     __table_args__ = (
         CheckConstraint("status IN ('done', 'failed')", name="ck_frames_status"),
         Index("ix_frames_processed_at", "processed_at"),
+        Index("uq_frames_result", "source_path", "sha256", "model_id", unique=True),
+        Index(
+            "uq_frames_modelless",
+            "source_path",
+            "sha256",
+            unique=True,
+            sqlite_where=text("model_id IS NULL"),
+            postgresql_where=text("model_id IS NULL"),
+        ),
         Index("ix_frames_sha256_model", "sha256", "model_id"),
-        Index("ix_frames_source_sha256", "source_path", "sha256"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
