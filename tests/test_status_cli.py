@@ -126,9 +126,12 @@ def test_status_groups_by_instrument_on_a_shared_server(pg_url: str) -> None:
     }
 
 
-def test_status_on_an_unreachable_server_is_one_line() -> None:
+@pytest.mark.parametrize(
+    "command", [["status"], ["models", "list"], ["models", "promote", "m1"], ["reprocess", "."]]
+)
+def test_an_unreachable_server_is_one_error_line(command: list[str]) -> None:
     url = f"postgresql+psycopg://temseg@127.0.0.1:{free_port()}/temseg?connect_timeout=5"
-    result = CliRunner().invoke(app, ["status", "--db", url])
-    assert result.exit_code == 1
+    result = CliRunner().invoke(app, [*command, "--db", url])
+    assert result.exit_code == 1, result.output
     assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
-    assert "Traceback" not in result.output
+    assert "127.0.0.1" in result.output and "Traceback" not in result.output

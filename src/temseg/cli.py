@@ -240,6 +240,9 @@ def segment(
 def daemon(
     watch: str | None = typer.Option(None, "--watch", help="Acquisition folder to watch."),
     db: str | None = typer.Option(None, "--db", help="Database URL or SQLite file."),
+    instrument: str | None = typer.Option(
+        None, "--instrument", help="Microscope name recorded with every frame."
+    ),
     publish: str | None = typer.Option(
         None, "--publish", help="ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:5557."
     ),
@@ -289,6 +292,7 @@ def daemon(
     overrides = {
         "watch": watch,
         "db": db,
+        "instrument": instrument,
         "publish": publish,
         "material": material,
         "model": model,
@@ -596,6 +600,25 @@ def reprocess(
         raise typer.Exit(130)
 
 
+def _open_db(url: str, *, create: bool = False) -> Any:
+    """The database at ``url``; a missing, unusable or unreachable one is one error line."""
+    from sqlalchemy.exc import OperationalError
+
+    from temseg.store import SchemaError, connect
+
+    try:
+        return connect(url, create=create)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: no database: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except SchemaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {url}: {_first_line(exc.orig)}", err=True)
+        raise typer.Exit(1) from exc
+
+
 def _first_line(error: object) -> str:
     """A driver's error message, first line only (PostgreSQL's run over several)."""
     lines = str(error).strip().splitlines()
@@ -742,13 +765,9 @@ def models_list(
     db: str | None = typer.Option(None, "--db", help="Database URL (default: settings)."),
 ) -> None:
     """Show registered models: id, name, created, active, per-material Dice."""
-    from temseg.store import connect, list_models
+    from temseg.store import list_models
 
-    try:
-        engine = connect(_models_db(db), create=False)
-    except FileNotFoundError as exc:
-        typer.echo(f"error: no database: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    engine = _open_db(_models_db(db))
     records = list_models(engine)
     engine.dispose()
     if not records:
@@ -773,13 +792,9 @@ def models_promote(
 ) -> None:
     """Make a registered model the active one (its bundle must still load)."""
     from temseg.model.bundle import BundleError, load_bundle
-    from temseg.store import active_model, connect, list_models, promote_model
+    from temseg.store import active_model, list_models, promote_model
 
-    try:
-        engine = connect(_models_db(db), create=False)
-    except FileNotFoundError as exc:
-        typer.echo(f"error: no database: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    engine = _open_db(_models_db(db))
     try:
         records = {r.model_id: r for r in list_models(engine)}
         current = active_model(engine)
