@@ -203,9 +203,9 @@ def _count(db: Path) -> int:
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path: Path, bundles) -> None:
     archive = tmp_path / "big"
     archive.mkdir()
-    n = 40
+    n = 400  # small frames, but many: the run lasts well beyond the interruption
     for i in range(n):
-        (archive / f"f{i:03d}.tif").write_bytes(tiff_bytes(100 + i, size=256))
+        (archive / f"f{i:03d}.tif").write_bytes(tiff_bytes(100 + i))
     db = tmp_path / "r.db"
     command = [
         sys.executable, "-m", "temseg", "reprocess", str(archive), "--db", str(db),
