@@ -4,7 +4,7 @@ costs on SQLite and on PostgreSQL.
 Reprocessing: ``--frames`` simulated frames of ``--size`` px (Au and CdSe, 0.05 nm/px)
 are reprocessed with the bundled model into a fresh SQLite database by a local
 cluster of each ``--workers`` count (worker processes, one task at a time each,
-engine threads = cores / workers), ``--repeats`` times; frames/s is over the
+engine threads ``--threads``, default cores / workers), ``--repeats`` times; frames/s is over the
 segmentation phase (first task submitted to last result recorded), the cluster's
 start is reported apart. Recording: ``--records`` results of one simulated frame's
 segmentation (its particles included) are recorded one at a time with
@@ -34,14 +34,17 @@ from temseg.segment import segment_probability
 from temseg.synth import simulate_frame
 
 
-def reprocess_runs(folder: Path, workers: int, repeats: int) -> list[tuple[float, float, int]]:
+def reprocess_runs(
+    folder: Path, workers: int, repeats: int, threads: int
+) -> list[tuple[float, float, int]]:
     """(frames/s, seconds before the first task, frames) of each run into a fresh database."""
     runs = []
     for r in range(repeats):
         db = store.connect(folder.parent / f"r{workers}_{r}.db")
         try:
             started = time.monotonic()
-            summary = reprocess([folder], db, model="bundled", settings=Settings(), workers=workers)
+            settings = Settings(threads=threads)
+            summary = reprocess([folder], db, model="bundled", settings=settings, workers=workers)
         finally:
             db.dispose()
         setup_s = summary.elapsed_s - summary.segment_s
@@ -97,6 +100,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="engine threads per worker (0: cores / workers)"
+    )
     parser.add_argument("--records", type=int, default=300)
     parser.add_argument("--pg-url", default=None)
     args = parser.parse_args()
@@ -105,7 +111,7 @@ def main() -> None:
         write_frames(folder, args.frames, args.size)
         medians = {}
         for workers in args.workers:
-            runs = reprocess_runs(folder, workers, args.repeats)
+            runs = reprocess_runs(folder, workers, args.repeats, args.threads)
             medians[workers] = statistics.median(r[0] for r in runs)
             start = statistics.median(r[1] for r in runs)
             print(f"workers={workers}: median {medians[workers]:.2f} frames/s, start {start:.1f} s")
