@@ -316,7 +316,7 @@ def daemon(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     try:
-        serve(settings)
+        stats = serve(settings)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -327,6 +327,8 @@ def daemon(
         log.critical("daemon failed: %s", exc)
         log.debug("traceback of the failure", exc_info=True)
         raise typer.Exit(1) from exc
+    if stats.abandoned:  # stopping gave up on a locked database: said so in the log
+        raise typer.Exit(1)
 
 
 @app.command()
