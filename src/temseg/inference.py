@@ -65,16 +65,17 @@ def input_key(bundle: ModelBundle) -> tuple[Any, ...]:
 def prepare_input(
     image: np.ndarray,
     bundle: ModelBundle,
-    pixel_nm: float | None,
+    pixel_nm: float | tuple[float, float] | None,
     *,
     allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None,
 ) -> ModelInput:
     """Normalise ``image`` as ``bundle`` was trained, resample it to its pixel size, pad it.
 
-    ``pixel_nm`` is the frame's pixel size (nm per pixel); unknown (None)
-    leaves the grid as it is. ``allocate(shape)`` gives the float32 array the
-    result goes into (see :func:`temseg.engine.input_allocator`); a frame
-    that needs neither resampling nor padding is normalised straight into it.
+    ``pixel_nm`` is the frame's pixel size (nm per pixel), one number or
+    (y, x) for non-square pixels; unknown (None) leaves the grid as it is.
+    ``allocate(shape)`` gives the float32 array the result goes into (see
+    :func:`temseg.engine.input_allocator`); a frame that needs neither
+    resampling nor padding is normalised straight into it.
     """
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
@@ -172,7 +173,7 @@ def predict_probability(
     engine: Engine,
     bundle: ModelBundle,
     *,
-    pixel_nm: float | None = None,
+    pixel_nm: float | tuple[float, float] | None = None,
     tile: int = 2048,
     overlap: int = 64,
 ) -> np.ndarray:
@@ -192,7 +193,7 @@ def predict_batch(
     engine: Engine,
     bundle: ModelBundle,
     *,
-    pixel_nms: list[float | None],
+    pixel_nms: list[float | tuple[float, float] | None],
     tile: int = 2048,
     overlap: int = 64,
 ) -> list[np.ndarray]:
@@ -219,20 +220,27 @@ class FrameResult:
     pixel_nm: float | None
     material: str | None
     threshold: float
+    pixel_nm_yx: tuple[float, float] | None = None
+    frame_index: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary of the frame.
 
-        Keys: material, threshold, n_particles, area_fraction, pixel_nm (nm per
-        pixel), particles (nm values only when the pixel size is known), timing_ms.
+        Keys: frame_index, shape ([rows, cols]), material, threshold,
+        n_particles, area_fraction, pixel_nm (nm per pixel; for non-square
+        pixels the side of the square of equal area), pixel_nm_yx ([y, x] nm,
+        null when unknown), particles (nm values only when the pixel size is known), timing_ms.
         """
         seg = self.segmentation
         return {
+            "frame_index": self.frame_index,
+            "shape": [int(n) for n in self.probability.shape],
             "material": self.material,
             "threshold": self.threshold,
             "n_particles": seg.n_particles,
             "area_fraction": seg.area_fraction,
             "pixel_nm": self.pixel_nm,
+            "pixel_nm_yx": None if self.pixel_nm_yx is None else list(self.pixel_nm_yx),
             "particles": [
                 {k: v for k, v in p.to_dict().items() if v is not None} for p in seg.particles
             ],
@@ -258,7 +266,7 @@ def segment_frame(
     """
     start = time.perf_counter()
     probability = predict_probability(
-        frame.image, engine, bundle, pixel_nm=frame.pixel_nm, tile=tile, overlap=overlap
+        frame.image, engine, bundle, pixel_nm=frame.pixel_nm_yx, tile=tile, overlap=overlap
     )
     inferred = time.perf_counter()
     segmentation = segment_probability(probability, threshold, frame.pixel_nm, min_area_px)
@@ -277,4 +285,6 @@ def segment_frame(
         pixel_nm=frame.pixel_nm,
         material=material if material is not None else frame.material,
         threshold=float(threshold),
+        pixel_nm_yx=frame.pixel_nm_yx,
+        frame_index=frame.frame_index,
     )
