@@ -310,7 +310,10 @@ def test_upgrade_from_version_1(tmp_path: Path) -> None:
     eng = store.connect(path)
     try:
         with eng.connect() as conn:
-            assert conn.execute(text("SELECT version FROM schema_info")).scalar() == 2
+            assert (
+                conn.execute(text("SELECT version FROM schema_info")).scalar()
+                == store.SCHEMA_VERSION
+            )
             columns = {c["name"] for c in inspect(conn).get_columns("frames")}
         assert {"latency_ms", "backend"} <= columns
         # Old rows survive and new columns work.
@@ -392,3 +395,51 @@ def test_concurrent_writers_and_readers(tmp_path: Path) -> None:
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_upgrade_to_frame_index_keeps_rows_and_particles(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_DDL)
+        conn.execute("UPDATE frames SET pixel_nm = 0.25")
+        conn.execute(
+            "INSERT INTO particles (frame_id, label, area_px, equiv_diameter_px, centroid_y, "
+            "centroid_x, bbox_y0, bbox_x0, bbox_y1, bbox_x1, touches_border) "
+            "VALUES (1, 1, 12, 3.9, 5.0, 6.0, 4, 5, 8, 9, 0)"
+        )
+    eng = store.connect(path)
+    try:
+        old = store.get_frame(eng, 1)
+        assert old is not None
+        assert (old.frame_index, old.pixel_nm_y, old.pixel_nm_x) == (0, 0.25, 0.25)
+        assert [p.area_px for p in old.particles] == [12]
+        assert store.is_recorded(eng, "/acq/old.tif", "cd", frame_index=0)
+        assert not store.is_recorded(eng, "/acq/old.tif", "cd", frame_index=1)
+        # frames of one stack are separate rows; each frame stays idempotent
+        ids = [
+            store.record_frame(
+                eng,
+                source_path="/acq/stack.mrc",
+                sha256=SHA,
+                size_bytes=10,
+                status="done",
+                frame_index=i,
+                pixel_nm_yx=(0.2, 0.1),
+                particles=_particles(),
+            )
+            for i in (0, 1, 1)
+        ]
+        assert ids[0] != ids[1] == ids[2] and ids[0] > 1
+        second = store.get_frame(eng, ids[1])
+        assert second is not None
+        assert (second.frame_index, second.pixel_nm_y, second.pixel_nm_x) == (1, 0.2, 0.1)
+        assert len(second.particles) == len(_particles())
+        # deleting a frame still cascades to its particles on the rebuilt tables
+        with sqlite3.connect(path) as conn:
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("DELETE FROM frames WHERE id = 1")
+            assert conn.execute("SELECT COUNT(*) FROM particles WHERE frame_id = 1").fetchone() == (
+                0,
+            )
+    finally:
+        eng.dispose()

@@ -1,4 +1,4 @@
-"""Record processed frames and their particles; idempotent on (source_path, sha256)."""
+"""Record processed frames and their particles; idempotent on (source_path, sha256, frame_index)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ _PARTICLES: Table = ParticleRow.metadata.tables[ParticleRow.__tablename__]
 # Core statements built once: the daemon runs them for every frame, and building a
 # statement (and its cache key) cost more than running it.
 _FRAME_ID = select(_FRAMES.c.id).where(
-    _FRAMES.c.source_path == bindparam("path"), _FRAMES.c.sha256 == bindparam("sha")
+    _FRAMES.c.source_path == bindparam("path"),
+    _FRAMES.c.sha256 == bindparam("sha"),
+    _FRAMES.c.frame_index == bindparam("index"),
 )
 _INSERT_FRAME = insert(_FRAMES)
 _INSERT_PARTICLES = insert(_PARTICLES)
@@ -45,12 +47,15 @@ _PARTICLE_COLUMNS = (
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """A recorded frame. Sizes in pixels, ``pixel_nm`` in nm per pixel,
+    """A recorded frame. Sizes in pixels, ``pixel_nm`` in nm per pixel (the
+    side of the square of equal area for non-square pixels), ``pixel_nm_y``
+    and ``pixel_nm_x`` per axis, ``frame_index`` the frame's place in its file,
     ``latency_ms`` from arrival to result, timestamps timezone-aware UTC."""
 
     id: int
     source_path: str
     sha256: str
+    frame_index: int
     size_bytes: int
     status: str
     material: str | None
@@ -63,6 +68,8 @@ class FrameRecord:
     height: int | None
     width: int | None
     pixel_nm: float | None
+    pixel_nm_y: float | None
+    pixel_nm_x: float | None
     seq: int | None
     received_at: datetime | None
     processed_at: datetime
@@ -71,16 +78,16 @@ class FrameRecord:
     particles: tuple[Particle, ...]
 
 
-def is_recorded(engine: Engine, source_path: str, sha256: str) -> bool:
-    """Whether a frame with this path and content hash is already recorded."""
-    return _find_id(engine, source_path, sha256) is not None
+def is_recorded(engine: Engine, source_path: str, sha256: str, frame_index: int = 0) -> bool:
+    """Whether frame ``frame_index`` of this path and content hash is already recorded."""
+    return _find_id(engine, source_path, sha256, frame_index) is not None
 
 
-def _find_id(engine: Engine, source_path: str, sha256: str) -> int | None:
+def _find_id(engine: Engine, source_path: str, sha256: str, frame_index: int = 0) -> int | None:
     # A Core connection: the daemon asks this once per frame, and an ORM session's
     # set-up and tear-down cost more than the query.
     with engine.connect() as conn:
-        return conn.scalar(_FRAME_ID, {"path": source_path, "sha": sha256})
+        return conn.scalar(_FRAME_ID, {"path": source_path, "sha": sha256, "index": frame_index})
 
 
 def record_frame(
@@ -90,6 +97,7 @@ def record_frame(
     sha256: str,
     size_bytes: int,
     status: str,
+    frame_index: int = 0,
     material: str | None = None,
     error: str | None = None,
     model_id: str | None = None,
@@ -100,6 +108,7 @@ def record_frame(
     height: int | None = None,
     width: int | None = None,
     pixel_nm: float | None = None,
+    pixel_nm_yx: tuple[float, float] | None = None,
     seq: int | None = None,
     received_at: datetime | None = None,
     latency_ms: float | None = None,
@@ -108,8 +117,10 @@ def record_frame(
 ) -> int:
     """Record one frame with its particles and return its id.
 
-    Idempotent: if (``source_path``, ``sha256``) is already recorded, nothing
-    is written and the existing id is returned. ``status`` is ``"done"`` or
+    Idempotent: if (``source_path``, ``sha256``, ``frame_index``) is already
+    recorded, nothing is written and the existing id is returned.
+    ``pixel_nm_yx`` is the pixel size per axis (nm); given alone, ``pixel_nm``
+    counts for both axes. ``status`` is ``"done"`` or
     ``"failed"``; ``received_at`` must be timezone-aware; ``processed_at`` is
     set to now (UTC).
     """
@@ -117,9 +128,13 @@ def record_frame(
         raise ValueError(f"status must be one of {FRAME_STATUSES}, got {status!r}")
     if received_at is not None and received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")
+    if pixel_nm_yx is None and pixel_nm is not None:
+        pixel_nm_yx = (pixel_nm, pixel_nm)
+    key_values = {"path": source_path, "sha": sha256, "index": int(frame_index)}
     values = {
         "source_path": source_path,
         "sha256": sha256,
+        "frame_index": int(frame_index),
         "size_bytes": int(size_bytes),
         "status": status,
         "material": material,
@@ -132,6 +147,8 @@ def record_frame(
         "height": None if height is None else int(height),
         "width": None if width is None else int(width),
         "pixel_nm": _opt_float(pixel_nm),
+        "pixel_nm_y": None if pixel_nm_yx is None else float(pixel_nm_yx[0]),
+        "pixel_nm_x": None if pixel_nm_yx is None else float(pixel_nm_yx[1]),
         "seq": None if seq is None else int(seq),
         "received_at": received_at,
         "processed_at": utc_now(),
@@ -141,7 +158,7 @@ def record_frame(
     try:
         # Core, not the ORM: its unit of work doubled the cost of a frame's record.
         with write_connection(engine) as conn:
-            existing = conn.scalar(_FRAME_ID, {"path": source_path, "sha": sha256})
+            existing = conn.scalar(_FRAME_ID, key_values)
             if existing is not None:
                 return int(existing)
             key = conn.execute(_INSERT_FRAME, values).inserted_primary_key
@@ -152,7 +169,7 @@ def record_frame(
             return frame_id
     except IntegrityError:
         # Another writer recorded the same frame between our check and insert.
-        found = _find_id(engine, source_path, sha256)
+        found = _find_id(engine, source_path, sha256, frame_index)
         if found is None:
             raise
         return found
@@ -182,6 +199,7 @@ def _frame_record(row: FrameRow) -> FrameRecord:
         id=row.id,
         source_path=row.source_path,
         sha256=row.sha256,
+        frame_index=row.frame_index,
         size_bytes=row.size_bytes,
         status=row.status,
         material=row.material,
@@ -194,6 +212,8 @@ def _frame_record(row: FrameRow) -> FrameRecord:
         height=row.height,
         width=row.width,
         pixel_nm=row.pixel_nm,
+        pixel_nm_y=row.pixel_nm_y,
+        pixel_nm_x=row.pixel_nm_x,
         seq=row.seq,
         received_at=row.received_at,
         processed_at=row.processed_at,

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from temseg.store.tables import Base, SchemaInfo
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version written into new databases; older ones are upgraded to it."""
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -58,7 +58,56 @@ def _upgrade_1_to_2(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_frames_processed_at ON frames (processed_at)"))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _upgrade_1_to_2}
+_V3_NEW_FRAME_COLUMNS = ("frame_index", "pixel_nm_y", "pixel_nm_x")
+
+
+def _upgrade_2_to_3(conn: Connection) -> None:
+    """Version 3 records each frame of a stack: ``frame_index`` joins the unique
+    key (source_path, sha256), and the pixel size is kept per axis
+    (``pixel_nm_y``, ``pixel_nm_x``). Existing rows get frame 0, and their
+    ``pixel_nm`` on both axes.
+
+    SQLite cannot change a table's unique constraint, so there the frames and
+    particles tables are rebuilt in this transaction: the old ones are renamed
+    (their particles follow the rename), the new ones created, the rows copied
+    with their ids, and the old tables dropped, particles first so that no
+    cascade fires. Other databases alter the constraint in place.
+    """
+    frames = Base.metadata.tables["frames"]
+    if conn.dialect.name != "sqlite":
+        conn.execute(text("ALTER TABLE frames ADD COLUMN frame_index INTEGER NOT NULL DEFAULT 0"))
+        conn.execute(text("ALTER TABLE frames ADD COLUMN pixel_nm_y FLOAT"))
+        conn.execute(text("ALTER TABLE frames ADD COLUMN pixel_nm_x FLOAT"))
+        conn.execute(text("ALTER TABLE frames DROP CONSTRAINT uq_frames_source_sha256"))
+        conn.execute(
+            text(
+                "ALTER TABLE frames ADD CONSTRAINT uq_frames_source_sha256_frame "
+                "UNIQUE (source_path, sha256, frame_index)"
+            )
+        )
+        conn.execute(text("UPDATE frames SET pixel_nm_y = pixel_nm, pixel_nm_x = pixel_nm"))
+        return
+    particles = Base.metadata.tables["particles"]
+    conn.execute(text("ALTER TABLE frames RENAME TO frames_v2"))
+    conn.execute(text("ALTER TABLE particles RENAME TO particles_v2"))
+    for index in ("ix_frames_processed_at", "ix_particles_frame_id"):
+        conn.execute(text(f"DROP INDEX IF EXISTS {index}"))
+    Base.metadata.create_all(conn, tables=[frames, particles])
+    kept = [c.name for c in frames.columns if c.name not in _V3_NEW_FRAME_COLUMNS]
+    names = ", ".join(kept)
+    conn.execute(
+        text(
+            f"INSERT INTO frames ({names}, frame_index, pixel_nm_y, pixel_nm_x) "
+            f"SELECT {names}, 0, pixel_nm, pixel_nm FROM frames_v2"
+        )
+    )
+    columns = ", ".join(c.name for c in particles.columns)
+    conn.execute(text(f"INSERT INTO particles ({columns}) SELECT {columns} FROM particles_v2"))
+    conn.execute(text("DROP TABLE particles_v2"))
+    conn.execute(text("DROP TABLE frames_v2"))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
 """``MIGRATIONS[v]`` upgrades a version ``v`` database to version ``v + 1``."""
 
 

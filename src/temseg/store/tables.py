@@ -64,11 +64,16 @@ class SchemaInfo(Base):
 
 
 class FrameRow(Base):
-    """One processed (or failed) acquisition frame, unique per (source_path, sha256)."""
+    """One processed (or failed) 2-D frame of an acquisition file, unique per
+    (source_path, sha256, frame_index); ``frame_index`` counts the frames of a
+    stack or multi-frame file (0 for a single image, and for a file that
+    failed as a whole)."""
 
     __tablename__ = "frames"
     __table_args__ = (
-        UniqueConstraint("source_path", "sha256", name="uq_frames_source_sha256"),
+        UniqueConstraint(
+            "source_path", "sha256", "frame_index", name="uq_frames_source_sha256_frame"
+        ),
         CheckConstraint("status IN ('done', 'failed')", name="ck_frames_status"),
         Index("ix_frames_processed_at", "processed_at"),
     )
@@ -76,6 +81,7 @@ class FrameRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     source_path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
+    frame_index: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     size_bytes: Mapped[int] = mapped_column(Integer)
     material: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
@@ -88,6 +94,8 @@ class FrameRow(Base):
     height: Mapped[int | None] = mapped_column(Integer)
     width: Mapped[int | None] = mapped_column(Integer)
     pixel_nm: Mapped[float | None] = mapped_column(Float)
+    pixel_nm_y: Mapped[float | None] = mapped_column(Float)
+    pixel_nm_x: Mapped[float | None] = mapped_column(Float)
     seq: Mapped[int | None] = mapped_column(Integer)
     received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
