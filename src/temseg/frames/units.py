@@ -63,7 +63,7 @@ def nm_per_unit(unit: str | bytes | None) -> float | None:
     return NM_PER_UNIT.get(name.lower())
 
 
-def to_nm(value: float, unit: str | bytes | None) -> float | None:
+def to_nm(value: float | str, unit: str | bytes | None) -> float | None:
     """``value`` (a pixel size in ``unit``) in nm; None when unit or value is unusable.
 
     A pixel size must be finite and positive: zero or negative values mark an
@@ -80,7 +80,10 @@ def to_nm(value: float, unit: str | bytes | None) -> float | None:
 
 
 def pixel_yx(
-    y: float | None, x: float | None, unit_y: str | bytes | None, unit_x: str | bytes | None
+    y: float | str | None,
+    x: float | str | None,
+    unit_y: str | bytes | None,
+    unit_x: str | bytes | None,
 ) -> tuple[float, float] | None:
     """Pixel size (y, x) in nm, or None unless both axes are calibrated in lengths."""
     if y is None or x is None:
