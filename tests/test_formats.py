@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from pathlib import Path
 
 import h5py
@@ -416,3 +417,34 @@ def test_unknown_content_refused(tmp_path: Path) -> None:
     path.write_text("exposure 1 s\n")
     with pytest.raises(FrameError, match=r"notes\.dat: unrecognised file format"):
         read_frames(path)
+
+
+def test_jeol_tiff_names_the_extra_it_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "rsciio", None)  # as in a default install: not importable
+    monkeypatch.setitem(sys.modules, "rsciio.tiff", None)
+    path = tmp_path / "jeol.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((16, 16), np.uint16),
+        extratags=[(271, "s", 0, "JEOL Ltd.", True)],  # Make
+        resolution=(1e4, 1e4),
+        resolutionunit="NONE",
+    )
+    frame = read_frame(path)
+    assert frame.pixel_nm_yx is None
+    assert "pip install 'temseg[formats]'" in frame.metadata["pixel_nm_note"]
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, np.zeros((16, 16), np.uint16))
+    assert "pixel_nm_note" not in read_frame(plain).metadata
+
+
+def test_default_watch_patterns_cover_the_formats() -> None:
+    from temseg.config import Settings
+    from temseg.frames import FORMATS
+
+    patterns = set(Settings().patterns)
+    for globs in FORMATS.values():
+        assert set(globs) - {"*.h5", "*.hdf5"} <= patterns
+    assert "*.emi" not in patterns

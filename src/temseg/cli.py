@@ -256,7 +256,11 @@ def _segment_file(
     from temseg.inference import segment_frame
 
     records = []
-    for frame in read_frames(path):
+    frames = read_frames(path)
+    note = frames[0].metadata.get("pixel_nm_note")
+    if note and pixel_nm is None:
+        typer.echo(f"warning: {path}: {note}", err=True)
+    for frame in frames:
         if pixel_nm is not None:
             frame = dataclasses.replace(frame, pixel_nm=pixel_nm, pixel_nm_yx=(pixel_nm, pixel_nm))
         used = material if material is not None else frame.material

@@ -15,8 +15,13 @@ Pixel size (``pixel_nm_source``), first found wins (a sidecar, handled by
    PixelHeight, metres);
 3. ``sis``: Olympus SIS tag (pixelsizex, pixelsizey, metres);
 4. ``gatan``: Gatan's private tags (65009/65010 scales, 65003/65004 units);
-5. ``imagej``: ImageJ ``unit`` (nm, micron, um, A, ...) with X/Y resolution;
-6. ``resolution``: resolution tags with a physical ResolutionUnit (cm, inch,
+5. ``jeol``: a JEOL SightX TIFF (Make "JEOL Ltd.") scales its resolution
+   tags by the magnification in its XML description; that reading comes from
+   rosettasciio (GPL-3), an optional extra imported only for such a file.
+   Without it the pixel size stays unknown and ``pixel_nm_note`` says how to
+   install it;
+6. ``imagej``: ImageJ ``unit`` (nm, micron, um, A, ...) with X/Y resolution;
+7. ``resolution``: resolution tags with a physical ResolutionUnit (cm, inch,
    mm, um), ignored when the unit is NONE, the resolution is 1 or 72, or the
    implied pixel is 10 um or larger (display and print defaults).
 """
@@ -57,6 +62,11 @@ _COLOUR_PHOTOMETRIC = (
 _SIS_TAG = 33560
 _GATAN_UNIT_YX = (65003, 65004)
 _GATAN_SCALE_YX = (65009, 65010)
+JEOL_MAKE = "JEOL Ltd."
+JEOL_NOTE = (
+    "the pixel size of a JEOL TIFF needs the optional reader rosettasciio (GPL-3): "
+    "pip install 'temseg[formats]'"
+)
 
 
 def decode(path: Path, data: bytes | None, max_pixels: int) -> list[Frame]:
@@ -66,7 +76,7 @@ def decode(path: Path, data: bytes | None, max_pixels: int) -> list[Frame]:
         size = len(data) if data is not None else tif.filehandle.size
         for page in pages:
             check_page(path, page, max_pixels, size)
-        metadata = collect_metadata(path, tif, pages[0])
+        metadata = collect_metadata(path, tif, pages[0], data)
         pixel = metadata.pop("_pixel_nm_yx", None)
         frames = []
         for page in pages:
@@ -150,7 +160,9 @@ def _pixels(page: tifffile.TiffPage, data: bytes | None) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, count=page.size, offset=page.dataoffsets[0])
 
 
-def collect_metadata(path: Path, tif: tifffile.TiffFile, page: tifffile.TiffPage) -> dict[str, Any]:
+def collect_metadata(
+    path: Path, tif: tifffile.TiffFile, page: tifffile.TiffPage, data: bytes | None = None
+) -> dict[str, Any]:
     """Description JSON keys and vendor facts; ``_pixel_nm_yx`` and its source when known."""
     description = _description_json(page)
     metadata: dict[str, Any] = {k: v for k, v in description.items() if k != "shape"}
@@ -162,6 +174,7 @@ def collect_metadata(path: Path, tif: tifffile.TiffFile, page: tifffile.TiffPage
         ("fei", lambda: _fei_pixel_nm(tif)),
         ("sis", lambda: _sis_pixel_nm(page)),
         ("gatan", lambda: _gatan_pixel_nm(page)),
+        ("jeol", lambda: _jeol_pixel_nm(path, page, data, metadata)),
         ("imagej", lambda: _imagej_pixel_nm(tif, page)),
         ("resolution", lambda: _resolution_pixel_nm(page)),
     )
@@ -269,6 +282,30 @@ def _gatan_pixel_nm(page: tifffile.TiffPage) -> tuple[float, float] | None:
     units = [_tag_text(page, code) for code in _GATAN_UNIT_YX]
     scales = [_tag_number(page, code) for code in _GATAN_SCALE_YX]
     return pixel_yx(scales[0], scales[1], units[0], units[1])
+
+
+def _jeol_pixel_nm(
+    path: Path, page: tifffile.TiffPage, data: bytes | None, metadata: dict[str, Any]
+) -> tuple[float, float] | None:
+    """Pixel size of a JEOL SightX TIFF read by rosettasciio, when it is installed."""
+    make = page.tags.get("Make")
+    if make is None or str(make.value).strip() != JEOL_MAKE:
+        return None
+    try:
+        from rsciio.tiff import file_reader
+    except ImportError:
+        metadata["pixel_nm_note"] = JEOL_NOTE
+        return None
+    try:  # from the bytes already read when there are some: the hashed bytes
+        signals = file_reader(io.BytesIO(data) if data is not None else str(path))
+        axes = {a.get("name"): a for a in signals[0]["axes"]}
+        y, x = axes.get("y") or axes.get("height"), axes.get("x") or axes.get("width")
+    except Exception as exc:  # another library's errors: the pixel size stays unknown
+        metadata["pixel_nm_note"] = f"rosettasciio could not read the JEOL metadata ({exc})"
+        return None
+    if x is None or y is None:
+        return None
+    return pixel_yx(y.get("scale"), x.get("scale"), y.get("units"), x.get("units"))
 
 
 def _resolution(page: tifffile.TiffPage, name: str) -> float | None:
