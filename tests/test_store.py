@@ -411,7 +411,8 @@ def test_upgrade_to_frame_index_keeps_rows_and_particles(tmp_path: Path) -> None
     try:
         old = store.get_frame(eng, 1)
         assert old is not None
-        assert (old.frame_index, old.pixel_nm_y, old.pixel_nm_x) == (0, 0.25, 0.25)
+        assert (old.frame_index, old.n_frames, old.pixel_nm_y, old.pixel_nm_x) == (0, 1, 0.25, 0.25)
+        assert store.recorded_frames(eng, "/acq/old.tif", "cd") == ({0}, 1)
         assert [p.area_px for p in old.particles] == [12]
         assert store.is_recorded(eng, "/acq/old.tif", "cd", frame_index=0)
         assert not store.is_recorded(eng, "/acq/old.tif", "cd", frame_index=1)
@@ -424,12 +425,15 @@ def test_upgrade_to_frame_index_keeps_rows_and_particles(tmp_path: Path) -> None
                 size_bytes=10,
                 status="done",
                 frame_index=i,
+                n_frames=3,
                 pixel_nm_yx=(0.2, 0.1),
                 particles=_particles(),
             )
             for i in (0, 1, 1)
         ]
         assert ids[0] != ids[1] == ids[2] and ids[0] > 1
+        assert store.recorded_frames(eng, "/acq/stack.mrc", SHA) == ({0, 1}, 3)  # frame 2 to do
+        assert store.recorded_frames(eng, "/acq/other.mrc", SHA) == (set(), None)
         second = store.get_frame(eng, ids[1])
         assert second is not None
         assert (second.frame_index, second.pixel_nm_y, second.pixel_nm_x) == (1, 0.2, 0.1)

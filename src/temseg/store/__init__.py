@@ -23,7 +23,8 @@ Frames (idempotent on (source_path, sha256))::
                  received_at=None,  # aware datetime
                  latency_ms=None, backend=None,
                  particles: Sequence[temseg.segment.Particle] = ()) -> int  # frame id
-    is_recorded(engine, source_path, sha256) -> bool
+    is_recorded(engine, source_path, sha256, frame_index=0) -> bool
+    recorded_frames(engine, source_path, sha256) -> (set of frame indices, n_frames or None)
     recorded_paths(engine) -> set[tuple[str, str]]      # (source_path, sha256)
     get_frame(engine, frame_id) -> FrameRecord | None   # .particles: tuple[Particle, ...]
 
@@ -55,7 +56,14 @@ from temseg.store.calibrations import (
     latest_threshold,
     record_calibration,
 )
-from temseg.store.frames import FrameRecord, get_frame, is_recorded, record_frame, recorded_paths
+from temseg.store.frames import (
+    FrameRecord,
+    get_frame,
+    is_recorded,
+    record_frame,
+    recorded_frames,
+    recorded_paths,
+)
 from temseg.store.models import (
     ModelRecord,
     active_model,
@@ -84,6 +92,7 @@ __all__ = [
     "promote_model",
     "record_calibration",
     "record_frame",
+    "recorded_frames",
     "recorded_paths",
     "register_model",
     "status_summary",

@@ -25,6 +25,9 @@ _FRAME_ID = select(_FRAMES.c.id).where(
     _FRAMES.c.sha256 == bindparam("sha"),
     _FRAMES.c.frame_index == bindparam("index"),
 )
+_FRAMES_OF_FILE = select(_FRAMES.c.frame_index, _FRAMES.c.n_frames).where(
+    _FRAMES.c.source_path == bindparam("path"), _FRAMES.c.sha256 == bindparam("sha")
+)
 _INSERT_FRAME = insert(_FRAMES)
 _INSERT_PARTICLES = insert(_PARTICLES)
 #: The particle columns a frame's record fills, in the order of :func:`_particle_values`.
@@ -56,6 +59,7 @@ class FrameRecord:
     source_path: str
     sha256: str
     frame_index: int
+    n_frames: int
     size_bytes: int
     status: str
     material: str | None
@@ -83,6 +87,19 @@ def is_recorded(engine: Engine, source_path: str, sha256: str, frame_index: int 
     return _find_id(engine, source_path, sha256, frame_index) is not None
 
 
+def recorded_frames(engine: Engine, source_path: str, sha256: str) -> tuple[set[int], int | None]:
+    """Frame indices recorded for this path and content hash, and the file's frame count.
+
+    ``(set(), None)`` when nothing is recorded. A file is done when every
+    index below its count is recorded (a file that failed whole: index 0 of 1).
+    """
+    with engine.connect() as conn:
+        rows = conn.execute(_FRAMES_OF_FILE, {"path": source_path, "sha": sha256}).all()
+    if not rows:
+        return set(), None
+    return {int(r[0]) for r in rows}, max(int(r[1]) for r in rows)
+
+
 def _find_id(engine: Engine, source_path: str, sha256: str, frame_index: int = 0) -> int | None:
     # A Core connection: the daemon asks this once per frame, and an ORM session's
     # set-up and tear-down cost more than the query.
@@ -98,6 +115,7 @@ def record_frame(
     size_bytes: int,
     status: str,
     frame_index: int = 0,
+    n_frames: int = 1,
     material: str | None = None,
     error: str | None = None,
     model_id: str | None = None,
@@ -119,6 +137,7 @@ def record_frame(
 
     Idempotent: if (``source_path``, ``sha256``, ``frame_index``) is already
     recorded, nothing is written and the existing id is returned.
+    ``n_frames`` is the number of frames in the file (1 when it failed whole).
     ``pixel_nm_yx`` is the pixel size per axis (nm); given alone, ``pixel_nm``
     counts for both axes. ``status`` is ``"done"`` or
     ``"failed"``; ``received_at`` must be timezone-aware; ``processed_at`` is
@@ -135,6 +154,7 @@ def record_frame(
         "source_path": source_path,
         "sha256": sha256,
         "frame_index": int(frame_index),
+        "n_frames": int(n_frames),
         "size_bytes": int(size_bytes),
         "status": status,
         "material": material,
@@ -200,6 +220,7 @@ def _frame_record(row: FrameRow) -> FrameRecord:
         source_path=row.source_path,
         sha256=row.sha256,
         frame_index=row.frame_index,
+        n_frames=row.n_frames,
         size_bytes=row.size_bytes,
         status=row.status,
         material=row.material,

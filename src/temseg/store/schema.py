@@ -58,14 +58,15 @@ def _upgrade_1_to_2(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_frames_processed_at ON frames (processed_at)"))
 
 
-_V3_NEW_FRAME_COLUMNS = ("frame_index", "pixel_nm_y", "pixel_nm_x")
+_V3_NEW_FRAME_COLUMNS = ("frame_index", "n_frames", "pixel_nm_y", "pixel_nm_x")
 
 
 def _upgrade_2_to_3(conn: Connection) -> None:
     """Version 3 records each frame of a stack: ``frame_index`` joins the unique
-    key (source_path, sha256), and the pixel size is kept per axis
-    (``pixel_nm_y``, ``pixel_nm_x``). Existing rows get frame 0, and their
-    ``pixel_nm`` on both axes.
+    key (source_path, sha256), ``n_frames`` says how many frames the file
+    holds, and the pixel size is kept per axis (``pixel_nm_y``,
+    ``pixel_nm_x``). Existing rows get frame 0 of 1, and their ``pixel_nm``
+    on both axes.
 
     SQLite cannot change a table's unique constraint, so there the frames and
     particles tables are rebuilt in this transaction: the old ones are renamed
@@ -76,6 +77,7 @@ def _upgrade_2_to_3(conn: Connection) -> None:
     frames = Base.metadata.tables["frames"]
     if conn.dialect.name != "sqlite":
         conn.execute(text("ALTER TABLE frames ADD COLUMN frame_index INTEGER NOT NULL DEFAULT 0"))
+        conn.execute(text("ALTER TABLE frames ADD COLUMN n_frames INTEGER NOT NULL DEFAULT 1"))
         conn.execute(text("ALTER TABLE frames ADD COLUMN pixel_nm_y FLOAT"))
         conn.execute(text("ALTER TABLE frames ADD COLUMN pixel_nm_x FLOAT"))
         conn.execute(text("ALTER TABLE frames DROP CONSTRAINT uq_frames_source_sha256"))
@@ -97,8 +99,8 @@ def _upgrade_2_to_3(conn: Connection) -> None:
     names = ", ".join(kept)
     conn.execute(
         text(
-            f"INSERT INTO frames ({names}, frame_index, pixel_nm_y, pixel_nm_x) "
-            f"SELECT {names}, 0, pixel_nm, pixel_nm FROM frames_v2"
+            f"INSERT INTO frames ({names}, frame_index, n_frames, pixel_nm_y, pixel_nm_x) "
+            f"SELECT {names}, 0, 1, pixel_nm, pixel_nm FROM frames_v2"
         )
     )
     columns = ", ".join(c.name for c in particles.columns)

@@ -67,7 +67,8 @@ class FrameRow(Base):
     """One processed (or failed) 2-D frame of an acquisition file, unique per
     (source_path, sha256, frame_index); ``frame_index`` counts the frames of a
     stack or multi-frame file (0 for a single image, and for a file that
-    failed as a whole)."""
+    failed as a whole), ``n_frames`` how many frames the file holds (1 for a
+    file that failed as a whole)."""
 
     __tablename__ = "frames"
     __table_args__ = (
@@ -82,6 +83,7 @@ class FrameRow(Base):
     source_path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
     frame_index: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    n_frames: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     size_bytes: Mapped[int] = mapped_column(Integer)
     material: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))
