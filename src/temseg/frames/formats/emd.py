@@ -89,9 +89,11 @@ def _velox(path: Path, f: Any, max_pixels: int) -> list[Frame]:
         check_size(path, height, width, max_pixels)
         stack = dataset[()]
         stack = stack[:, :, None] if stack.ndim == 2 else stack
-        stack = np.ascontiguousarray(np.moveaxis(stack, -1, 0))
         columns = _velox_metadata(group)
-        for k, image in enumerate(stack):
+        # frames stay views of the one copy h5py made: a contiguous copy per frame cost as
+        # much again as reading them
+        for k in range(stack.shape[2]):
+            image = stack[:, :, k]
             meta = columns[min(k, len(columns) - 1)] if columns else {}
             pixel, metadata = _velox_facts(meta)
             metadata["dataset"] = f"/Data/Image/{name}"
