@@ -28,6 +28,10 @@ from temseg.segment import Segmentation, segment_probability
 
 CPU_TILE = 2048  # pixels
 GPU_TILE = 4096  # pixels
+#: Largest frame (pixels) resampling onto the model's grid may make: 16384 x 16384, 1 GiB as
+#: float32. A frame of 20 nm pixels for a model trained at 0.05 nm would grow 400-fold per
+#: axis; such a frame is refused with its sizes instead of exhausting memory.
+MAX_MODEL_GRID_PIXELS = 2**28
 
 
 def default_tile(device: str) -> int:
@@ -73,6 +77,8 @@ def prepare_input(
 
     ``pixel_nm`` is the frame's pixel size (nm per pixel), one number or
     (y, x) for non-square pixels; unknown (None) leaves the grid as it is.
+    Raises ValueError when the resampled frame would exceed
+    :data:`MAX_MODEL_GRID_PIXELS`.
     ``allocate(shape)`` gives the float32 array the result goes into (see
     :func:`temseg.engine.input_allocator`); a frame that needs neither
     resampling nor padding is normalised straight into it.
@@ -81,6 +87,12 @@ def prepare_input(
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
     multiple = bundle.config.size_multiple
     grid = model_grid_shape(image.shape, pixel_nm, bundle.pixel_nm)
+    if grid[0] * grid[1] > MAX_MODEL_GRID_PIXELS:
+        raise ValueError(
+            f"resampling {image.shape[0]} x {image.shape[1]} px of {pixel_nm} nm to the model's "
+            f"{bundle.pixel_nm} nm per pixel would make {grid[0]} x {grid[1]} px (limit "
+            f"{MAX_MODEL_GRID_PIXELS}); check the frame's pixel size or override it"
+        )
     if (
         allocate is not None
         and grid == image.shape
