@@ -442,9 +442,11 @@ def test_jeol_tiff_names_the_extra_it_needs(
 
 def test_default_watch_patterns_cover_the_formats() -> None:
     from temseg.config import Settings
+    from temseg.daemon.watcher import DEFAULT_PATTERNS
     from temseg.frames import FORMATS
 
     patterns = set(Settings().patterns)
+    assert patterns == set(DEFAULT_PATTERNS)
     for globs in FORMATS.values():
         assert set(globs) - {"*.h5", "*.hdf5"} <= patterns
     assert "*.emi" not in patterns

@@ -7,9 +7,11 @@ Stages and threads:
    busy (back-pressure: nothing is ever dropped, the watcher's events buffer).
 2. **Readers** (a thread pool, :func:`host_workers`): read the bytes once
    (read-only) for the SHA-256 identity, skip (path, SHA-256) pairs already
-   handled or recorded, decode the TIFF, decide the material, prepare the
-   model input (normalise, resample to the model's pixel size, pad) and put
-   the job on the bounded :class:`FrameQueue` (waiting while it is full).
+   handled or recorded, decode the file into its 2-D frames (one job each:
+   a stack's frames follow one another; a file still being written in place
+   is read again later), decide the material, prepare the model input
+   (normalise, resample to the model's pixel size, pad) and put the jobs on
+   the bounded :class:`FrameQueue` (waiting while it is full).
 3. **Inference** (one thread, nothing but the engine's work): follow the
    database's active model and calibrations (checked when frames arrive
    after an idle spell and every ``MODEL_CHECK_S`` under load; thresholds
@@ -35,6 +37,7 @@ Frames not accepted yet are found by the next start's backlog scan.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import logging
@@ -73,7 +76,7 @@ from temseg.daemon.segment_pool import SegmentPool, run_when_cores_are_idle
 from temseg.daemon.watcher import FrameWatcher, scan_backlog
 from temseg.engine import input_allocator
 from temseg.engine.base import resolve_device
-from temseg.frames import Frame, FrameError, read_frame
+from temseg.frames import Frame, FrameError, IncompleteFrameError, read_frames
 from temseg.inference import (
     ModelInput,
     default_tile,
@@ -84,7 +87,7 @@ from temseg.inference import (
     to_frame_grid,
 )
 from temseg.segment import Measure, Segmentation, measure_particles, segment_probability
-from temseg.store import connect, is_recorded, record_frame
+from temseg.store import connect, record_frame, recorded_frames
 from temseg.stream.protocol import EncodedMask, encode_mask
 
 logger = logging.getLogger("temseg.daemon")
@@ -122,6 +125,10 @@ MODEL_CHECK_S = 2.0  # seconds between checks of the active model and calibratio
 #: the time with 5 ms, 85 with 1 ms, 97 with 0.5 ms (157 alone; ``benchmarks/RESULTS.md``).
 GIL_SWITCH_INTERVAL_S = 0.001
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+#: How often a file that ends before its own header says is read again before it fails
+#: (written in place: Velox and HDF5 writers, Digital Micrograph), and the pause before
+#: the first retry, in multiples of ``stable_s`` (at least 1 s), growing by one each time.
+INCOMPLETE_RETRIES = 5
 _T = TypeVar("_T")
 
 
@@ -160,6 +167,8 @@ class _Job:
     size_bytes: int = 0
     mtime: float | None = None  # POSIX seconds, when the file was last written
     frame: Frame | None = None
+    frame_index: int = 0  # which 2-D frame of the file (stacks, movies, several signals)
+    n_frames: int = 1
     model_input: ModelInput | None = None  # prepared by the reader for the model serving then
     material: str = ""
     error: str | None = None
@@ -167,7 +176,7 @@ class _Job:
     def batch_key(self) -> tuple[Any, ...]:
         if self.frame is None:
             return ("failed",)
-        return ("frame", self.frame.image.shape, self.frame.pixel_nm)
+        return ("frame", self.frame.image.shape, self.frame.pixel_nm_yx)
 
 
 @dataclass
@@ -199,7 +208,7 @@ def _model_input_for(frame: Frame, model: ServedModel) -> ModelInput:
     """``frame`` normalised, resampled and padded for ``model``, in memory its engine reads
     directly (page-locked for a GPU engine)."""
     return prepare_input(
-        frame.image, model.bundle, frame.pixel_nm, allocate=input_allocator(model.engine)
+        frame.image, model.bundle, frame.pixel_nm_yx, allocate=input_allocator(model.engine)
     )
 
 
@@ -282,6 +291,7 @@ class Daemon:
             maxsize=max(1, settings.queue_size)
         )
         self._seen = SeenCache()
+        self._incomplete: dict[Path, int] = {}  # retries so far of files read incomplete
         self._slots = threading.Semaphore(self.readers)
         self._lock = threading.Lock()
         self._outstanding = 0  # accepted and not yet recorded or skipped
@@ -548,21 +558,26 @@ class Daemon:
     # ----------------------------------------------------------------- readers
 
     def _read(self, job: _Job) -> None:
-        """Prepare ``job`` in parallel with the other readers, queue it in acceptance order."""
-        queued = False
+        """Prepare ``job`` in parallel with the other readers, queue its frames in acceptance
+        order (a stack's frames one after the other)."""
+        queued = 0
         try:
-            ready = self._prepare(job)
-            if ready:
+            jobs = self._prepare(job)
+            if jobs:
                 self._faults.reached("read")
         except Exception:
             logger.exception("reader failed path=%s", job.path)
-            ready = False
+            jobs = []
+        if len(jobs) > 1:  # the file was accepted as one; each frame is finished on its own
+            with self._lock:
+                self._outstanding += len(jobs) - 1
+                self.stats.max_pending = max(self.stats.max_pending, self._outstanding)
         with self._turn:
             self._turn.wait_for(lambda: self._queued_ticket == job.ticket)
         try:
-            if ready:
-                self._queue.put(job)
-                queued = True
+            for one in jobs:
+                self._queue.put(one)
+                queued += 1
         except Stopped:
             logger.warning("frame not processed (aborted) path=%s", job.path)
         finally:
@@ -572,11 +587,12 @@ class Daemon:
             with self._lock:
                 self._reading -= 1
             self._slots.release()
-            if not queued:
+            for _ in range(max(1, len(jobs)) - queued):
                 self._finish_one()
 
-    def _prepare(self, job: _Job) -> bool:
-        """Hash, deduplicate and decode; False when the frame was already handled."""
+    def _prepare(self, job: _Job) -> list[_Job]:
+        """Hash, deduplicate and decode: one job per frame still to do ([] when all are done
+        or the file is read again later because it is still being written)."""
         data = b""
         started = time.perf_counter()
         try:
@@ -585,38 +601,74 @@ class Daemon:
         except OSError as exc:
             job.error = f"{job.path}: cannot read ({exc.strerror or exc})"
         identity = (str(job.path), job.sha256)
-        if not self._seen.add(identity) or _retry_locked(
-            lambda: is_recorded(self._db, *identity), "duplicate check", self._abort.is_set
-        ):
+        done: set[int] = set()  # frames of these bytes recorded already (a restart mid-stack)
+        n_frames: int | None = None
+        fresh = self._seen.add(identity)
+        if fresh:
+            done, n_frames = _retry_locked(
+                lambda: recorded_frames(self._db, *identity), "duplicate check", self._abort.is_set
+            )
+        if not fresh or (n_frames is not None and len(done) >= n_frames):
             with self._lock:
                 self.stats.skipped += 1
             logger.debug("skipped (already recorded) path=%s sha256=%s", job.path, job.sha256)
-            return False
-        frame_material: str | None = None
+            return []
+        frames: list[Frame] = []
         if job.error is None:
             try:
-                job.frame = read_frame(job.path, data=data)  # the bytes that were hashed
-                frame_material = job.frame.material
+                frames = read_frames(job.path, data=data)  # the bytes that were hashed
+            except IncompleteFrameError as exc:
+                if self._read_again_later(job, identity):
+                    return []
+                job.error = str(exc)
             except FrameError as exc:
                 job.error = str(exc)
             except (OSError, MemoryError) as exc:
                 job.error = f"{job.path}: cannot read ({exc})"
+        self._incomplete.pop(job.path, None)
+        frame_material = frames[0].material if frames else None
         if frame_material and not valid_material(frame_material):
             job.error = (
                 f"{job.path}: material {frame_material[:80]!r} in the frame's metadata "
                 f"is not a valid name ({MATERIAL_RULE})"
             )
-            job.frame, frame_material = None, None
-        if job.frame is not None and self._models is not None:
-            try:  # off the inference thread
-                job.model_input = _model_input_for(job.frame, self._models.current)
-                job.frame.read_ms = (time.perf_counter() - started) * 1e3  # read to model input
-            except Exception as exc:
-                job.error = f"{job.path}: cannot prepare the frame for the model ({exc})"
-                job.frame = None
+            frames, frame_material = [], None
         job.material, _ = resolve_material(
             frame_material, job.relative, self.settings.folder_rules, self.settings.material
         )
+        if not frames:
+            return [job]  # failed as a whole: recorded as frame 0
+        read_ms = (time.perf_counter() - started) * 1e3 / len(frames)
+        jobs = []
+        for frame in frames:
+            if frame.frame_index in done:
+                continue
+            one = dataclasses.replace(
+                job, frame=frame, frame_index=frame.frame_index, n_frames=frame.n_frames
+            )
+            if self._models is not None:
+                prepared = time.perf_counter()
+                try:  # off the inference thread
+                    one.model_input = _model_input_for(frame, self._models.current)
+                    frame.read_ms = read_ms + (time.perf_counter() - prepared) * 1e3
+                except Exception as exc:
+                    one.error = f"{job.path}: cannot prepare the frame for the model ({exc})"
+                    one.frame = None
+            jobs.append(one)
+        return jobs
+
+    def _read_again_later(self, job: _Job, identity: tuple[str, str]) -> bool:
+        """Schedule another read of a file that ended early; False once it has had its retries."""
+        tries = self._incomplete.get(job.path, 0)
+        if tries >= INCOMPLETE_RETRIES or self._closing.is_set():
+            return False
+        self._incomplete[job.path] = tries + 1
+        self._seen.discard(identity)  # the same bytes may well be read again
+        delay_s = max(self.settings.stable_s, 1.0) * (tries + 1)
+        timer = threading.Timer(delay_s, self.submit, args=(job.path,))
+        timer.daemon = True
+        timer.start()
+        logger.info("incomplete, read again in %.1f s path=%s", delay_s, job.path)
         return True
 
     # ----------------------------------------------------------------- inference
@@ -805,11 +857,15 @@ class Daemon:
             "received_at": job.received_at,
             "latency_ms": latency_ms,
             "seq": seq,
+            "frame_index": job.frame_index,
+            "n_frames": job.n_frames,
         }
         if failed:
             error = job.error or "unknown error"
             frame_id = self._record(common, status="failed", error=error)
-            publisher.publish_error(str(job.path), error)
+            publisher.publish_error(
+                str(job.path), error, frame_index=job.frame_index if job.n_frames > 1 else None
+            )
             self.stats.failed += 1
             logger.warning(
                 "frame failed path=%s material=%s frame_id=%d error=%s",
@@ -833,6 +889,7 @@ class Daemon:
                 height=height,
                 width=width,
                 pixel_nm=outcome.pixel_nm,
+                pixel_nm_yx=job.frame.pixel_nm_yx,
                 backend=model.engine.backend,
                 particles=seg.particles,
             )
@@ -842,6 +899,8 @@ class Daemon:
                 "source": str(job.path),
                 "relative_path": job.relative,
                 "sha256": job.sha256,
+                "frame_index": job.frame_index,
+                "n_frames": job.n_frames,
                 "material": job.material,
                 "model_id": model.model_id,
                 "model_source": model.source,
@@ -851,6 +910,9 @@ class Daemon:
                 "n_particles": seg.n_particles,
                 "area_fraction": seg.area_fraction,
                 "pixel_nm": outcome.pixel_nm,
+                "pixel_nm_yx": None
+                if job.frame.pixel_nm_yx is None
+                else list(job.frame.pixel_nm_yx),
                 "particles": [p.to_dict() for p in seg.particles],
                 "timing_ms": {
                     "read": round(read_ms, 3),
@@ -897,7 +959,8 @@ class Daemon:
         from temseg.frames.write import write_mask_tiff
 
         assert self.settings.masks is not None
-        target = mask_path(Path(self.settings.masks), job.relative)
+        index = job.frame_index if job.n_frames > 1 else None
+        target = mask_path(Path(self.settings.masks), job.relative, index)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             write_mask_tiff(target, mask, compress=True)
