@@ -575,7 +575,9 @@ class Daemon:
         with self._turn:
             self._turn.wait_for(lambda: self._queued_ticket == job.ticket)
         try:
-            for one in jobs:
+            for i, one in enumerate(jobs):
+                if i:  # a stack's later frames: prepared one at a time, as the queue takes them
+                    self._prepare_input(one)
                 self._queue.put(one)
                 queued += 1
         except Stopped:
@@ -643,19 +645,31 @@ class Daemon:
         for frame in frames:
             if frame.frame_index in done:
                 continue
-            one = dataclasses.replace(
-                job, frame=frame, frame_index=frame.frame_index, n_frames=frame.n_frames
+            frame.read_ms = read_ms
+            jobs.append(
+                dataclasses.replace(
+                    job, frame=frame, frame_index=frame.frame_index, n_frames=frame.n_frames
+                )
             )
-            if self._models is not None:
-                prepared = time.perf_counter()
-                try:  # off the inference thread
-                    one.model_input = _model_input_for(frame, self._models.current)
-                    frame.read_ms = read_ms + (time.perf_counter() - prepared) * 1e3
-                except Exception as exc:
-                    one.error = f"{job.path}: cannot prepare the frame for the model ({exc})"
-                    one.frame = None
-            jobs.append(one)
+        if jobs:
+            self._prepare_input(jobs[0])
         return jobs
+
+    def _prepare_input(self, job: _Job) -> None:
+        """The model input of ``job``'s frame, off the inference thread; a failure fails the frame.
+
+        Only as many inputs exist as frames are queued: a stack's frames are prepared
+        as they enter the queue, so a long stack does not hold all its inputs at once.
+        """
+        if job.frame is None or self._models is None:
+            return
+        started = time.perf_counter()
+        try:
+            job.model_input = _model_input_for(job.frame, self._models.current)
+            job.frame.read_ms += (time.perf_counter() - started) * 1e3  # read to model input
+        except Exception as exc:
+            job.error = f"{job.path}: cannot prepare the frame for the model ({exc})"
+            job.frame = None
 
     def _read_again_later(self, job: _Job, identity: tuple[str, str]) -> bool:
         """Schedule another read of a file that ended early; False once it has had its retries."""
