@@ -16,7 +16,9 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_origin, get_type_hints
+
+from temseg.options import Backend, HostPriority, MaskEncoding, check_choice
 
 ENV_PREFIX = "TEMSEG_"
 DEFAULT_CONFIG_PATH = Path("/etc/temseg/temseg.toml")
@@ -35,7 +37,7 @@ class Settings:
     publish: str = "tcp://127.0.0.1:5557"
     material: str = "Au"
     model: str | None = None  # bundle directory; None = active model in db, else the bundled one
-    backend: str = "auto"  # auto | torch | onnxruntime | tensorrt
+    backend: Backend = "auto"
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU inference threads; 0 = all cores
     polling: bool = False
@@ -60,7 +62,7 @@ class Settings:
     folder_rules: dict[str, str] = field(default_factory=dict)
     send_hwm: int = 100
     send_probability: bool = False
-    mask_encoding: str = "raw"  # raw | packbits
+    mask_encoding: MaskEncoding = "raw"
     curve_keys: Path | None = None
     engine_cache: Path | None = None
     tile: int = 0  # pixels; larger frames are tiled; 0 = 2048 on CPU, 4096 on a GPU
@@ -71,15 +73,35 @@ class Settings:
     warmup_shapes: list[str] = field(default_factory=list)  # "HxW" frame shapes run before READY
     readers: int = 0  # threads that hash and decode frames; 0 = from the number of cores
     segmenters: int = 0  # threads that threshold, measure particles, write masks; 0 = from cores
-    host_priority: str = "auto"  # auto | normal | idle: readers, segmenters, recorder (see docs)
+    host_priority: HostPriority = "auto"  # readers, segmenters, recorder (see docs/daemon.md)
     segmenter_processes: bool = False  # measure particles in worker processes (see docs)
+    #: Seconds ``stop()`` keeps retrying a locked database before it gives up: the frames
+    #: not recorded by then stay unrecorded (the next start's backlog finds them) and the
+    #: daemon exits non-zero. Keep it below systemd's ``TimeoutStopSec``.
+    stop_timeout_s: float = 60.0
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+def check_options(settings: Settings) -> None:
+    """Raise :class:`ConfigError` for a string option outside its ``Literal`` type's values.
+
+    The one check of the string options: called when a :class:`Settings` is made and
+    for every value read from a file, the environment or a flag.
+    """
+    for name, kind in get_type_hints(Settings).items():
+        if get_origin(kind) is Literal:
+            check_choice(name, getattr(settings, name), kind, ConfigError)
 
 
 def _coerce(name: str, raw: Any, kind: Any) -> Any:
     text = str(kind)
     if raw is None:
         return None
+    if get_origin(kind) is Literal:  # checked by check_options
+        return str(raw)
     try:
         if "dict" in text:
             if not isinstance(raw, Mapping):
@@ -116,6 +138,7 @@ def _apply(settings: Settings, values: Mapping[str, Any], origin: str) -> None:
         if name not in hints:
             raise ConfigError(f"{origin}: unknown setting {key!r}")
         setattr(settings, name, _coerce(name, raw, hints[name]))
+    check_options(settings)
 
 
 def load_settings(

@@ -10,8 +10,10 @@ import errno
 import hashlib
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,3 +168,60 @@ def test_database_on_a_full_disk(small_disk: Path, acq: Path) -> None:
     assert integrity(db) == "ok"
     retries = sum("database or disk is full" in line for line in daemon.lines)
     print(f"\n{n} frames waited {full_s} s for disk space ({retries} retries logged), all recorded")
+
+
+def test_stop_gives_up_on_a_database_still_locked_after_stop_timeout(
+    make_daemon, acq: Path, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    daemon = make_daemon(db_busy_timeout_ms=100, stop_timeout_s=1.0)
+    frame = acq / "while_locked.tif"
+    locker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        with caplog.at_level(logging.WARNING, logger="temseg.daemon"):
+            locker.execute("BEGIN IMMEDIATE")  # an open write transaction: no writer gets in
+            write_renamed(frame, tiff_bytes(21))
+            busy = "database busy during record"
+            assert wait_for(lambda: any(busy in r.getMessage() for r in caplog.records), 30)
+            stopping = threading.Thread(target=daemon.stop, daemon=True)
+            stopping.start()
+            stopping.join(30)  # 1 s, one busy timeout and one back-off: far less than this
+            assert not stopping.is_alive(), "stop() kept waiting for the locked database"
+        assert daemon.stats.abandoned == 1 and daemon.stats.done == 0
+        gave_up = [r for r in caplog.records if "stop gave up" in r.getMessage()]
+        assert len(gave_up) == 1 and gave_up[0].levelno == logging.ERROR
+        assert "1 accepted frame(s) not recorded" in gave_up[0].getMessage()
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert count_rows(db_path) == 0  # nothing half-written
+    restarted = make_daemon()  # the next start's backlog finds the frame
+    assert restarted.wait_idle(30) and restarted.stats.backlog == 1
+    rows = frame_rows(db_path)
+    assert [(r["source_path"], r["status"]) for r in rows] == [(str(frame), "done")]
+
+
+def test_daemon_exits_non_zero_when_stopping_gives_up_on_the_database(
+    acq: Path, db_path: Path
+) -> None:
+    daemon = DaemonProcess(
+        "--watch", str(acq),
+        "--db", str(db_path),
+        "--publish", "tcp://127.0.0.1:0",
+        "--threads", "1",
+        env={"TEMSEG_STOP_TIMEOUT_S": "1"},
+    )  # fmt: skip
+    locker: sqlite3.Connection | None = None
+    try:
+        daemon.wait_line(" ready ")
+        locker = sqlite3.connect(db_path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        write_renamed(acq / "while_locked.tif", tiff_bytes(22))
+        daemon.wait_line("database busy during record")
+        assert daemon.terminate(timeout_s=60) == 1
+        assert daemon.logged("stop gave up")
+    finally:
+        daemon.close()
+        if locker is not None:
+            locker.execute("ROLLBACK")
+            locker.close()
+    assert count_rows(db_path) == 0

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine as DbEngine
+from sqlalchemy import Engine as Database
 
 from temseg.engine import Engine, load_engine, warmup
 from temseg.frames.tiling import engine_shape
@@ -72,14 +72,13 @@ class EngineOptions:
 def frames_per_call(engine: Engine, batch_size: int) -> int:
     """How many frames the daemon passes to ``engine`` in one call.
 
-    Up to ``batch_size`` on a GPU (TensorRT, or a CUDA engine); one on CPU,
-    where a batch costs more CPU time per frame than single frames and,
-    at 2048 px, far more memory (see ``benchmarks/RESULTS.md``); one with a
-    compiled engine, which would compile every batch size separately.
+    Up to ``batch_size`` with an engine that batches (:attr:`Engine.batches
+    <temseg.engine.Engine.batches>`: a GPU engine, not compiled); one on CPU,
+    where a batch costs more CPU time per frame than single frames and far
+    more memory (``benchmarks/RESULTS.md``), and one with a compiled engine,
+    which would compile every batch size separately.
     """
-    on_gpu = engine.backend == "tensorrt" or "cuda" in engine.name
-    compiled = engine.name.endswith("-compiled")
-    return batch_size if on_gpu and not compiled else 1
+    return batch_size if engine.batches else 1
 
 
 def load_served(
@@ -124,8 +123,8 @@ def warm_up(
     per shape (``torch.compile``) do it now instead of on the first frame;
     frames of other shapes still compile on their first frame. Shapes are
     not bucketed further: padding a frame beyond the model's size multiple
-    changed up to 0.3 % of the mask pixels near the bottom and right edges
-    of small frames, and a camera delivers few distinct shapes.
+    changes mask pixels near its bottom and right edges, and a camera
+    delivers few distinct shapes.
     """
     multiple = bundle.config.size_multiple
 
@@ -146,7 +145,7 @@ class ModelServer:
 
     def __init__(
         self,
-        db: DbEngine,
+        db: Database,
         *,
         pinned: str | None = None,
         options: EngineOptions | None = None,
