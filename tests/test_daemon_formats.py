@@ -19,6 +19,7 @@ import pytest
 from framekit import frame_rows, write_renamed
 
 from temseg.daemon import Daemon
+from temseg.daemon.events import TERMINAL, FrameEvent
 from temseg.store import connect, record_frame
 from temseg.stream import StreamMessage, Subscriber
 
@@ -97,12 +98,20 @@ def test_stack_published_and_recorded_frame_by_frame(
 ) -> None:
     daemon = make_daemon()
     sub = connected(daemon, acq)
+    events: list[FrameEvent] = []
+    daemon.events.subscribe(events.append, inline=True)
     movie = acq / "movie.mrc"
     data = mrc_bytes(3)
     write_renamed(movie, data)
     messages = messages_for(sub, movie, 3)
     sub.close()
     assert daemon.wait_idle(20)
+    mine = [e for e in events if e.path == movie]
+    assert len({e.ticket for e in mine}) == 1  # accepted once
+    for index in range(3):  # each frame has its own events and one outcome
+        kinds = [e.kind for e in mine if e.frame_index == index]
+        assert kinds[0] == "received" and kinds[-1] == "published"
+        assert sum(k in TERMINAL for k in kinds) == 1
     rows = rows_for(db_path, movie)
     assert [r["frame_index"] for r in rows] == [0, 1, 2]
     digest = hashlib.sha256(data).hexdigest()
@@ -159,6 +168,8 @@ def test_hdf5_written_in_place_is_retried_until_complete(
 ) -> None:
     daemon = make_daemon(polling=polling, poll_interval_s=0.1, stable_s=0.3)
     sub = connected(daemon, acq)
+    events: list[FrameEvent] = []
+    daemon.events.subscribe(events.append, inline=True)
     path = acq / "insitu.emd"
     data = velox_bytes(2)
     half = len(data) // 2
@@ -175,6 +186,10 @@ def test_hdf5_written_in_place_is_retried_until_complete(
     rows = rows_for(db_path, path)
     assert [(r["frame_index"], r["status"]) for r in rows] == [(0, "done"), (1, "done")]
     assert {r["sha256"] for r in rows} == {hashlib.sha256(data).hexdigest()}
+    kinds = [e.kind for e in events if e.path == path]
+    assert "deferred" in kinds and "failed" not in kinds
+    deferred = next(e for e in events if e.kind == "deferred")
+    assert "insitu.emd" in (deferred.error or "") and "read again" in (deferred.error or "")
 
 
 def test_file_without_an_image_fails_alone(make_daemon: Any, acq: Path, db_path: Path) -> None:
