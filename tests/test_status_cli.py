@@ -45,7 +45,10 @@ def test_status_text(db: Path) -> None:
     result = CliRunner().invoke(app, ["status", "--db", str(db), "--minutes", "5"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("database  sqlite:///") and "(schema 2)" in lines[0]
+    assert (
+        lines[0].startswith("database  sqlite:///")
+        and f"(schema {store.SCHEMA_VERSION})" in lines[0]
+    )
     assert lines[1] == "model     unet-1234"
     assert lines[2] == "frames    4: 3 done, 1 failed"
     assert lines[3].split() == ["Au", "2", "done"]
