@@ -444,9 +444,10 @@ def test_default_watch_patterns_cover_the_formats() -> None:
     from temseg.config import Settings
     from temseg.daemon.watcher import DEFAULT_PATTERNS
     from temseg.frames import FORMATS
+    from temseg.frames.find import DEFAULT_PATTERNS as FIND_PATTERNS
 
     patterns = set(Settings().patterns)
-    assert patterns == set(DEFAULT_PATTERNS)
+    assert patterns == set(DEFAULT_PATTERNS) == set(FIND_PATTERNS)
     for globs in FORMATS.values():
         assert set(globs) - {"*.h5", "*.hdf5"} <= patterns
     assert "*.emi" not in patterns

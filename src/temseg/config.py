@@ -34,6 +34,7 @@ class Settings:
 
     watch: Path | None = None
     db: str = "sqlite:///temseg.db"
+    instrument: str | None = None  # microscope name recorded with every frame (one per daemon)
     publish: str = "tcp://127.0.0.1:5557"
     material: str = "Au"
     model: str | None = None  # bundle directory; None = active model in db, else the bundled one
