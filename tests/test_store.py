@@ -323,7 +323,10 @@ def test_upgrade_from_version_1(tmp_path: Path) -> None:
     eng = store.connect(path)
     try:
         with eng.connect() as conn:
-            assert conn.execute(text("SELECT version FROM schema_info")).scalar() == 3
+            assert (
+                conn.execute(text("SELECT version FROM schema_info")).scalar()
+                == store.SCHEMA_VERSION
+            )
             columns = {c["name"] for c in inspect(conn).get_columns("frames")}
         assert {"latency_ms", "backend"} <= columns
         # Old rows survive and new columns work.
@@ -479,13 +482,19 @@ def test_upgrade_from_version_2_keeps_every_row(tmp_path: Path) -> None:
     fresh = store.connect(tmp_path / "fresh.db")
     try:
         with eng.connect() as conn:
-            assert conn.execute(text("SELECT version FROM schema_info")).scalar() == 3
+            assert (
+                conn.execute(text("SELECT version FROM schema_info")).scalar()
+                == store.SCHEMA_VERSION
+            )
             after = conn.execute(text("SELECT * FROM frames ORDER BY id")).all()
             particles_after = conn.execute(text("SELECT * FROM particles ORDER BY id")).all()
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
-        # Every row and id kept, the new column empty; particles still belong to their frames.
-        assert [tuple(r)[:-1] for r in after] == before
+        # Every row and id kept, the new columns empty (a single frame each, its pixel
+        # size on both axes); particles still belong to their frames.
+        assert [tuple(r)[: len(before[0])] for r in after] == before
         assert {r.instrument for r in after} == {None}
+        assert {(r.frame_index, r.n_frames) for r in after} == {(0, 1)}
+        assert all(r.pixel_nm_y == r.pixel_nm_x == r.pixel_nm for r in after)
         assert [tuple(r) for r in particles_after] == particles_before
         assert _schema_shape(eng) == _schema_shape(fresh)
         first = store.get_frame(eng, 1)
@@ -548,7 +557,9 @@ def test_processes_starting_together_create_the_schema_once(pg_url: str) -> None
     eng = store.connect(pg_url, create=False)
     try:
         with eng.connect() as conn:
-            assert conn.execute(text("SELECT version FROM schema_info")).scalars().all() == [3]
+            assert conn.execute(text("SELECT version FROM schema_info")).scalars().all() == [
+                store.SCHEMA_VERSION
+            ]
     finally:
         eng.dispose()
 
@@ -614,3 +625,93 @@ def test_server_restart_during_a_burst_loses_and_duplicates_nothing(
         assert n_particles == 2 * n
     finally:
         engine.dispose()
+
+
+def test_upgrade_to_frame_index_keeps_rows_and_particles(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V1_DDL)
+        conn.execute("UPDATE frames SET pixel_nm = 0.25")
+        conn.execute(
+            "INSERT INTO particles (frame_id, label, area_px, equiv_diameter_px, centroid_y, "
+            "centroid_x, bbox_y0, bbox_x0, bbox_y1, bbox_x1, touches_border) "
+            "VALUES (1, 1, 12, 3.9, 5.0, 6.0, 4, 5, 8, 9, 0)"
+        )
+    eng = store.connect(path)
+    try:
+        old = store.get_frame(eng, 1)
+        assert old is not None
+        assert (old.frame_index, old.n_frames, old.pixel_nm_y, old.pixel_nm_x) == (0, 1, 0.25, 0.25)
+        assert store.recorded_frames(eng, "/acq/old.tif", "cd") == ({0}, 1)
+        assert [p.area_px for p in old.particles] == [12]
+        assert store.is_recorded(eng, "/acq/old.tif", "cd", frame_index=0)
+        assert not store.is_recorded(eng, "/acq/old.tif", "cd", frame_index=1)
+        # frames of one stack are separate rows; each frame stays idempotent
+        ids = [
+            store.record_frame(
+                eng,
+                source_path="/acq/stack.mrc",
+                sha256=SHA,
+                size_bytes=10,
+                status="done",
+                frame_index=i,
+                n_frames=3,
+                pixel_nm_yx=(0.2, 0.1),
+                particles=_particles(),
+            )
+            for i in (0, 1, 1)
+        ]
+        assert ids[0] != ids[1] == ids[2] and ids[0] > 1
+        assert store.recorded_frames(eng, "/acq/stack.mrc", SHA) == ({0, 1}, 3)  # frame 2 to do
+        assert store.recorded_frames(eng, "/acq/other.mrc", SHA) == (set(), None)
+        second = store.get_frame(eng, ids[1])
+        assert second is not None
+        assert (second.frame_index, second.pixel_nm_y, second.pixel_nm_x) == (1, 0.2, 0.1)
+        assert len(second.particles) == len(_particles())
+        # deleting a frame still cascades to its particles on the rebuilt tables
+        with sqlite3.connect(path) as conn:
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("DELETE FROM frames WHERE id = 1")
+            assert conn.execute("SELECT COUNT(*) FROM particles WHERE frame_id = 1").fetchone() == (
+                0,
+            )
+    finally:
+        eng.dispose()
+
+
+def test_upgrade_3_to_4_on_each_server(db_url: str) -> None:
+    eng = store.connect(db_url)
+    store.record_frame(
+        eng, source_path="/acq/a.mrc", sha256=SHA, size_bytes=1, status="done", model_id="m1",
+        pixel_nm=0.3,
+    )  # fmt: skip
+    with eng.begin() as conn:  # back to version 3, as that version left it
+        for index in ("uq_frames_result", "uq_frames_modelless"):
+            conn.execute(text(f"DROP INDEX {index}"))
+        for column in ("frame_index", "n_frames", "pixel_nm_y", "pixel_nm_x"):
+            conn.execute(text(f"ALTER TABLE frames DROP COLUMN {column}"))
+        conn.execute(
+            text("CREATE UNIQUE INDEX uq_frames_result ON frames (source_path, sha256, model_id)")
+        )
+        conn.execute(
+            text(
+                "CREATE UNIQUE INDEX uq_frames_modelless ON frames (source_path, sha256) "
+                "WHERE model_id IS NULL"
+            )
+        )
+        conn.execute(text("UPDATE schema_info SET version = 3"))
+    eng.dispose()
+    eng = store.connect(db_url)
+    try:
+        old = store.get_frame(eng, 1)
+        assert old is not None
+        assert (old.frame_index, old.n_frames, old.pixel_nm_y, old.pixel_nm_x) == (0, 1, 0.3, 0.3)
+        frame = dict(source_path="/acq/a.mrc", sha256=SHA, size_bytes=1, status="done")
+        second = store.record_frame(eng, **frame, model_id="m1", frame_index=1, n_frames=2)
+        assert second != 1 and store.result_id(eng, SHA, "m1", frame_index=1) == second
+        table = FrameRow.__table__
+        row = {**frame, "model_id": "m1", "frame_index": 1, "processed_at": datetime.now(UTC)}
+        with pytest.raises(IntegrityError), eng.begin() as conn:  # the database's own key
+            conn.execute(table.insert(), row)
+    finally:
+        eng.dispose()

@@ -150,7 +150,9 @@ def simulate(
 
 @app.command()
 def segment(
-    frames: list[str] = typer.Argument(..., metavar="FRAME.tif...", help="Frames to segment."),
+    frames: list[str] = typer.Argument(
+        ..., metavar="FILE...", help="Frame files (TIFF, MRC, EMD, DM3/DM4, SER)."
+    ),
     material: str | None = typer.Option(
         None, "--material", help="Material of all frames (default: each frame's metadata)."
     ),
@@ -171,16 +173,19 @@ def segment(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: all cores)."),
 ) -> None:
-    """Segment frames and print one JSON line per frame (particles, sizes, timings)."""
-    import dataclasses
+    """Segment frames and print one JSON line per frame (particles, sizes, timings).
+
+    Every 2-D frame of a stack or multi-frame file gets its own line with its
+    ``frame_index``. A file that cannot be read gives one error line on
+    stderr; the others are still segmented and the exit code is 1.
+    """
     import json
     from pathlib import Path
 
     from temseg.engine import EngineError, load_engine
     from temseg.engine.base import resolve_device
-    from temseg.frames import FrameError, read_frame
-    from temseg.frames.write import write_mask_tiff
-    from temseg.inference import default_tile, segment_frame
+    from temseg.frames import FrameError
+    from temseg.inference import default_tile
     from temseg.model.bundle import BundleError, load_bundle
 
     if pixel_nm is not None and pixel_nm <= 0:
@@ -202,38 +207,79 @@ def segment(
         for name in frames:
             path = Path(name)
             try:
-                frame = read_frame(path)
-                if pixel_nm is not None:
-                    frame = dataclasses.replace(frame, pixel_nm=pixel_nm)
-                used = material if material is not None else frame.material
-                level = threshold if threshold is not None else bundle.threshold_for(used)
-                result = segment_frame(
-                    frame,
+                # one file, one read: a bad file fails whole, before any of its frames is printed
+                records = _segment_file(
+                    path,
                     engine,
                     bundle,
-                    threshold=level,
-                    min_area_px=min_area,
-                    material=used,
-                    tile=tile,
+                    threshold,
+                    pixel_nm,
+                    material,
+                    min_area,
+                    tile,
+                    out_dir,
+                    inputs,
                 )
-                mask_file = None
-                if out_dir is not None:
-                    mask_file = out_dir / f"{path.stem}_mask.tif"
-                    if mask_file.resolve() in inputs:
-                        raise FrameError(f"{path}: refusing to overwrite input {mask_file}")
-                    write_mask_tiff(mask_file, result.segmentation.mask)
             except (FrameError, OSError, ValueError) as exc:
                 failed += 1
                 typer.echo(f"error: {exc}", err=True)
                 continue
-            record = {"file": str(path), "mask": None if mask_file is None else str(mask_file)}
-            record.update(model_id=bundle.model_id, **result.to_dict())
-            typer.echo(json.dumps(record))
+            for record in records:
+                typer.echo(json.dumps(record))
     finally:
         engine.close()
     if failed:
-        typer.echo(f"{failed} of {len(frames)} frames failed", err=True)
+        typer.echo(f"{failed} of {len(frames)} files failed", err=True)
         raise typer.Exit(1)
+
+
+def _segment_file(
+    path: Any,
+    engine: Any,
+    bundle: Any,
+    threshold: float | None,
+    pixel_nm: float | None,
+    material: str | None,
+    min_area: int,
+    tile: int,
+    out_dir: Any,
+    inputs: set[Any],
+) -> list[dict[str, Any]]:
+    """JSON records of every frame of one file; masks written to ``out_dir`` when given.
+
+    A single-frame file's mask is ``NAME_mask.tif``, frame K of a stack's
+    ``NAME_K_mask.tif``.
+    """
+    import dataclasses
+
+    from temseg.frames import FrameError, read_frames
+    from temseg.frames.write import write_mask_tiff
+    from temseg.inference import segment_frame
+
+    records = []
+    frames = read_frames(path)
+    note = frames[0].metadata.get("pixel_nm_note")
+    if note and pixel_nm is None:
+        typer.echo(f"warning: {path}: {note}", err=True)
+    for frame in frames:
+        if pixel_nm is not None:
+            frame = dataclasses.replace(frame, pixel_nm=pixel_nm, pixel_nm_yx=(pixel_nm, pixel_nm))
+        used = material if material is not None else frame.material
+        level = threshold if threshold is not None else bundle.threshold_for(used)
+        result = segment_frame(
+            frame, engine, bundle, threshold=level, min_area_px=min_area, material=used, tile=tile
+        )
+        mask_file = None
+        if out_dir is not None:
+            suffix = "" if frame.n_frames == 1 else f"_{frame.frame_index}"
+            mask_file = out_dir / f"{path.stem}{suffix}_mask.tif"
+            if mask_file.resolve() in inputs:
+                raise FrameError(f"{path}: refusing to overwrite input {mask_file}")
+            write_mask_tiff(mask_file, result.segmentation.mask)
+        record = {"file": str(path), "mask": None if mask_file is None else str(mask_file)}
+        record.update(model_id=bundle.model_id, **result.to_dict())
+        records.append(record)
+    return records
 
 
 @app.command()

@@ -44,7 +44,19 @@ class Settings:
     polling: bool = False
     poll_interval_s: float = 1.0
     stable_s: float = 1.0  # polling: size and mtime unchanged this long = complete
-    patterns: list[str] = field(default_factory=lambda: ["*.tif", "*.tiff"])
+    # the frame files temseg.frames reads; a TIA .emi is the metadata half of a .ser
+    patterns: list[str] = field(
+        default_factory=lambda: [
+            "*.tif",
+            "*.tiff",
+            "*.mrc",
+            "*.mrcs",
+            "*.emd",
+            "*.dm3",
+            "*.dm4",
+            "*.ser",
+        ]
+    )
     recursive: bool = True
     follow_symlinks: bool = False
     masks: Path | None = None  # optional output folder for mask TIFFs

@@ -171,6 +171,7 @@ class Daemon:
                 on_model_swap=self._freeze_gc,
                 faults=self._faults,
                 stats=self.stats,
+                read_again=self._intake.submit,
             )
             self._pipeline = Pipeline(
                 stages,

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-DEFAULT_PATTERNS = ("*.tif", "*.tiff")
+DEFAULT_PATTERNS = ("*.tif", "*.tiff", "*.mrc", "*.mrcs", "*.emd", "*.dm3", "*.dm4", "*.ser")
 MATERIAL_RULE = "1 to 64 letters, digits, '_', '.', '+' or '-', starting with a letter or digit"
 _MATERIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 

@@ -17,18 +17,21 @@ Connect::
         create=False: FileNotFoundError instead of creating a missing database.
     SCHEMA_VERSION: int ; SchemaError(RuntimeError) ; DriverError(SchemaError)
 
-Frames: a frame's result for a model, idempotent on (source_path, sha256, model_id)
-(model-less failures: on (source_path, sha256)); work left is asked by content::
+Frames: a frame's result for a model, idempotent on (source_path, sha256, model_id,
+frame_index) (model-less failures: on (source_path, sha256, frame_index)); work left is
+asked by content::
 
     record_frame(engine, *, source_path, sha256, size_bytes, status,  # "done" | "failed"
+                 frame_index=0, n_frames=1,  # a stack's frames are rows of their own
                  material=None, error=None, model_id=None, threshold=None,
                  n_particles=None, area_fraction=None, mask_path=None,
-                 height=None, width=None, pixel_nm=None, seq=None,
+                 height=None, width=None, pixel_nm=None, pixel_nm_yx=None, seq=None,
                  received_at=None,  # aware datetime
                  latency_ms=None, backend=None, instrument=None,
                  particles: Sequence[temseg.segment.Particle] = ()) -> int  # frame id
-    is_recorded(engine, source_path, sha256) -> bool    # by any model
-    result_id(engine, sha256, model_id) -> int | None   # under any path
+    is_recorded(engine, source_path, sha256, frame_index=0) -> bool  # by any model
+    recorded_frames(engine, source_path, sha256) -> (set of frame indices, n_frames or None)
+    result_id(engine, sha256, model_id, frame_index=0) -> int | None  # under any path
     recorded_contents(engine, model_id) -> set[str]     # sha256 with a result of the model
     recorded_paths(engine) -> set[tuple[str, str]]      # (source_path, sha256)
     get_frame(engine, frame_id) -> FrameRecord | None   # .particles: tuple[Particle, ...]
@@ -69,6 +72,7 @@ from temseg.store.frames import (
     is_recorded,
     record_frame,
     recorded_contents,
+    recorded_frames,
     recorded_paths,
     result_id,
 )
@@ -103,6 +107,7 @@ __all__ = [
     "record_calibration",
     "record_frame",
     "recorded_contents",
+    "recorded_frames",
     "recorded_paths",
     "register_model",
     "result_id",

@@ -30,12 +30,23 @@ _PARTICLES: Table = ParticleRow.metadata.tables[ParticleRow.__tablename__]
 # statement (and its cache key) cost more than running it.
 _FRAME_ID = (
     select(_FRAMES.c.id)
-    .where(_FRAMES.c.source_path == bindparam("path"), _FRAMES.c.sha256 == bindparam("sha"))
+    .where(
+        _FRAMES.c.source_path == bindparam("path"),
+        _FRAMES.c.sha256 == bindparam("sha"),
+        _FRAMES.c.frame_index == bindparam("index"),
+    )
     .limit(1)
+)
+_FRAMES_OF_FILE = select(_FRAMES.c.frame_index, _FRAMES.c.n_frames).where(
+    _FRAMES.c.source_path == bindparam("path"), _FRAMES.c.sha256 == bindparam("sha")
 )
 _RESULT_ID = (
     select(_FRAMES.c.id)
-    .where(_FRAMES.c.sha256 == bindparam("sha"), _FRAMES.c.model_id == bindparam("model"))
+    .where(
+        _FRAMES.c.sha256 == bindparam("sha"),
+        _FRAMES.c.model_id == bindparam("model"),
+        _FRAMES.c.frame_index == bindparam("index"),
+    )
     .order_by(_FRAMES.c.id)
     .limit(1)
 )
@@ -43,12 +54,14 @@ _ROW_ID = select(_FRAMES.c.id).where(
     _FRAMES.c.source_path == bindparam("path"),
     _FRAMES.c.sha256 == bindparam("sha"),
     _FRAMES.c.model_id == bindparam("model"),
+    _FRAMES.c.frame_index == bindparam("index"),
 )
 _MODELLESS_ID = (
     select(_FRAMES.c.id)
     .where(
         _FRAMES.c.source_path == bindparam("path"),
         _FRAMES.c.sha256 == bindparam("sha"),
+        _FRAMES.c.frame_index == bindparam("index"),
         _FRAMES.c.model_id.is_(None),
     )
     .order_by(_FRAMES.c.id)
@@ -77,12 +90,17 @@ _PARTICLE_COLUMNS = (
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """A recorded frame. Sizes in pixels, ``pixel_nm`` in nm per pixel,
-    ``latency_ms`` from arrival to result, timestamps timezone-aware UTC."""
+    """A recorded frame. Sizes in pixels, ``pixel_nm`` in nm per pixel (the
+    side of the square of equal area for non-square pixels), ``pixel_nm_y``
+    and ``pixel_nm_x`` per axis, ``frame_index`` the frame's place in its file
+    of ``n_frames``, ``latency_ms`` from arrival to result, timestamps
+    timezone-aware UTC."""
 
     id: int
     source_path: str
     sha256: str
+    frame_index: int
+    n_frames: int
     size_bytes: int
     status: str
     material: str | None
@@ -95,6 +113,8 @@ class FrameRecord:
     height: int | None
     width: int | None
     pixel_nm: float | None
+    pixel_nm_y: float | None
+    pixel_nm_x: float | None
     seq: int | None
     received_at: datetime | None
     processed_at: datetime
@@ -104,16 +124,31 @@ class FrameRecord:
     particles: tuple[Particle, ...]
 
 
-def is_recorded(engine: Engine, source_path: str, sha256: str) -> bool:
-    """Whether a frame with this path and content hash is already recorded (by any model)."""
-    return _find_id(engine, source_path, sha256) is not None
+def is_recorded(engine: Engine, source_path: str, sha256: str, frame_index: int = 0) -> bool:
+    """Whether frame ``frame_index`` of this path and content hash is already recorded
+    (by any model)."""
+    return _find_id(engine, source_path, sha256, frame_index) is not None
 
 
-def result_id(engine: Engine, sha256: str, model_id: str) -> int | None:
-    """The id of a result of model ``model_id`` for content ``sha256`` (under any path;
-    the first recorded), or ``None``."""
+def recorded_frames(engine: Engine, source_path: str, sha256: str) -> tuple[set[int], int | None]:
+    """Frame indices recorded (by any model) for this path and content hash, and the
+    file's frame count; ``(set(), None)`` when nothing is recorded.
+
+    A file is done when every index below its count is recorded (a file that
+    failed as a whole: index 0 of 1); a stack interrupted half way is not.
+    """
     with engine.connect() as conn:
-        return conn.scalar(_RESULT_ID, {"sha": sha256, "model": model_id})
+        rows = conn.execute(_FRAMES_OF_FILE, {"path": source_path, "sha": sha256}).all()
+    if not rows:
+        return set(), None
+    return {int(r[0]) for r in rows}, max(int(r[1]) for r in rows)
+
+
+def result_id(engine: Engine, sha256: str, model_id: str, frame_index: int = 0) -> int | None:
+    """The id of a result of model ``model_id`` for frame ``frame_index`` of content
+    ``sha256`` (under any path; the first recorded), or ``None``."""
+    with engine.connect() as conn:
+        return conn.scalar(_RESULT_ID, {"sha": sha256, "model": model_id, "index": frame_index})
 
 
 def recorded_contents(engine: Engine, model_id: str) -> set[str]:
@@ -122,11 +157,11 @@ def recorded_contents(engine: Engine, model_id: str) -> set[str]:
         return set(conn.scalars(_RESULTS_OF_MODEL, {"model": model_id}))
 
 
-def _find_id(engine: Engine, source_path: str, sha256: str) -> int | None:
+def _find_id(engine: Engine, source_path: str, sha256: str, frame_index: int = 0) -> int | None:
     # A Core connection: the daemon asks this once per frame, and an ORM session's
     # set-up and tear-down cost more than the query.
     with engine.connect() as conn:
-        return conn.scalar(_FRAME_ID, {"path": source_path, "sha": sha256})
+        return conn.scalar(_FRAME_ID, {"path": source_path, "sha": sha256, "index": frame_index})
 
 
 def record_frame(
@@ -136,6 +171,8 @@ def record_frame(
     sha256: str,
     size_bytes: int,
     status: str,
+    frame_index: int = 0,
+    n_frames: int = 1,
     material: str | None = None,
     error: str | None = None,
     model_id: str | None = None,
@@ -146,6 +183,7 @@ def record_frame(
     height: int | None = None,
     width: int | None = None,
     pixel_nm: float | None = None,
+    pixel_nm_yx: tuple[float, float] | None = None,
     seq: int | None = None,
     received_at: datetime | None = None,
     latency_ms: float | None = None,
@@ -160,15 +198,21 @@ def record_frame(
     another process records it at the same moment (the database's unique index
     decides). ``status`` is ``"done"`` or ``"failed"``; ``received_at`` must be
     timezone-aware; ``processed_at`` is set to now (UTC); ``instrument`` names the
-    microscope.
+    microscope. Frame ``frame_index`` of a file of ``n_frames`` is a row of its own
+    (the key includes it). ``pixel_nm_yx`` is the pixel size per axis (nm); given
+    alone, ``pixel_nm`` counts for both axes.
     """
     if status not in FRAME_STATUSES:
         raise ValueError(f"status must be one of {FRAME_STATUSES}, got {status!r}")
     if received_at is not None and received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")
+    if pixel_nm_yx is None and pixel_nm is not None:
+        pixel_nm_yx = (pixel_nm, pixel_nm)
     values = {
         "source_path": source_path,
         "sha256": sha256,
+        "frame_index": int(frame_index),
+        "n_frames": int(n_frames),
         "size_bytes": int(size_bytes),
         "status": status,
         "material": material,
@@ -181,6 +225,8 @@ def record_frame(
         "height": None if height is None else int(height),
         "width": None if width is None else int(width),
         "pixel_nm": _opt_float(pixel_nm),
+        "pixel_nm_y": None if pixel_nm_yx is None else float(pixel_nm_yx[0]),
+        "pixel_nm_x": None if pixel_nm_yx is None else float(pixel_nm_yx[1]),
         "seq": None if seq is None else int(seq),
         "received_at": received_at,
         "processed_at": utc_now(),
@@ -188,7 +234,7 @@ def record_frame(
         "backend": backend,
         "instrument": instrument,
     }
-    params: dict[str, str] = {"path": source_path, "sha": sha256}
+    params: dict[str, Any] = {"path": source_path, "sha": sha256, "index": int(frame_index)}
     if model_id is None:
         lookup = _MODELLESS_ID
     else:
@@ -238,6 +284,8 @@ def _frame_record(row: FrameRow) -> FrameRecord:
         id=row.id,
         source_path=row.source_path,
         sha256=row.sha256,
+        frame_index=row.frame_index,
+        n_frames=row.n_frames,
         size_bytes=row.size_bytes,
         status=row.status,
         material=row.material,
@@ -250,6 +298,8 @@ def _frame_record(row: FrameRow) -> FrameRecord:
         height=row.height,
         width=row.width,
         pixel_nm=row.pixel_nm,
+        pixel_nm_y=row.pixel_nm_y,
+        pixel_nm_x=row.pixel_nm_x,
         seq=row.seq,
         received_at=row.received_at,
         processed_at=row.processed_at,

@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 
 from temseg.store.tables import Base, SchemaInfo
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version written into new databases; older ones are upgraded to it."""
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -136,7 +136,37 @@ def _upgrade_2_to_3(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_frames_sha256_model ON frames (sha256, model_id)"))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
+def _upgrade_3_to_4(conn: Connection) -> None:
+    """Version 4 records each 2-D frame of a stack: ``frame_index`` (0 for a single
+    image) joins both unique keys, ``n_frames`` says how many frames the file holds,
+    and the pixel size is kept per axis (``pixel_nm_y``, ``pixel_nm_x``). Existing
+    rows are frame 0 of 1, with their ``pixel_nm`` on both axes."""
+    conn.execute(text("ALTER TABLE frames ADD COLUMN frame_index INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE frames ADD COLUMN n_frames INTEGER NOT NULL DEFAULT 1"))
+    conn.execute(text("ALTER TABLE frames ADD COLUMN pixel_nm_y FLOAT"))
+    conn.execute(text("ALTER TABLE frames ADD COLUMN pixel_nm_x FLOAT"))
+    conn.execute(text("UPDATE frames SET pixel_nm_y = pixel_nm, pixel_nm_x = pixel_nm"))
+    conn.execute(text("DROP INDEX uq_frames_result"))
+    conn.execute(text("DROP INDEX uq_frames_modelless"))
+    conn.execute(
+        text(
+            "CREATE UNIQUE INDEX uq_frames_result "
+            "ON frames (source_path, sha256, model_id, frame_index)"
+        )
+    )
+    conn.execute(
+        text(
+            "CREATE UNIQUE INDEX uq_frames_modelless ON frames (source_path, sha256, frame_index) "
+            "WHERE model_id IS NULL"
+        )
+    )
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _upgrade_1_to_2,
+    2: _upgrade_2_to_3,
+    3: _upgrade_3_to_4,
+}
 """``MIGRATIONS[v]`` upgrades a version ``v`` database to version ``v + 1``.
 
 A new version: bump :data:`SCHEMA_VERSION`, change the tables, and add a step

@@ -72,17 +72,22 @@ class FrameRow(Base):
     microscope whose daemon recorded the row. A failure before any model ran
     (unreadable file) has ``model_id`` ``None`` and is unique per
     (source_path, sha256).
+
+    A file with several 2-D frames (a stack) has a row per frame: both keys
+    include ``frame_index`` (0 for a single image, and for a file that failed
+    as a whole), and ``n_frames`` says how many frames the file holds.
     """
 
     __tablename__ = "frames"
     __table_args__ = (
         CheckConstraint("status IN ('done', 'failed')", name="ck_frames_status"),
         Index("ix_frames_processed_at", "processed_at"),
-        Index("uq_frames_result", "source_path", "sha256", "model_id", unique=True),
+        Index("uq_frames_result", "source_path", "sha256", "model_id", "frame_index", unique=True),
         Index(
             "uq_frames_modelless",
             "source_path",
             "sha256",
+            "frame_index",
             unique=True,
             sqlite_where=text("model_id IS NULL"),
             postgresql_where=text("model_id IS NULL"),
@@ -111,6 +116,11 @@ class FrameRow(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     backend: Mapped[str | None] = mapped_column(String(32))
     instrument: Mapped[str | None] = mapped_column(String(64))
+    # version 4, in the order its upgrade adds them
+    frame_index: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    n_frames: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    pixel_nm_y: Mapped[float | None] = mapped_column(Float)
+    pixel_nm_x: Mapped[float | None] = mapped_column(Float)
 
     particles: Mapped[list[ParticleRow]] = relationship(
         back_populates="frame", cascade="all, delete-orphan", order_by="ParticleRow.label"
