@@ -55,3 +55,8 @@ def test_bench_host_measures_every_step() -> None:
     assert "reader step, 1 thread(s)" in out
     assert re.search(r"particles in a worker .*\d+\.\d ms", out)
     assert "segmenter, particles in workers step, 1 thread(s)" in out
+
+
+def test_bench_events_counts_every_frame() -> None:
+    out = run_script("bench_events.py", "--frames", "50", "--queued", "1")
+    assert re.search(r"[\d.]+ us per frame in emit \(50 frames counted\)", out), out
