@@ -62,3 +62,8 @@ def test_bench_formats_reads_back_every_format() -> None:
     for name in ("tiff", "mrc", "velox emd", "berkeley emd", "dm3", "dm4", "ser"):
         assert re.search(rf"^\| 32 \| {name} \|", out, re.MULTILINE), out
     assert "| h5py (`import h5py` after `numpy`) |" in out
+
+
+def test_bench_events_counts_every_frame() -> None:
+    out = run_script("bench_events.py", "--frames", "50", "--queued", "1")
+    assert re.search(r"[\d.]+ us per frame in emit \(50 frames counted\)", out), out
