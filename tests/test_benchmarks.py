@@ -55,3 +55,15 @@ def test_bench_host_measures_every_step() -> None:
     assert "reader step, 1 thread(s)" in out
     assert re.search(r"particles in a worker .*\d+\.\d ms", out)
     assert "segmenter, particles in workers step, 1 thread(s)" in out
+
+
+def test_bench_formats_reads_back_every_format() -> None:
+    out = run_script("bench_formats.py", "--sizes", "32", "--repeats", "1", "--imports", "1")
+    for name in ("tiff", "mrc", "velox emd", "berkeley emd", "dm3", "dm4", "ser"):
+        assert re.search(rf"^\| 32 \| {name} \|", out, re.MULTILINE), out
+    assert "| h5py (`import h5py` after `numpy`) |" in out
+
+
+def test_bench_events_counts_every_frame() -> None:
+    out = run_script("bench_events.py", "--frames", "50", "--queued", "1")
+    assert re.search(r"[\d.]+ us per frame in emit \(50 frames counted\)", out), out

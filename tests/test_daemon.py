@@ -676,6 +676,20 @@ def test_gil_switch_interval_shortened_while_the_daemon_runs(make_daemon, acq: P
     assert sys.getswitchinterval() == before
 
 
+def test_gil_switch_interval_restored_when_daemons_stop_in_start_order(
+    make_daemon, acq: Path, tmp_path: Path
+) -> None:
+    from temseg.daemon.service import GIL_SWITCH_INTERVAL_S
+
+    before = sys.getswitchinterval()
+    first = make_daemon()
+    second = make_daemon(db=str(tmp_path / "second.db"))
+    first.stop()
+    assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S)  # one still runs
+    second.stop()
+    assert sys.getswitchinterval() == before
+
+
 def _policies(prefix: str) -> set[int]:
     """Linux scheduling policies of this process's live threads named ``prefix``..."""
     return {

@@ -10,7 +10,13 @@ import torch
 
 from temseg.engine import Engine, load_engine
 from temseg.frames import Frame
-from temseg.inference import FrameResult, predict_batch, predict_probability, segment_frame
+from temseg.inference import (
+    FrameResult,
+    predict_batch,
+    predict_probability,
+    prepare_input,
+    segment_frame,
+)
 from temseg.model.bundle import ModelBundle, load_bundle, save_bundle
 from temseg.model.unet import UNetConfig, build_unet
 
@@ -241,3 +247,15 @@ def test_float16_copy_rounds_as_numpy_does_bit_for_bit() -> None:
     np.testing.assert_array_equal(half.view(np.uint16), expected.view(np.uint16))
     strided = to_float16(probability[:, ::2])  # not contiguous
     np.testing.assert_array_equal(strided, probability[:, ::2].astype(np.float16))
+
+
+def test_non_square_pixels_resampled_per_axis(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path, pixel_nm=0.1)
+    x = prepare_input(frame_image((40, 60)), bundle, (0.2, 0.05))
+    assert x.grid_shape == (80, 30) and x.frame_shape == (40, 60)
+
+
+def test_frame_that_would_grow_past_the_limit_refused(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path, pixel_nm=0.05)
+    with pytest.raises(ValueError, match=r"would make 51200 x 51200 px .*check the frame's pixel"):
+        prepare_input(frame_image((128, 128)), bundle, 20.0)

@@ -157,3 +157,49 @@ def test_non_positive_pixel_size_rejected(frames: list[Path], bundle_dir: Path) 
     code, _, err = run(frames[0], "--pixel-nm", "0", *engine_flags(bundle_dir))
     assert code == 2
     assert "--pixel-nm" in err
+
+
+def test_stack_segmented_frame_by_frame(
+    tmp_path: Path, frames: list[Path], bundle_dir: Path
+) -> None:
+    import mrcfile
+
+    stack = np.stack([lattice((40, 56), s) for s in (4, 5)]).astype(np.float32)
+    movie = tmp_path / "raw" / "movie.mrc"
+    with mrcfile.new(movie) as mrc:
+        mrc.set_data(stack)
+        mrc.set_image_stack()
+        mrc.voxel_size = (1.0, 2.0, 1.0)  # x, y, z in Angstrom: pixels 0.2 nm tall, 0.1 nm wide
+    out = tmp_path / "masks"
+    code, lines, err = run(frames[0], movie, "--out", out, *engine_flags(bundle_dir))
+    assert code == 0, err
+    assert [(line["file"], line["frame_index"]) for line in lines] == [
+        (str(frames[0]), 0),
+        (str(movie), 0),
+        (str(movie), 1),
+    ]
+    assert lines[0]["shape"] == [64, 80] and lines[0]["pixel_nm_yx"] == [0.1, 0.1]
+    for index, line in enumerate(lines[1:]):
+        assert line["shape"] == [40, 56]
+        assert line["pixel_nm_yx"] == pytest.approx([0.2, 0.1])
+        assert line["pixel_nm"] == pytest.approx((0.2 * 0.1) ** 0.5)
+        assert line["mask"] == str(out / f"movie_{index}_mask.tif")
+        assert tifffile.imread(line["mask"]).shape == (40, 56)
+
+
+def test_file_without_image_reported_others_continue(
+    tmp_path: Path, frames: list[Path], bundle_dir: Path
+) -> None:
+    import h5py
+
+    spectrum = tmp_path / "raw" / "eels.emd"
+    with h5py.File(spectrum, "w") as f:
+        group = f.create_group("data/eels")
+        group.attrs["emd_group_type"] = 1
+        group["data"] = np.arange(256.0)
+    code, lines, err = run(frames[0], spectrum, frames[1], *engine_flags(bundle_dir))
+    assert code == 1
+    assert [line["file"] for line in lines] == [str(frames[0]), str(frames[1])]
+    assert lines[1]["pixel_nm_yx"] == [0.2, 0.2]  # the sidecar's, on both axes
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "eels.emd: no 2-D image" in line

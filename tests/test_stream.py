@@ -79,11 +79,12 @@ def test_pub_sub_headers_seq_and_mask_bytes(encoding: str) -> None:
             ahead = encode_mask(mask, encoding)  # encoded on another thread, as the daemon does
             sent.append(pub.publish_mask(fields, mask if i % 2 else ahead, prob))
         error = pub.publish_error("/acq/bad.tif", "not a TIFF")
-        received = [sub.receive() for _ in range(6)]
+        stack_error = pub.publish_error("/acq/movie.mrc", "inference failed", frame_index=2)
+        received = [sub.receive() for _ in range(7)]
 
     assert all(m is not None for m in received)
     messages: list[StreamMessage] = received  # type: ignore[assignment]
-    assert [m.header["seq"] for m in messages] == list(range(first_seq, first_seq + 6))
+    assert [m.header["seq"] for m in messages] == list(range(first_seq, first_seq + 7))
     assert {m.header["run_id"] for m in messages} == {pub.run_id}
     for header, message, mask in zip(sent, messages, masks, strict=False):
         assert message.header == header
@@ -96,6 +97,8 @@ def test_pub_sub_headers_seq_and_mask_bytes(encoding: str) -> None:
         assert not message.mask.flags.writeable and not message.probability.flags.writeable
     assert messages[5].is_error and messages[5].header == error
     assert error["source"] == "/acq/bad.tif" and error["error"] == "not a TIFF"
+    assert "frame_index" not in error  # the whole file failed
+    assert messages[6].header == stack_error and stack_error["frame_index"] == 2
     assert sub.gaps == [] and sub.invalid == 0 and pub.dropped == 0
 
 

@@ -5,6 +5,9 @@ Each command parses flags and calls into the package; no logic lives here.
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import typer
 
 from temseg import __version__
@@ -147,7 +150,9 @@ def simulate(
 
 @app.command()
 def segment(
-    frames: list[str] = typer.Argument(..., metavar="FRAME.tif...", help="Frames to segment."),
+    frames: list[str] = typer.Argument(
+        ..., metavar="FILE...", help="Frame files (TIFF, MRC, EMD, DM3/DM4, SER)."
+    ),
     material: str | None = typer.Option(
         None, "--material", help="Material of all frames (default: each frame's metadata)."
     ),
@@ -168,16 +173,19 @@ def segment(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: all cores)."),
 ) -> None:
-    """Segment frames and print one JSON line per frame (particles, sizes, timings)."""
-    import dataclasses
+    """Segment frames and print one JSON line per frame (particles, sizes, timings).
+
+    Every 2-D frame of a stack or multi-frame file gets its own line with its
+    ``frame_index``. A file that cannot be read gives one error line on
+    stderr; the others are still segmented and the exit code is 1.
+    """
     import json
     from pathlib import Path
 
     from temseg.engine import EngineError, load_engine
     from temseg.engine.base import resolve_device
-    from temseg.frames import FrameError, read_frame
-    from temseg.frames.write import write_mask_tiff
-    from temseg.inference import default_tile, segment_frame
+    from temseg.frames import FrameError
+    from temseg.inference import default_tile
     from temseg.model.bundle import BundleError, load_bundle
 
     if pixel_nm is not None and pixel_nm <= 0:
@@ -199,44 +207,88 @@ def segment(
         for name in frames:
             path = Path(name)
             try:
-                frame = read_frame(path)
-                if pixel_nm is not None:
-                    frame = dataclasses.replace(frame, pixel_nm=pixel_nm)
-                used = material if material is not None else frame.material
-                level = threshold if threshold is not None else bundle.threshold_for(used)
-                result = segment_frame(
-                    frame,
+                # one file, one read: a bad file fails whole, before any of its frames is printed
+                records = _segment_file(
+                    path,
                     engine,
                     bundle,
-                    threshold=level,
-                    min_area_px=min_area,
-                    material=used,
-                    tile=tile,
+                    threshold,
+                    pixel_nm,
+                    material,
+                    min_area,
+                    tile,
+                    out_dir,
+                    inputs,
                 )
-                mask_file = None
-                if out_dir is not None:
-                    mask_file = out_dir / f"{path.stem}_mask.tif"
-                    if mask_file.resolve() in inputs:
-                        raise FrameError(f"{path}: refusing to overwrite input {mask_file}")
-                    write_mask_tiff(mask_file, result.segmentation.mask)
             except (FrameError, OSError, ValueError) as exc:
                 failed += 1
                 typer.echo(f"error: {exc}", err=True)
                 continue
-            record = {"file": str(path), "mask": None if mask_file is None else str(mask_file)}
-            record.update(model_id=bundle.model_id, **result.to_dict())
-            typer.echo(json.dumps(record))
+            for record in records:
+                typer.echo(json.dumps(record))
     finally:
         engine.close()
     if failed:
-        typer.echo(f"{failed} of {len(frames)} frames failed", err=True)
+        typer.echo(f"{failed} of {len(frames)} files failed", err=True)
         raise typer.Exit(1)
+
+
+def _segment_file(
+    path: Any,
+    engine: Any,
+    bundle: Any,
+    threshold: float | None,
+    pixel_nm: float | None,
+    material: str | None,
+    min_area: int,
+    tile: int,
+    out_dir: Any,
+    inputs: set[Any],
+) -> list[dict[str, Any]]:
+    """JSON records of every frame of one file; masks written to ``out_dir`` when given.
+
+    A single-frame file's mask is ``NAME_mask.tif``, frame K of a stack's
+    ``NAME_K_mask.tif``.
+    """
+    import dataclasses
+
+    from temseg.frames import FrameError, read_frames
+    from temseg.frames.write import write_mask_tiff
+    from temseg.inference import segment_frame
+
+    records = []
+    frames = read_frames(path)
+    note = frames[0].metadata.get("pixel_nm_note")
+    if note and pixel_nm is None:
+        typer.echo(f"warning: {path}: {note}", err=True)
+    for frame in frames:
+        if pixel_nm is not None:
+            frame = dataclasses.replace(frame, pixel_nm=pixel_nm, pixel_nm_yx=(pixel_nm, pixel_nm))
+        used = material if material is not None else frame.material
+        level = threshold if threshold is not None else bundle.threshold_for(used)
+        result = segment_frame(
+            frame, engine, bundle, threshold=level, min_area_px=min_area, material=used, tile=tile
+        )
+        mask_file = None
+        if out_dir is not None:
+            suffix = "" if frame.n_frames == 1 else f"_{frame.frame_index}"
+            mask_file = out_dir / f"{path.stem}{suffix}_mask.tif"
+            if mask_file.resolve() in inputs:
+                raise FrameError(f"{path}: refusing to overwrite input {mask_file}")
+            write_mask_tiff(mask_file, result.segmentation.mask)
+        record = {"file": str(path), "mask": None if mask_file is None else str(mask_file)}
+        record.update(model_id=bundle.model_id, **result.to_dict())
+        records.append(record)
+    return records
 
 
 @app.command()
 def daemon(
     watch: str | None = typer.Option(None, "--watch", help="Acquisition folder to watch."),
     db: str | None = typer.Option(None, "--db", help="Database URL or SQLite file."),
+    instrument: str | None = typer.Option(
+        None, "--instrument", help="Microscope name recorded with every frame."
+    ),
     publish: str | None = typer.Option(
         None, "--publish", help="ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:5557."
     ),
@@ -297,6 +349,7 @@ def daemon(
     overrides = {
         "watch": watch,
         "db": db,
+        "instrument": instrument,
         "publish": publish,
         "material": material,
         "model": model,
@@ -530,9 +583,13 @@ def status(
     db: str | None = typer.Option(None, "--db", help="Database URL or file (default: settings)."),
     minutes: float = typer.Option(10.0, "--minutes", min=0.01, help="Throughput window."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of text."),
+    by: str = typer.Option(
+        "material", "--by", help="Group the counts by material, instrument or model."
+    ),
     config: str | None = typer.Option(None, "--config", help="Settings file (TOML)."),
 ) -> None:
-    """Frames recorded per status and material, the last frame, recent throughput."""
+    """Frames recorded per status and material (or instrument, model), the last frame,
+    recent throughput."""
     import json
 
     from sqlalchemy.exc import OperationalError
@@ -540,6 +597,9 @@ def status(
     from temseg.config import ConfigError, load_settings
     from temseg.store import SchemaError, connect, status_summary
 
+    if by not in ("material", "instrument", "model"):
+        typer.echo(f"error: --by must be material, instrument or model, not {by!r}", err=True)
+        raise typer.Exit(2)
     try:
         url = load_settings(config, overrides={"db": db}).db
     except ConfigError as exc:
@@ -551,8 +611,11 @@ def status(
             summary = status_summary(engine, window_minutes=minutes)
         finally:
             engine.dispose()
-    except (FileNotFoundError, SchemaError, OperationalError) as exc:
+    except (FileNotFoundError, SchemaError) as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {url}: {_first_line(exc.orig)}", err=True)
         raise typer.Exit(1) from exc
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -563,9 +626,10 @@ def status(
 
     typer.echo(f"database  {summary['database']} (schema {summary['schema_version']})")
     typer.echo(f"model     {summary['active_model'] or 'none active'}")
-    typer.echo(f"frames    {summary['total']}: {counts(summary['by_status'])}")
-    for material, by_status in summary["by_material"].items():
-        typer.echo(f"  {material:8}{counts(by_status)}")
+    grouping = "" if by == "material" else f" (by {by})"
+    typer.echo(f"frames    {summary['total']}: {counts(summary['by_status'])}{grouping}")
+    for group, by_status in summary[f"by_{by}"].items():
+        typer.echo(f"  {group:8}{' ' if len(group) >= 8 else ''}{counts(by_status)}")
     last = summary["last_frame"]
     if last is not None:
         detail = f"{last['n_particles']} particles" if last["status"] == "done" else last["error"]
@@ -578,6 +642,132 @@ def status(
         f"{summary['frames_per_minute']:.2f} frames/min, mean latency "
         + ("-" if mean is None else f"{mean:.0f} ms")
     )
+
+
+@app.command()
+def reprocess(
+    paths: list[str] = typer.Argument(..., help="Frame files and folders of the archive."),
+    db: str | None = typer.Option(None, "--db", help="Database URL or file (default: settings)."),
+    model: str = typer.Option(
+        "auto", "--model", help="ID | DIR | active | bundled (default: active, else bundled)."
+    ),
+    material: str | None = typer.Option(
+        None, "--material", help="Material when neither metadata nor folder rules say."
+    ),
+    scheduler: str = typer.Option(
+        "local", "--scheduler", help="local, or tcp://HOST:PORT of a running Dask scheduler."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Workers of the local cluster."),
+    instrument: str | None = typer.Option(
+        None, "--instrument", help="Microscope name to record (default: settings)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=0, help="CPU threads per worker (0: cores / workers)."
+    ),
+    config: str | None = typer.Option(None, "--config", help="Settings file (TOML)."),
+) -> None:
+    """Segment an archive with a model on Dask; each frame's result is recorded once per
+    model, so a rerun (also after Ctrl-C) does only what is left."""
+    from sqlalchemy.exc import OperationalError
+
+    from temseg.config import ConfigError, load_settings
+    from temseg.reprocess import ReprocessError, Summary
+    from temseg.reprocess import reprocess as run
+    from temseg.store import SchemaError, connect
+
+    try:
+        settings = load_settings(
+            config,
+            overrides={
+                "db": db,
+                "material": material,
+                "instrument": instrument,
+                "threads": threads,
+            },
+        )
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        engine = connect(settings.db)
+    except (FileNotFoundError, SchemaError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {settings.db}: {_first_line(exc.orig)}", err=True)
+        raise typer.Exit(1) from exc
+    bar: Any = None
+
+    def progress(summary: Summary) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = typer.progressbar(length=summary.found, label="reprocess", file=sys.stderr)
+            bar.__enter__()
+        bar.update(summary.handled - bar.pos)
+
+    try:
+        summary = run(
+            paths,
+            engine,
+            model=model,
+            settings=settings,
+            scheduler=scheduler,
+            workers=workers,
+            instrument=settings.instrument,
+            progress=progress,
+        )
+    except ReprocessError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {settings.db}: {_first_line(exc.orig)}", err=True)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        typer.echo("interrupted before reprocessing started; nothing recorded", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+        engine.dispose()
+    for error in summary.errors[:10]:
+        typer.echo(f"  {error}", err=True)
+    if len(summary.errors) > 10:
+        typer.echo(f"  ... and {len(summary.errors) - 10} more", err=True)
+    typer.echo(
+        f"model {summary.model_id}: {summary.found} frames found, {summary.done} done, "
+        f"{summary.failed} failed, {summary.skipped} already recorded, {summary.repeats} "
+        f"repeated content, {summary.unreadable} unreadable; {summary.segmented} segmented "
+        f"in {summary.segment_s:.1f} s ({summary.frames_per_s:.2f} frames/s) on "
+        f"{summary.workers} worker(s), {summary.elapsed_s:.1f} s in all"
+    )
+    if summary.interrupted:
+        typer.echo("interrupted: what was recorded stays; run the same command to resume", err=True)
+        raise typer.Exit(130)
+
+
+def _open_db(url: str, *, create: bool = False) -> Any:
+    """The database at ``url``; a missing, unusable or unreachable one is one error line."""
+    from sqlalchemy.exc import OperationalError
+
+    from temseg.store import SchemaError, connect
+
+    try:
+        return connect(url, create=create)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: no database: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except SchemaError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {url}: {_first_line(exc.orig)}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _first_line(error: object) -> str:
+    """A driver's error message, first line only (PostgreSQL's run over several)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 keys_app = typer.Typer(help="CURVE keys for an encrypted, authenticated mask stream.")
@@ -720,13 +910,9 @@ def models_list(
     db: str | None = typer.Option(None, "--db", help="Database URL (default: settings)."),
 ) -> None:
     """Show registered models: id, name, created, active, per-material Dice."""
-    from temseg.store import connect, list_models
+    from temseg.store import list_models
 
-    try:
-        engine = connect(_models_db(db), create=False)
-    except FileNotFoundError as exc:
-        typer.echo(f"error: no database: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    engine = _open_db(_models_db(db))
     records = list_models(engine)
     engine.dispose()
     if not records:
@@ -751,13 +937,9 @@ def models_promote(
 ) -> None:
     """Make a registered model the active one (its bundle must still load)."""
     from temseg.model.bundle import BundleError, load_bundle
-    from temseg.store import active_model, connect, list_models, promote_model
+    from temseg.store import active_model, list_models, promote_model
 
-    try:
-        engine = connect(_models_db(db), create=False)
-    except FileNotFoundError as exc:
-        typer.echo(f"error: no database: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    engine = _open_db(_models_db(db))
     try:
         records = {r.model_id: r for r in list_models(engine)}
         current = active_model(engine)

@@ -34,6 +34,7 @@ class Settings:
 
     watch: Path | None = None
     db: str = "sqlite:///temseg.db"
+    instrument: str | None = None  # microscope name recorded with every frame (one per daemon)
     publish: str = "tcp://127.0.0.1:5557"
     material: str = "Au"
     model: str | None = None  # bundle directory; None = active model in db, else the bundled one
@@ -43,7 +44,19 @@ class Settings:
     polling: bool = False
     poll_interval_s: float = 1.0
     stable_s: float = 1.0  # polling: size and mtime unchanged this long = complete
-    patterns: list[str] = field(default_factory=lambda: ["*.tif", "*.tiff"])
+    # the frame files temseg.frames reads; a TIA .emi is the metadata half of a .ser
+    patterns: list[str] = field(
+        default_factory=lambda: [
+            "*.tif",
+            "*.tiff",
+            "*.mrc",
+            "*.mrcs",
+            "*.emd",
+            "*.dm3",
+            "*.dm4",
+            "*.ser",
+        ]
+    )
     recursive: bool = True
     follow_symlinks: bool = False
     masks: Path | None = None  # optional output folder for mask TIFFs

@@ -28,6 +28,10 @@ from temseg.segment import Segmentation, segment_probability
 
 CPU_TILE = 2048  # pixels
 GPU_TILE = 4096  # pixels
+#: Largest frame (pixels) resampling onto the model's grid may make: 16384 x 16384, 1 GiB as
+#: float32. A frame of 20 nm pixels for a model trained at 0.05 nm would grow 400-fold per
+#: axis; such a frame is refused with its sizes instead of exhausting memory.
+MAX_MODEL_GRID_PIXELS = 2**28
 
 
 def default_tile(device: str) -> int:
@@ -65,21 +69,30 @@ def input_key(bundle: ModelBundle) -> tuple[Any, ...]:
 def prepare_input(
     image: np.ndarray,
     bundle: ModelBundle,
-    pixel_nm: float | None,
+    pixel_nm: float | tuple[float, float] | None,
     *,
     allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None,
 ) -> ModelInput:
     """Normalise ``image`` as ``bundle`` was trained, resample it to its pixel size, pad it.
 
-    ``pixel_nm`` is the frame's pixel size (nm per pixel); unknown (None)
-    leaves the grid as it is. ``allocate(shape)`` gives the float32 array the
-    result goes into (see :func:`temseg.engine.input_allocator`); a frame
-    that needs neither resampling nor padding is normalised straight into it.
+    ``pixel_nm`` is the frame's pixel size (nm per pixel), one number or
+    (y, x) for non-square pixels; unknown (None) leaves the grid as it is.
+    Raises ValueError when the resampled frame would exceed
+    :data:`MAX_MODEL_GRID_PIXELS`.
+    ``allocate(shape)`` gives the float32 array the result goes into (see
+    :func:`temseg.engine.input_allocator`); a frame that needs neither
+    resampling nor padding is normalised straight into it.
     """
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
     multiple = bundle.config.size_multiple
     grid = model_grid_shape(image.shape, pixel_nm, bundle.pixel_nm)
+    if grid[0] * grid[1] > MAX_MODEL_GRID_PIXELS:
+        raise ValueError(
+            f"resampling {image.shape[0]} x {image.shape[1]} px of {pixel_nm} nm to the model's "
+            f"{bundle.pixel_nm} nm per pixel would make {grid[0]} x {grid[1]} px (limit "
+            f"{MAX_MODEL_GRID_PIXELS}); check the frame's pixel size or override it"
+        )
     if (
         allocate is not None
         and grid == image.shape
@@ -172,7 +185,7 @@ def predict_probability(
     engine: Engine,
     bundle: ModelBundle,
     *,
-    pixel_nm: float | None = None,
+    pixel_nm: float | tuple[float, float] | None = None,
     tile: int = 2048,
     overlap: int = 64,
 ) -> np.ndarray:
@@ -192,7 +205,7 @@ def predict_batch(
     engine: Engine,
     bundle: ModelBundle,
     *,
-    pixel_nms: list[float | None],
+    pixel_nms: list[float | tuple[float, float] | None],
     tile: int = 2048,
     overlap: int = 64,
 ) -> list[np.ndarray]:
@@ -219,20 +232,27 @@ class FrameResult:
     pixel_nm: float | None
     material: str | None
     threshold: float
+    pixel_nm_yx: tuple[float, float] | None = None
+    frame_index: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary of the frame.
 
-        Keys: material, threshold, n_particles, area_fraction, pixel_nm (nm per
-        pixel), particles (nm values only when the pixel size is known), timing_ms.
+        Keys: frame_index, shape ([rows, cols]), material, threshold,
+        n_particles, area_fraction, pixel_nm (nm per pixel; for non-square
+        pixels the side of the square of equal area), pixel_nm_yx ([y, x] nm,
+        null when unknown), particles (nm values only when the pixel size is known), timing_ms.
         """
         seg = self.segmentation
         return {
+            "frame_index": self.frame_index,
+            "shape": [int(n) for n in self.probability.shape],
             "material": self.material,
             "threshold": self.threshold,
             "n_particles": seg.n_particles,
             "area_fraction": seg.area_fraction,
             "pixel_nm": self.pixel_nm,
+            "pixel_nm_yx": None if self.pixel_nm_yx is None else list(self.pixel_nm_yx),
             "particles": [
                 {k: v for k, v in p.to_dict().items() if v is not None} for p in seg.particles
             ],
@@ -258,7 +278,7 @@ def segment_frame(
     """
     start = time.perf_counter()
     probability = predict_probability(
-        frame.image, engine, bundle, pixel_nm=frame.pixel_nm, tile=tile, overlap=overlap
+        frame.image, engine, bundle, pixel_nm=frame.pixel_nm_yx, tile=tile, overlap=overlap
     )
     inferred = time.perf_counter()
     segmentation = segment_probability(probability, threshold, frame.pixel_nm, min_area_px)
@@ -277,4 +297,6 @@ def segment_frame(
         pixel_nm=frame.pixel_nm,
         material=material if material is not None else frame.material,
         threshold=float(threshold),
+        pixel_nm_yx=frame.pixel_nm_yx,
+        frame_index=frame.frame_index,
     )

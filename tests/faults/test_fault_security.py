@@ -150,11 +150,24 @@ def test_pickle_scanner_finds_what_it_looks_for() -> None:
     assert "pickle.load" in pickle_uses("import pickle\nx = pickle.loads(blob)")
 
 
+#: The one module that reads pickles: ``torch.save`` archives of published networks, through
+#: an unpickler that resolves only an allow-list of names (``tests/test_zoo.py`` feeds it a
+#: pickle that would run code). Nothing else may import a pickle library.
+ALLOW_LIST_UNPICKLER = "src/temseg/model/torch_import.py"
+
+
 def test_no_pickle_loading_in_the_package() -> None:
     sources = sorted(SRC.rglob("*.py"))
     assert len(sources) > 20
     found = {str(p.relative_to(ROOT)): u for p in sources if (u := pickle_uses(p.read_text()))}
+    assert found.pop(ALLOW_LIST_UNPICKLER) == ["import of a pickle library"]
     assert found == {}
+
+
+def test_the_allow_list_unpickler_never_calls_plain_loading() -> None:
+    source = (ROOT / ALLOW_LIST_UNPICKLER).read_text()
+    assert "find_class" in source
+    assert re.search(r"\bpickle\.loads?\(|torch\.load\(", source) is None
 
 
 # ---------------------------------------------------------------- paths from metadata

@@ -8,6 +8,8 @@ kinds, in this order, and ends with exactly one of the terminal kinds
 - ``read``: hashed, decoded and prepared for the model; ``stage_s`` is read
   to model input;
 - ``skipped`` *: the same path and bytes were handled or recorded already;
+- ``deferred`` *: the file ends before its own header says it should (still
+  being written in place); it is read again later, as a new acceptance;
 - ``inferred``: the engine ran it; ``stage_s`` is its share of the engine
   call (a batch's time divided among its frames);
 - ``segmented``: thresholded, particles measured, mask file written if
@@ -22,6 +24,9 @@ kinds, in this order, and ends with exactly one of the terminal kinds
 A frame that fails skips the events of the stages it did not reach. The
 events of one frame carry the same ``ticket`` (the acceptance order);
 ``latency_s`` counts from the frame's detection. All times are seconds.
+A file with several 2-D frames (a stack) is accepted once: its later frames
+get their own ``received`` event once it is read, share its ticket and are
+told apart by ``frame_index``; each frame ends with its own terminal event.
 
 Observing frames (the daemon's statistics and log lines are observers too)::
 
@@ -54,6 +59,7 @@ EventKind: TypeAlias = Literal[
     "received",
     "read",
     "skipped",
+    "deferred",
     "inferred",
     "segmented",
     "recorded",
@@ -62,7 +68,9 @@ EventKind: TypeAlias = Literal[
     "abandoned",
 ]
 #: The kinds that end a frame's events: exactly one of them per accepted frame.
-TERMINAL: frozenset[EventKind] = frozenset({"skipped", "published", "failed", "abandoned"})
+TERMINAL: frozenset[EventKind] = frozenset(
+    {"skipped", "deferred", "published", "failed", "abandoned"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +80,9 @@ class FrameEvent:
     kind: EventKind
     path: Path  # the frame file, absolute
     relative_path: str  # below the watched folder, '/'-separated
-    ticket: int  # acceptance order: the same for every event of one frame
+    ticket: int  # acceptance order: the same for every event of one frame (and one file)
     latency_s: float  # seconds from the frame's detection to this event
+    frame_index: int = 0  # which 2-D frame of its file; 0 for a single image
     stage_s: float | None = None  # seconds the stage took for this frame
     material: str = ""  # known from ``read`` on
     sha256: str = ""  # known from ``read`` on (and on ``skipped``)

@@ -107,6 +107,12 @@ class Intake:
             self._hand_off(work)
         return True
 
+    def more_frames(self, n: int) -> None:
+        """An accepted file holds ``n`` more 2-D frames, each to be finished on its own."""
+        with self._lock:
+            self._outstanding += n
+            self._stats.max_pending = max(self._stats.max_pending, self._outstanding)
+
     def slot_free(self) -> None:
         """A frame left the readers: the next may be accepted."""
         self._slots.release()

@@ -1,7 +1,8 @@
 """Sink *masks*: the mask as a TIFF file under the ``masks`` folder, when that is set.
 
 Reads ``work.segmentation`` and ``work.relative``; fills ``mask_path`` (the
-same relative path below the masks folder, suffix ``.tif``). Runs on the
+same relative path below the masks folder, suffix ``.tif``; frame K of a
+stack ``NAME_K.tif``). Runs on the
 segmenters, frames in parallel, right after segmentation. A mask that
 cannot be written is logged and leaves ``mask_path`` None; the frame is
 still recorded and published.
@@ -29,7 +30,8 @@ class MaskSink:
 
         if work.segmentation is None:
             return
-        target = mask_path(self._root, work.relative)
+        index = work.frame_index if work.n_frames > 1 else None
+        target = mask_path(self._root, work.relative, index)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             write_mask_tiff(target, work.segmentation.mask, compress=True)

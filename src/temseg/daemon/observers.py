@@ -30,6 +30,7 @@ class DaemonStats:
     done: int = 0
     failed: int = 0
     skipped: int = 0  # already recorded or already handled: same path and bytes
+    deferred: int = 0  # reads of files still being written, read again later
     published: int = 0
     abandoned: int = 0  # accepted and never recorded: the next start's backlog finds them
     particles: int = 0
@@ -60,6 +61,8 @@ class StatsObserver:
         with self._lock:
             if kind == "skipped":
                 stats.skipped += 1
+            elif kind == "deferred":
+                stats.deferred += 1
             elif kind == "abandoned":
                 stats.abandoned += 1
             elif kind in ("published", "failed"):
@@ -76,16 +79,18 @@ class LogObserver:
     """One log line per frame outcome (INFO; WARNING for a failed frame), DEBUG for the others."""
 
     def __init__(self) -> None:
-        self._infer_s: dict[int, float] = {}  # by ticket, from inferred to the outcome
+        self._infer_s: dict[tuple[int, int], float] = {}  # by frame, inferred to outcome
 
     def __call__(self, event: FrameEvent) -> None:
         kind = event.kind
         if kind == "received":
             logger.debug("accepted path=%s", event.path)
         elif kind == "inferred":
-            self._infer_s[event.ticket] = event.stage_s or 0.0
+            self._infer_s[event.ticket, event.frame_index] = event.stage_s or 0.0
         elif kind == "skipped":
             logger.debug("skipped (already recorded) path=%s sha256=%s", event.path, event.sha256)
+        elif kind == "deferred":
+            logger.info("incomplete, read again later path=%s: %s", event.path, event.error)
         elif kind == "published":
             logger.info(
                 "frame path=%s material=%s particles=%d ms=%.1f infer_ms=%.1f threshold=%.3f "
@@ -94,14 +99,14 @@ class LogObserver:
                 event.material,
                 event.n_particles or 0,
                 event.latency_s * 1e3,
-                self._infer_s.pop(event.ticket, 0.0) * 1e3,
+                self._infer_s.pop((event.ticket, event.frame_index), 0.0) * 1e3,
                 event.threshold or 0.0,
                 event.model_id,
                 event.frame_id or 0,
                 event.seq or 0,
             )
         elif kind == "failed":
-            self._infer_s.pop(event.ticket, None)
+            self._infer_s.pop((event.ticket, event.frame_index), None)
             logger.warning(
                 "frame failed path=%s material=%s frame_id=%d error=%s",
                 event.path,
@@ -110,7 +115,7 @@ class LogObserver:
                 event.error,
             )
         elif kind == "abandoned":  # the daemon's stop says so once, at ERROR
-            self._infer_s.pop(event.ticket, None)
+            self._infer_s.pop((event.ticket, event.frame_index), None)
             logger.info(
                 "frame not recorded path=%s error=%s; the next start's backlog finds it",
                 event.path,

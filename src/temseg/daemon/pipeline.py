@@ -35,6 +35,7 @@ costs behind this layout are in ``benchmarks/RESULTS.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -47,7 +48,7 @@ from pathlib import Path
 
 from temseg.config import Settings
 from temseg.daemon.database import Database
-from temseg.daemon.events import EventStream
+from temseg.daemon.events import EventKind, EventStream
 from temseg.daemon.faults import FaultPoints
 from temseg.daemon.frame_queue import FrameQueue, Stopped
 from temseg.daemon.infer import InferStage
@@ -108,7 +109,9 @@ def host_threads_idle(host_priority: str, device: str) -> bool:
 class Stages:
     """The per-frame stages by the threads that run them."""
 
-    read: list[Stage]  # readers, frames in parallel, then queued in acceptance order
+    # readers, files in parallel, then queued in acceptance order; the first reads the
+    # file, the others run for each of its 2-D frames
+    read: list[Stage]
     infer: InferStage  # the inference thread, frames that arrived together batched
     segment: list[Stage]  # segmenters, frames in parallel
     sinks: list[Sink]  # the recorder, one frame at a time in arrival order
@@ -125,6 +128,7 @@ def build_stages(
     on_model_swap: Callable[[], None],
     faults: FaultPoints,
     stats: DaemonStats,
+    read_again: Callable[[Path], object] | None = None,
 ) -> Stages:
     """The stages for ``settings``: the one place where they are listed."""
     s = settings
@@ -138,7 +142,14 @@ def build_stages(
     )
     return Stages(
         read=[
-            ReadStage(db, give_up, s.folder_rules, s.material),
+            ReadStage(
+                db,
+                give_up,
+                s.folder_rules,
+                s.material,
+                read_again=read_again,
+                stable_s=s.stable_s,
+            ),
             PrepareStage(lambda: models.current),
         ],
         infer=InferStage(
@@ -247,34 +258,27 @@ class Pipeline:
     # ----------------------------------------------------------------- readers
 
     def _read(self, work: FrameWork) -> None:
-        """Run the reader stages, then queue the frame in acceptance order."""
-        start = time.perf_counter()
-        try:
-            for stage in self.stages.read:
-                stage(work)
-                if work.skipped or work.error is not None:
-                    break
-        except Exception as exc:
-            logger.exception("reader failed path=%s", work.path)
-            work.error = f"{work.path}: not read ({exc})"
-            work.skipped = True  # not to be recorded as failed: abandoned below
-        work.read_s = time.perf_counter() - start
-        if work.skipped:
-            self._emit(work.event("abandoned" if work.error else "skipped"))
-        else:
-            self._faults.reached("read")
-            if work.error is None:
-                self._emit(work.event("read", work.read_s))
+        """Run the reader stages, then queue the file's frames in acceptance order.
+
+        A stack's later frames each become a work of their own; they go
+        through the reader stages after the first (model input) one at a time
+        as they enter the queue, so a long stack never holds all its inputs.
+        """
+        self._run_readers(work, self.stages.read)
+        todo = [] if work.skipped else [work, *self._more_frames(work)]
         with self._turn:
             self._turn.wait_for(lambda: self._queued_ticket == work.ticket)
-        queued = False
+        queued = 0
         try:
-            if not work.skipped:
-                self.queue.put(work)
-                queued = True
+            for one in todo:
+                if one is not work:
+                    self._run_readers(one, self.stages.read[1:])
+                self.queue.put(one)
+                queued += 1
         except Stopped:
-            work.error = "stopping gave up before it was inferred"
-            self._emit(work.event("abandoned"))
+            for one in todo[queued:]:
+                one.error = "stopping gave up before it was inferred"
+                self._emit(one.event("abandoned"))
         finally:
             with self._turn:
                 self._queued_ticket += 1
@@ -282,8 +286,49 @@ class Pipeline:
             with self._lock:
                 self._reading -= 1
             self._intake.slot_free()
-            if not queued:
+            for _ in range(max(1, len(todo)) - queued):
                 self._intake.finished()
+
+    def _run_readers(self, work: FrameWork, stages: list[Stage]) -> None:
+        start = time.perf_counter()
+        try:
+            for stage in stages:
+                stage(work)
+                if work.skipped or work.error is not None:
+                    break
+        except Exception as exc:
+            logger.exception("reader failed path=%s", work.path)
+            work.error = f"{work.path}: not read ({exc})"
+            work.skipped = True  # not to be recorded as failed: abandoned below
+        work.read_s += time.perf_counter() - start
+        if work.skipped:
+            kind: EventKind = (
+                "deferred" if work.deferred else "abandoned" if work.error else "skipped"
+            )
+            self._emit(work.event(kind))
+        else:
+            self._faults.reached("read")
+            if work.error is None:
+                self._emit(work.event("read", work.read_s))
+
+    def _more_frames(self, work: FrameWork) -> list[FrameWork]:
+        """A work for each of the file's later frames, announced as received; the file's
+        read time is shared among all its frames."""
+        if not work.more:
+            return []
+        frames, work.more = work.more, []
+        share = work.read_s / (len(frames) + 1)
+        work.read_s = share
+        extra = [
+            dataclasses.replace(
+                work, frame=frame, frame_index=frame.frame_index, read_s=share, model_input=None
+            )
+            for frame in frames
+        ]
+        self._intake.more_frames(len(extra))
+        for one in extra:
+            self._emit(one.event("received"))
+        return extra
 
     # ----------------------------------------------------------------- inference
 

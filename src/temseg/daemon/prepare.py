@@ -21,7 +21,7 @@ def model_input_for(frame: Frame, model: ServedModel) -> ModelInput:
     """``frame`` normalised, resampled and padded for ``model``, in memory its engine reads
     directly (page-locked for a GPU engine)."""
     return prepare_input(
-        frame.image, model.bundle, frame.pixel_nm, allocate=input_allocator(model.engine)
+        frame.image, model.bundle, frame.pixel_nm_yx, allocate=input_allocator(model.engine)
     )
 
 

@@ -63,7 +63,11 @@ class PublishSink:
     def __call__(self, work: FrameWork) -> None:
         seg = work.segmentation
         if seg is None or work.error is not None:
-            self._publisher.publish_error(str(work.path), work.error or "unknown error")
+            self._publisher.publish_error(
+                str(work.path),
+                work.error or "unknown error",
+                frame_index=work.frame_index if work.n_frames > 1 else None,
+            )
         else:
             # 0/1 by construction: as booleans the encoder needs no range check of its values.
             mask = work.encoded_mask or seg.mask.view(bool)
@@ -82,6 +86,8 @@ def header(work: FrameWork) -> dict[str, Any]:
         "source": str(work.path),
         "relative_path": work.relative,
         "sha256": work.sha256,
+        "frame_index": work.frame_index,
+        "n_frames": work.n_frames,
         "material": work.material,
         "model_id": model.model_id,
         "model_source": model.source,
@@ -91,6 +97,7 @@ def header(work: FrameWork) -> dict[str, Any]:
         "n_particles": seg.n_particles,
         "area_fraction": seg.area_fraction,
         "pixel_nm": frame.pixel_nm,
+        "pixel_nm_yx": None if frame.pixel_nm_yx is None else list(frame.pixel_nm_yx),
         "particles": [p.to_dict() for p in seg.particles],
         "timing_ms": {
             "read": round(read_ms, 3),

@@ -57,6 +57,8 @@ class RecordSink:
             "received_at": work.received_at,
             "latency_ms": work.latency_s * 1e3,
             "seq": work.seq,
+            "frame_index": work.frame_index,
+            "n_frames": work.n_frames,
         }
         seg = work.segmentation
         if seg is None or work.error is not None:
@@ -74,6 +76,7 @@ class RecordSink:
                 height=height,
                 width=width,
                 pixel_nm=work.frame.pixel_nm,
+                pixel_nm_yx=work.frame.pixel_nm_yx,
                 backend=work.model.engine.backend,
                 particles=seg.particles,
             )

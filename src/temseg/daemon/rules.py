@@ -76,10 +76,14 @@ def relative_posix(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def mask_path(masks_root: Path, relative_path: str) -> Path:
+def mask_path(masks_root: Path, relative_path: str, frame_index: int | None = None) -> Path:
     """Where the mask of the frame at ``relative_path`` goes: the same relative path under
-    ``masks_root``, with the suffix ``.tif``."""
-    return (masks_root / relative_path).with_suffix(".tif")
+    ``masks_root``, with the suffix ``.tif``; frame K of a stack (``frame_index``) gets
+    ``_K`` before it."""
+    target = masks_root / relative_path
+    if frame_index is not None:
+        target = target.with_name(f"{target.stem}_{frame_index}{target.suffix}")
+    return target.with_suffix(".tif")
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -63,6 +63,34 @@ logger = logging.getLogger("temseg.daemon")
 GIL_SWITCH_INTERVAL_S = 0.001
 
 
+class _ProcessTuning:
+    """The process-wide settings daemons change while they run, shared by every daemon of
+    the process: the first to start shortens the GIL switch interval, the last to stop
+    restores it and lets Python's collector walk the frozen objects again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._switch_interval_s = sys.getswitchinterval()
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._running == 0:
+                self._switch_interval_s = sys.getswitchinterval()
+                sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+            self._running += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                sys.setswitchinterval(self._switch_interval_s)
+                gc.unfreeze()
+
+
+_PROCESS_TUNING = _ProcessTuning()
+
+
 class Daemon:
     """The segmentation service, runnable in-process: ``start()``, ``stop()``, ``wait_idle()``.
 
@@ -123,8 +151,7 @@ class Daemon:
         self._stopped = False
         self._shut = False
         self._shut_lock = threading.Lock()
-        self._switch_interval: float | None = None  # the process's, while this daemon runs
-        self._gc_frozen = False
+        self._tuned = False  # this daemon counts in _PROCESS_TUNING
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -136,8 +163,8 @@ class Daemon:
             self._endpoint.start()
             logger.info("metrics, health and readiness on %s", self._endpoint.url)
         self.notifier.status("loading model")
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # restored in _shutdown
+        _PROCESS_TUNING.enter()  # left in _shutdown
+        self._tuned = True
         self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
         try:
             device = resolve_device(s.device)
@@ -166,6 +193,7 @@ class Daemon:
                 on_model_swap=self._freeze_gc,
                 faults=self._faults,
                 stats=self.stats,
+                read_again=self._intake.submit,
             )
             self._pipeline = Pipeline(
                 stages,
@@ -275,10 +303,8 @@ class Daemon:
             self._db.dispose()
         if self._endpoint is not None:
             self._endpoint.close()
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
-        if self._gc_frozen:
-            gc.unfreeze()
+        if self._tuned:
+            _PROCESS_TUNING.leave()
 
     def _freeze_gc(self) -> None:
         """Collect once, then keep what exists now out of Python's cyclic garbage collections.
@@ -288,14 +314,13 @@ class Daemon:
         stall every thread of the pipeline, and frames allocate enough to
         trigger one every few hundred frames (``benchmarks/RESULTS.md``).
         Frozen, the collections walk only what frames allocated since. Undone
-        in :meth:`_shutdown`; redone after a model swap, so that the new
+        when the process's last daemon stops; redone after a model swap, so that the new
         model's objects are left out too and the old one's can be collected
         even if they form reference cycles.
         """
         gc.unfreeze()
         gc.collect()
         gc.freeze()
-        self._gc_frozen = True
 
     # ----------------------------------------------------------------- state
 

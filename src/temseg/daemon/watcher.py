@@ -43,7 +43,7 @@ from watchdog.observers.polling import PollingObserver
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PATTERNS = ("*.tif", "*.tiff")
+DEFAULT_PATTERNS = ("*.tif", "*.tiff", "*.mrc", "*.mrcs", "*.emd", "*.dm3", "*.dm4", "*.ser")
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:

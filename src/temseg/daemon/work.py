@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -46,8 +46,12 @@ class FrameWork:
     size_bytes: int = 0
     mtime: float | None = None  # POSIX seconds, when the file was last written
     frame: Frame | None = None
+    frame_index: int = 0  # which 2-D frame of the file (stacks, movies, several signals)
+    n_frames: int = 1  # 2-D frames in the file
+    more: list[Frame] = field(default_factory=list)  # the file's later frames still to do
     material: str = ""
     skipped: bool = False  # already handled or recorded: same path and bytes
+    deferred: bool = False  # ended early (still being written): read again later
     read_s: float = 0.0  # the readers' time: read to model input
     # prepare (None again once inferred: its memory goes)
     model_input: ModelInput | None = None
@@ -76,7 +80,7 @@ class FrameWork:
         """Frames with equal keys may share an engine call (same shape and pixel size)."""
         if self.frame is None:
             return ("failed",)
-        return ("frame", self.frame.image.shape, self.frame.pixel_nm)
+        return ("frame", self.frame.image.shape, self.frame.pixel_nm_yx)
 
     def event(self, kind: EventKind, stage_s: float | None = None) -> FrameEvent:
         """This frame's event of ``kind`` now, with what is known of the frame so far."""
@@ -86,6 +90,7 @@ class FrameWork:
             path=self.path,
             relative_path=self.relative,
             ticket=self.ticket,
+            frame_index=self.frame_index,
             latency_s=time.monotonic() - self.detected,
             stage_s=stage_s,
             material=self.material,

@@ -7,19 +7,24 @@ from scipy import ndimage
 
 
 def model_grid_shape(
-    shape: tuple[int, ...], pixel_nm: float | None, model_pixel_nm: float | None
+    shape: tuple[int, ...],
+    pixel_nm: float | tuple[float, float] | None,
+    model_pixel_nm: float | None,
 ) -> tuple[int, int]:
     """Shape (pixels) of a frame resampled from ``pixel_nm`` to ``model_pixel_nm`` (nm/pixel).
 
+    ``pixel_nm`` is one size for square pixels or (y, x) for non-square ones,
+    which are resampled to square model pixels along each axis separately.
     The frame keeps its shape when either pixel size is unknown.
     """
     h, w = int(shape[0]), int(shape[1])
     if pixel_nm is None or model_pixel_nm is None:
         return h, w
-    if pixel_nm <= 0 or model_pixel_nm <= 0:
+    y_nm, x_nm = (pixel_nm, pixel_nm) if isinstance(pixel_nm, int | float) else pixel_nm
+    if min(y_nm, x_nm) <= 0 or model_pixel_nm <= 0:
         raise ValueError(f"pixel sizes must be positive, got {pixel_nm} and {model_pixel_nm} nm")
-    scale = pixel_nm / model_pixel_nm
-    return max(1, round(h * scale)), max(1, round(w * scale))
+    scale_y, scale_x = y_nm / model_pixel_nm, x_nm / model_pixel_nm
+    return max(1, round(h * scale_y)), max(1, round(w * scale_x))
 
 
 def resample(

@@ -8,22 +8,31 @@ than ``busy_timeout_ms`` -> :class:`sqlalchemy.exc.OperationalError` (retry).
 Connect::
 
     connect(url, *, create=True, busy_timeout_ms=5000) -> Engine
-        url: "sqlite:///path.db", a bare file path, or any SQLAlchemy URL.
+        url: "sqlite:///path.db", a bare file path, or
+        "postgresql+psycopg://user@host/db" (psycopg 3: temseg[postgres]).
         Creates the parent folder and the schema, sets WAL + busy_timeout,
-        upgrades an older schema, raises SchemaError on a newer/unknown one.
-        create=False: FileNotFoundError instead of creating a missing file.
-    SCHEMA_VERSION: int ; SchemaError(RuntimeError)
+        upgrades an older schema, raises SchemaError on a newer/unknown one
+        (DriverError, a SchemaError, when the URL's driver is missing).
+        PostgreSQL: pool pre-ping; creation/upgrade under an advisory lock.
+        create=False: FileNotFoundError instead of creating a missing database.
+    SCHEMA_VERSION: int ; SchemaError(RuntimeError) ; DriverError(SchemaError)
 
-Frames (idempotent on (source_path, sha256))::
+Frames: a frame's result for a model, idempotent on (source_path, sha256, model_id,
+frame_index) (model-less failures: on (source_path, sha256, frame_index)); work left is
+asked by content::
 
     record_frame(engine, *, source_path, sha256, size_bytes, status,  # "done" | "failed"
+                 frame_index=0, n_frames=1,  # a stack's frames are rows of their own
                  material=None, error=None, model_id=None, threshold=None,
                  n_particles=None, area_fraction=None, mask_path=None,
-                 height=None, width=None, pixel_nm=None, seq=None,
+                 height=None, width=None, pixel_nm=None, pixel_nm_yx=None, seq=None,
                  received_at=None,  # aware datetime
-                 latency_ms=None, backend=None,
+                 latency_ms=None, backend=None, instrument=None,
                  particles: Sequence[temseg.segment.Particle] = ()) -> int  # frame id
-    is_recorded(engine, source_path, sha256) -> bool
+    is_recorded(engine, source_path, sha256, frame_index=0) -> bool  # by any model
+    recorded_frames(engine, source_path, sha256) -> (set of frame indices, n_frames or None)
+    result_id(engine, sha256, model_id, frame_index=0) -> int | None  # under any path
+    recorded_contents(engine, model_id) -> set[str]     # sha256 with a result of the model
     recorded_paths(engine) -> set[tuple[str, str]]      # (source_path, sha256)
     get_frame(engine, frame_id) -> FrameRecord | None   # .particles: tuple[Particle, ...]
 
@@ -41,6 +50,7 @@ Calibrations::
                        dice, n_images, curve: Mapping, plot_path, criterion) -> int
     latest_calibration(engine, material, model_id) -> CalibrationRecord | None
     latest_threshold(engine, material, model_id) -> float | None  # its threshold only
+    latest_thresholds(engine, model_id) -> dict[str, float]  # per material
 
 Status::
 
@@ -53,9 +63,19 @@ from temseg.store.calibrations import (
     CalibrationRecord,
     latest_calibration,
     latest_threshold,
+    latest_thresholds,
     record_calibration,
 )
-from temseg.store.frames import FrameRecord, get_frame, is_recorded, record_frame, recorded_paths
+from temseg.store.frames import (
+    FrameRecord,
+    get_frame,
+    is_recorded,
+    record_frame,
+    recorded_contents,
+    recorded_frames,
+    recorded_paths,
+    result_id,
+)
 from temseg.store.models import (
     ModelRecord,
     active_model,
@@ -64,12 +84,13 @@ from temseg.store.models import (
     promote_model,
     register_model,
 )
-from temseg.store.schema import SCHEMA_VERSION, SchemaError, connect
+from temseg.store.schema import SCHEMA_VERSION, DriverError, SchemaError, connect
 from temseg.store.summary import status_summary
 
 __all__ = [
     "SCHEMA_VERSION",
     "CalibrationRecord",
+    "DriverError",
     "FrameRecord",
     "ModelRecord",
     "SchemaError",
@@ -80,11 +101,15 @@ __all__ = [
     "is_recorded",
     "latest_calibration",
     "latest_threshold",
+    "latest_thresholds",
     "list_models",
     "promote_model",
     "record_calibration",
     "record_frame",
+    "recorded_contents",
+    "recorded_frames",
     "recorded_paths",
     "register_model",
+    "result_id",
     "status_summary",
 ]

@@ -1,4 +1,12 @@
-"""Record processed frames and their particles; idempotent on (source_path, sha256)."""
+"""Record frames' results and their particles: a row is a frame's result for a model.
+
+Rows are unique per (source_path, sha256, model_id), in the database itself; the
+daemon's live results and ``temseg reprocess``'s share them. Whether a model
+still has work on some content is asked by (sha256, model_id)
+(:func:`result_id`, :func:`recorded_contents`), wherever the file lies now. A
+failure before any model ran (``model_id`` ``None``) is unique per
+(source_path, sha256).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +28,46 @@ _FRAMES: Table = FrameRow.metadata.tables[FrameRow.__tablename__]
 _PARTICLES: Table = ParticleRow.metadata.tables[ParticleRow.__tablename__]
 # Core statements built once: the daemon runs them for every frame, and building a
 # statement (and its cache key) cost more than running it.
-_FRAME_ID = select(_FRAMES.c.id).where(
+_FRAME_ID = (
+    select(_FRAMES.c.id)
+    .where(
+        _FRAMES.c.source_path == bindparam("path"),
+        _FRAMES.c.sha256 == bindparam("sha"),
+        _FRAMES.c.frame_index == bindparam("index"),
+    )
+    .limit(1)
+)
+_FRAMES_OF_FILE = select(_FRAMES.c.frame_index, _FRAMES.c.n_frames).where(
     _FRAMES.c.source_path == bindparam("path"), _FRAMES.c.sha256 == bindparam("sha")
 )
+_RESULT_ID = (
+    select(_FRAMES.c.id)
+    .where(
+        _FRAMES.c.sha256 == bindparam("sha"),
+        _FRAMES.c.model_id == bindparam("model"),
+        _FRAMES.c.frame_index == bindparam("index"),
+    )
+    .order_by(_FRAMES.c.id)
+    .limit(1)
+)
+_ROW_ID = select(_FRAMES.c.id).where(
+    _FRAMES.c.source_path == bindparam("path"),
+    _FRAMES.c.sha256 == bindparam("sha"),
+    _FRAMES.c.model_id == bindparam("model"),
+    _FRAMES.c.frame_index == bindparam("index"),
+)
+_MODELLESS_ID = (
+    select(_FRAMES.c.id)
+    .where(
+        _FRAMES.c.source_path == bindparam("path"),
+        _FRAMES.c.sha256 == bindparam("sha"),
+        _FRAMES.c.frame_index == bindparam("index"),
+        _FRAMES.c.model_id.is_(None),
+    )
+    .order_by(_FRAMES.c.id)
+    .limit(1)
+)
+_RESULTS_OF_MODEL = select(_FRAMES.c.sha256).where(_FRAMES.c.model_id == bindparam("model"))
 _INSERT_FRAME = insert(_FRAMES)
 _INSERT_PARTICLES = insert(_PARTICLES)
 #: The particle columns a frame's record fills, in the order of :func:`_particle_values`.
@@ -45,12 +90,17 @@ _PARTICLE_COLUMNS = (
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """A recorded frame. Sizes in pixels, ``pixel_nm`` in nm per pixel,
-    ``latency_ms`` from arrival to result, timestamps timezone-aware UTC."""
+    """A recorded frame. Sizes in pixels, ``pixel_nm`` in nm per pixel (the
+    side of the square of equal area for non-square pixels), ``pixel_nm_y``
+    and ``pixel_nm_x`` per axis, ``frame_index`` the frame's place in its file
+    of ``n_frames``, ``latency_ms`` from arrival to result, timestamps
+    timezone-aware UTC."""
 
     id: int
     source_path: str
     sha256: str
+    frame_index: int
+    n_frames: int
     size_bytes: int
     status: str
     material: str | None
@@ -63,24 +113,55 @@ class FrameRecord:
     height: int | None
     width: int | None
     pixel_nm: float | None
+    pixel_nm_y: float | None
+    pixel_nm_x: float | None
     seq: int | None
     received_at: datetime | None
     processed_at: datetime
     latency_ms: float | None
     backend: str | None
+    instrument: str | None
     particles: tuple[Particle, ...]
 
 
-def is_recorded(engine: Engine, source_path: str, sha256: str) -> bool:
-    """Whether a frame with this path and content hash is already recorded."""
-    return _find_id(engine, source_path, sha256) is not None
+def is_recorded(engine: Engine, source_path: str, sha256: str, frame_index: int = 0) -> bool:
+    """Whether frame ``frame_index`` of this path and content hash is already recorded
+    (by any model)."""
+    return _find_id(engine, source_path, sha256, frame_index) is not None
 
 
-def _find_id(engine: Engine, source_path: str, sha256: str) -> int | None:
+def recorded_frames(engine: Engine, source_path: str, sha256: str) -> tuple[set[int], int | None]:
+    """Frame indices recorded (by any model) for this path and content hash, and the
+    file's frame count; ``(set(), None)`` when nothing is recorded.
+
+    A file is done when every index below its count is recorded (a file that
+    failed as a whole: index 0 of 1); a stack interrupted half way is not.
+    """
+    with engine.connect() as conn:
+        rows = conn.execute(_FRAMES_OF_FILE, {"path": source_path, "sha": sha256}).all()
+    if not rows:
+        return set(), None
+    return {int(r[0]) for r in rows}, max(int(r[1]) for r in rows)
+
+
+def result_id(engine: Engine, sha256: str, model_id: str, frame_index: int = 0) -> int | None:
+    """The id of a result of model ``model_id`` for frame ``frame_index`` of content
+    ``sha256`` (under any path; the first recorded), or ``None``."""
+    with engine.connect() as conn:
+        return conn.scalar(_RESULT_ID, {"sha": sha256, "model": model_id, "index": frame_index})
+
+
+def recorded_contents(engine: Engine, model_id: str) -> set[str]:
+    """The SHA-256 of every content with a result of model ``model_id`` (done or failed)."""
+    with engine.connect() as conn:
+        return set(conn.scalars(_RESULTS_OF_MODEL, {"model": model_id}))
+
+
+def _find_id(engine: Engine, source_path: str, sha256: str, frame_index: int = 0) -> int | None:
     # A Core connection: the daemon asks this once per frame, and an ORM session's
     # set-up and tear-down cost more than the query.
     with engine.connect() as conn:
-        return conn.scalar(_FRAME_ID, {"path": source_path, "sha": sha256})
+        return conn.scalar(_FRAME_ID, {"path": source_path, "sha": sha256, "index": frame_index})
 
 
 def record_frame(
@@ -90,6 +171,8 @@ def record_frame(
     sha256: str,
     size_bytes: int,
     status: str,
+    frame_index: int = 0,
+    n_frames: int = 1,
     material: str | None = None,
     error: str | None = None,
     model_id: str | None = None,
@@ -100,26 +183,36 @@ def record_frame(
     height: int | None = None,
     width: int | None = None,
     pixel_nm: float | None = None,
+    pixel_nm_yx: tuple[float, float] | None = None,
     seq: int | None = None,
     received_at: datetime | None = None,
     latency_ms: float | None = None,
     backend: str | None = None,
+    instrument: str | None = None,
     particles: Sequence[Particle] = (),
 ) -> int:
-    """Record one frame with its particles and return its id.
+    """Record a frame's result with its particles and return its id.
 
-    Idempotent: if (``source_path``, ``sha256``) is already recorded, nothing
-    is written and the existing id is returned. ``status`` is ``"done"`` or
-    ``"failed"``; ``received_at`` must be timezone-aware; ``processed_at`` is
-    set to now (UTC).
+    Idempotent: if (``source_path``, ``sha256``, ``model_id``) is already
+    recorded, nothing is written and the existing id is returned, also when
+    another process records it at the same moment (the database's unique index
+    decides). ``status`` is ``"done"`` or ``"failed"``; ``received_at`` must be
+    timezone-aware; ``processed_at`` is set to now (UTC); ``instrument`` names the
+    microscope. Frame ``frame_index`` of a file of ``n_frames`` is a row of its own
+    (the key includes it). ``pixel_nm_yx`` is the pixel size per axis (nm); given
+    alone, ``pixel_nm`` counts for both axes.
     """
     if status not in FRAME_STATUSES:
         raise ValueError(f"status must be one of {FRAME_STATUSES}, got {status!r}")
     if received_at is not None and received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")
+    if pixel_nm_yx is None and pixel_nm is not None:
+        pixel_nm_yx = (pixel_nm, pixel_nm)
     values = {
         "source_path": source_path,
         "sha256": sha256,
+        "frame_index": int(frame_index),
+        "n_frames": int(n_frames),
         "size_bytes": int(size_bytes),
         "status": status,
         "material": material,
@@ -132,16 +225,24 @@ def record_frame(
         "height": None if height is None else int(height),
         "width": None if width is None else int(width),
         "pixel_nm": _opt_float(pixel_nm),
+        "pixel_nm_y": None if pixel_nm_yx is None else float(pixel_nm_yx[0]),
+        "pixel_nm_x": None if pixel_nm_yx is None else float(pixel_nm_yx[1]),
         "seq": None if seq is None else int(seq),
         "received_at": received_at,
         "processed_at": utc_now(),
         "latency_ms": _opt_float(latency_ms),
         "backend": backend,
+        "instrument": instrument,
     }
+    params: dict[str, Any] = {"path": source_path, "sha": sha256, "index": int(frame_index)}
+    if model_id is None:
+        lookup = _MODELLESS_ID
+    else:
+        lookup, params["model"] = _ROW_ID, model_id
     try:
         # Core, not the ORM: its unit of work doubled the cost of a frame's record.
         with write_connection(engine) as conn:
-            existing = conn.scalar(_FRAME_ID, {"path": source_path, "sha": sha256})
+            existing = conn.scalar(lookup, params)
             if existing is not None:
                 return int(existing)
             key = conn.execute(_INSERT_FRAME, values).inserted_primary_key
@@ -151,11 +252,12 @@ def record_frame(
                 _insert_particles(conn, frame_id, particles)
             return frame_id
     except IntegrityError:
-        # Another writer recorded the same frame between our check and insert.
-        found = _find_id(engine, source_path, sha256)
+        # Another writer recorded the same row between our check and insert.
+        with engine.connect() as conn:
+            found = conn.scalar(lookup, params)
         if found is None:
             raise
-        return found
+        return int(found)
 
 
 def recorded_paths(engine: Engine) -> set[tuple[str, str]]:
@@ -182,6 +284,8 @@ def _frame_record(row: FrameRow) -> FrameRecord:
         id=row.id,
         source_path=row.source_path,
         sha256=row.sha256,
+        frame_index=row.frame_index,
+        n_frames=row.n_frames,
         size_bytes=row.size_bytes,
         status=row.status,
         material=row.material,
@@ -194,11 +298,14 @@ def _frame_record(row: FrameRow) -> FrameRecord:
         height=row.height,
         width=row.width,
         pixel_nm=row.pixel_nm,
+        pixel_nm_y=row.pixel_nm_y,
+        pixel_nm_x=row.pixel_nm_x,
         seq=row.seq,
         received_at=row.received_at,
         processed_at=row.processed_at,
         latency_ms=row.latency_ms,
         backend=row.backend,
+        instrument=row.instrument,
         particles=tuple(_particle(p) for p in row.particles),
     )
 

@@ -154,12 +154,15 @@ class Publisher:
             probability=prob is not None,
         )
 
-    def publish_error(self, source: str, error: str) -> dict[str, Any]:
-        """Send an error report about ``source``; return the header as sent."""
-        header = {
-            "schema": SCHEMA_ERROR,
-            **self._stamp({"source": str(source), "error": str(error)}),
-        }
+    def publish_error(
+        self, source: str, error: str, *, frame_index: int | None = None
+    ) -> dict[str, Any]:
+        """Send an error report about ``source`` (its frame ``frame_index`` when one frame of
+        a stack failed); return the header as sent."""
+        fields: dict[str, Any] = {"source": str(source), "error": str(error)}
+        if frame_index is not None:
+            fields["frame_index"] = int(frame_index)
+        header = {"schema": SCHEMA_ERROR, **self._stamp(fields)}
         self._send(encode_error_message(header))
         return header
 
