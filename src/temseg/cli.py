@@ -435,6 +435,7 @@ def demo(
             keep=keep,
             view=listen if view else None,
             linger=linger if view else None,
+            open_browser=view,
             echo=typer.echo,
         )
     except ImportError as exc:

@@ -97,14 +97,17 @@ def run_demo(
     keep: bool = False,
     view: str | None = None,
     linger: Callable[[], object] | None = None,
+    open_browser: bool = False,
     echo: Callable[[str], object] = print,
 ) -> DemoSummary:
     """Run the live demo and return its summary; ``echo`` receives each printed line.
 
     ``size`` is the frame side in pixels; ``db`` defaults to a file in the
     temporary folder, which is deleted at the end unless ``keep``. ``view``
-    (HOST:PORT) serves the live page there while the demo runs; ``linger``
-    is called once every frame is in, before the daemon and page stop.
+    (HOST:PORT) serves the live page there while the demo runs, and
+    ``open_browser`` opens it in the desktop's browser when there is a
+    display; ``linger`` is called once every frame is in, before the daemon
+    and page stop.
     """
     if frames < 1 or size < 32:
         raise ValueError("need at least 1 frame of at least 32 pixels")
@@ -150,6 +153,8 @@ def run_demo(
                 address = parse_listen(view, "view") or ("127.0.0.1", 0)
                 viewer = viewer_open.enter_context(Viewer(daemon.bound_url, *address))
                 echo(f"viewer: {viewer.url}")
+            if open_browser:
+                _open_browser(viewer.url)
             with Subscriber(daemon.bound_url, timeout_ms=500) as sub:
                 time.sleep(0.3)  # let the subscription reach the publisher
                 camera = threading.Thread(
@@ -191,6 +196,20 @@ def run_demo(
             shutil.rmtree(work, ignore_errors=True)
     _print_summary(summary, work, echo)
     return summary
+
+
+def _open_browser(url: str) -> None:
+    """Open ``url`` in a graphical browser; on a Linux console (no display) do nothing,
+    since :mod:`webbrowser` would start a text browser in the demo's terminal."""
+    import os
+    import sys
+    import webbrowser
+
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return
+    webbrowser.open(url)
 
 
 def _print_summary(summary: DemoSummary, work: Path, echo: Callable[[str], object]) -> None:
