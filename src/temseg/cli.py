@@ -526,30 +526,60 @@ def train(
         None, "--data", help="Folder of NAME.tif + NAME_mask.tif (+ NAME.json); repeatable."
     ),
     out: str = typer.Option(..., "--out", help="Output model bundle folder."),
+    material: str | None = typer.Option(
+        None, "--material", help="Material of frames whose metadata names none."
+    ),
     materials: str | None = typer.Option(
         None, "--materials", help="Comma-separated materials to train on (default: all)."
     ),
     preset: str = typer.Option("groschner2021", "--preset", help="groschner2021 | wide."),
-    epochs: int = typer.Option(50, "--epochs", min=1),
-    patch: int = typer.Option(512, "--patch", help="Training patch size (pixels)."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", min=1, help="Default: 50, or 12 when fine-tuning (--init)."
+    ),
+    patch: int = typer.Option(
+        256, "--patch", help="Largest training patch (pixels); shrinks to fit small frames."
+    ),
     batch: int = typer.Option(8, "--batch", min=1),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
     val_fraction: float = typer.Option(0.2, "--val-fraction"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    init: str | None = typer.Option(None, "--init", help="Bundle to fine-tune."),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="Model to fine-tune: bundled | active | a registered model id | a bundle folder.",
+    ),
     db: str | None = typer.Option(None, "--db", help="Register the model in this database."),
     hdf5: tuple[str, str] | None = typer.Option(
         None, "--hdf5", help="IMAGES.h5 MAPS.h5 in the layout of Groschner et al. (2021)."
     ),
     workers: int = typer.Option(0, "--workers", min=0, help="Data loader processes."),
-    patience: int = typer.Option(10, "--patience", help="Early stopping epochs (0: off)."),
+    patience: int = typer.Option(
+        10,
+        "--patience",
+        help="Stop after this many epochs without a better validation Dice (0: off).",
+    ),
     steps_per_epoch: int | None = typer.Option(
         None, "--steps-per-epoch", min=1, help="Cap on optimiser steps per epoch."
     ),
+    max_minutes: float | None = typer.Option(
+        None,
+        "--max-minutes",
+        min=0.0,
+        help="Time budget: no epoch is started that would end past it (default: none, or 5 "
+        "when fine-tuning).",
+    ),
+    freeze_bn: bool | None = typer.Option(
+        None,
+        "--freeze-bn/--train-bn",
+        help="Keep batch-norm statistics fixed (default: when fine-tuning with --init).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Train a U-Net on labelled frames and write a model bundle.
+    """Train a U-Net on labelled frames, or fine-tune one (--init), and write a model bundle.
 
+    The model kept is the one of highest validation Dice; a fine-tune that
+    does not beat its starting model keeps the starting weights and says so.
     Several processes: torchrun --nproc-per-node N --no-python temseg train ...
     """
     import os
@@ -557,20 +587,21 @@ def train(
 
     from temseg.model.bundle import BundleError
     from temseg.trainer.data import DataError
-    from temseg.trainer.loop import EpochStats, TrainConfig
+    from temseg.trainer.loop import TrainConfig
     from temseg.trainer.loop import train as run_training
+    from temseg.trainer.progress import TrainProgress, summary_lines
 
-    def progress(s: EpochStats) -> None:
-        typer.echo(
-            f"epoch {s.epoch}/{epochs}  loss {s.train_loss:.4f}  val loss {s.val_loss:.4f}  "
-            f"val Dice {s.val_dice:.3f}  lr {s.lr:.2e}  {s.seconds:.1f} s",
-            err=True,
-        )
-
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if epochs is None:
+        epochs = FINE_TUNE_EPOCHS if init is not None else 50
+    if max_minutes is None and init is not None:
+        max_minutes = FINE_TUNE_MINUTES
+    progress = TrainProgress(epochs, enabled=rank0 and not quiet)
     folders = [Path(d) for d in [*(data or []), *(extra_data or [])]]
     config = TrainConfig(
         data=folders,
         out=Path(out),
+        material=material,
         materials=[m.strip() for m in materials.split(",") if m.strip()] if materials else None,
         preset=preset,
         epochs=epochs,
@@ -580,27 +611,32 @@ def train(
         val_fraction=val_fraction,
         seed=seed,
         device=device,
-        init=None if init is None else Path(init),
+        init=init,
         db=db,
+        registry=_models_db(db) if init not in (None, "bundled") else None,
         hdf5=None if hdf5 is None else (Path(hdf5[0]), Path(hdf5[1])),
         workers=workers,
         patience=patience,
         steps_per_epoch=steps_per_epoch,
-        on_epoch=progress,
+        max_minutes=max_minutes,
+        freeze_batch_norm=freeze_bn,
+        on_epoch=progress.epoch,
+        on_batch=progress.batch,
+        on_note=lambda text: typer.echo(f"note: {text}", err=True),
     )
     try:
-        result = run_training(config)
+        with progress:
+            result = run_training(config)
     except (DataError, BundleError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    if int(os.environ.get("RANK", "0")) == 0:
-        typer.echo(f"model {result.model_id} written to {result.bundle_path}")
-        for material, m in sorted(result.metrics.items()):
-            typer.echo(
-                f"  {material}: Dice {m['dice']:.3f}  precision {m['precision']:.3f}  "
-                f"recall {m['recall']:.3f}  ({m['n_val']} validation frames)"
-            )
+    if rank0:
+        for line in summary_lines(result, epochs):
+            typer.echo(line)
 
+
+FINE_TUNE_EPOCHS = 12  # reaches its plateau on 10-16 real training frames (RESULTS.md)
+FINE_TUNE_MINUTES = 5.0
 
 models_app = typer.Typer(help="Registered model bundles: list them, make one active.")
 app.add_typer(models_app, name="models", no_args_is_help=True)

@@ -28,7 +28,8 @@ from temseg.calibrate.sweep import (
     threshold_histograms,
 )
 from temseg.frames.read import FrameError, read_metadata
-from temseg.model.bundle import ModelBundle, load_bundle
+from temseg.model.bundle import ModelBundle
+from temseg.model.resolve import resolve_bundle
 from temseg.trainer.data import DataError, find_pairs, read_labelled_frame
 
 MAX_PIXEL_RATIO = 8.0  # frame vs model pixel size beyond which resampling is meaningless
@@ -49,21 +50,9 @@ class CalibrationResult:
 
 
 def resolve_model(model: str | Path | None, db: str | None) -> ModelBundle:
-    """Load a bundle folder, or for ``"active"`` (or None) the database's active
-    model, else the bundled one."""
-    if model is not None and str(model) != "active":
-        return load_bundle(model)
-    if db is not None:
-        from temseg.store import active_model, connect
-
-        engine = connect(db)
-        try:
-            record = active_model(engine)
-        finally:
-            engine.dispose()
-        if record is not None:
-            return load_bundle(record.path)
-    return load_bundle(None)
+    """Load a bundle folder, ``"bundled"``, a model id registered in ``db``, or for
+    ``"active"`` (or None) the database's active model, else the bundled one."""
+    return resolve_bundle(model, db)
 
 
 def material_pairs(

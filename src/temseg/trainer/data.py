@@ -161,7 +161,13 @@ def select_materials(
 def split_frames(
     frames: Sequence[LabelledFrame], val_fraction: float, seed: int
 ) -> tuple[list[LabelledFrame], list[LabelledFrame]]:
-    """Random train/validation split, stratified by material (at least one of each side)."""
+    """Random train/validation split, stratified by material.
+
+    Each material with two or more frames gets at least one validation frame
+    and keeps at least one training frame; with five frames or more in all,
+    at least two are validation frames, so that model selection does not
+    hang on a single frame.
+    """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if len(frames) < 2:
@@ -176,8 +182,10 @@ def split_frames(
         n_val = round(val_fraction * len(members))
         n_val = min(max(n_val, 1 if len(members) >= 2 else 0), len(members) - 1)
         val_idx.update(rng.permutation(members)[:n_val].tolist())
-    if not val_idx:
-        val_idx.add(int(rng.integers(len(frames))))
+    wanted = 2 if len(frames) >= 5 else 1
+    spare = [i for i in rng.permutation(len(frames)).tolist() if i not in val_idx]
+    while len(val_idx) < wanted:
+        val_idx.add(spare.pop())
     train = [f for i, f in enumerate(frames) if i not in val_idx]
     val = [f for i, f in enumerate(frames) if i in val_idx]
     return train, val
