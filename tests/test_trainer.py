@@ -92,8 +92,8 @@ def test_pairs_metadata_and_0_255_masks(tmp_path, dataset):
 
 def test_bad_masks_and_unpaired_files_are_rejected(tmp_path):
     folder = write_dataset(tmp_path / "d", 3)
-    tifffile.imwrite(folder / "f01_mask.tif", np.full((96, 96), 3, np.uint8))
-    with pytest.raises(DataError, match=r"f01_mask.tif: mask values must be 0/1 or 0/255, found 3"):
+    tifffile.imwrite(folder / "f01_mask.tif", np.full((96, 96), 0.3, np.float32))
+    with pytest.raises(DataError, match=r"f01_mask.tif: floating-point mask values must be 0/1"):
         load_folders([folder])
     tifffile.imwrite(folder / "f01_mask.tif", np.zeros((80, 96), np.uint8))
     with pytest.raises(DataError, match=r"shape mismatch: .*f01\.tif is \(96, 96\), .*f01_mask"):

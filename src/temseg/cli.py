@@ -525,6 +525,9 @@ def train(
     data: list[str] = typer.Option(
         None, "--data", help="Folder of NAME.tif + NAME_mask.tif (+ NAME.json); repeatable."
     ),
+    pairs: list[str] = typer.Option(
+        None, "--pairs", help="CSV file of image,mask rows (TIFF, PNG or JPEG); repeatable."
+    ),
     out: str = typer.Option(..., "--out", help="Output model bundle folder."),
     material: str | None = typer.Option(
         None, "--material", help="Material of frames whose metadata names none."
@@ -600,6 +603,7 @@ def train(
     folders = [Path(d) for d in [*(data or []), *(extra_data or [])]]
     config = TrainConfig(
         data=folders,
+        pairs=[Path(p) for p in pairs or []],
         out=Path(out),
         material=material,
         materials=[m.strip() for m in materials.split(",") if m.strip()] if materials else None,
@@ -719,12 +723,21 @@ def calibrate(
     extra_data: list[str] = typer.Argument(
         None, metavar="[DIR...]", help="More data folders (after --data)."
     ),
-    material: str = typer.Option(..., "--material", help="Material to calibrate, e.g. CdSe."),
+    material: str = typer.Option(
+        ...,
+        "--material",
+        help="Material to calibrate, e.g. CdSe; frames without material metadata count as it.",
+    ),
     data: list[str] = typer.Option(
         None, "--data", help="Folder of NAME.tif + NAME_mask.tif (+ NAME.json); repeatable."
     ),
+    pairs: list[str] = typer.Option(
+        None, "--pairs", help="CSV file of image,mask rows (TIFF, PNG or JPEG); repeatable."
+    ),
     model: str = typer.Option(
-        "active", "--model", help="Bundle folder, or 'active' (database's, else bundled)."
+        "active",
+        "--model",
+        help="Bundle folder, 'bundled', a registered id, or 'active' (database's, else bundled).",
     ),
     db: str | None = typer.Option(None, "--db", help="Record the calibration in this database."),
     out: str = typer.Option(".", "--out", help="Folder for calibration_<material>.png."),
@@ -740,13 +753,14 @@ def calibrate(
     from temseg.model.bundle import BundleError
 
     folders = [*(data or []), *(extra_data or [])]
-    if not folders:
-        typer.echo("error: give at least one --data folder", err=True)
+    if not folders and not pairs:
+        typer.echo("error: give at least one --data folder or --pairs file", err=True)
         raise typer.Exit(1)
     try:
         result = run_calibration(
             material,
             folders,
+            pairs=pairs or [],
             model=model,
             db=db,
             out=out,

@@ -27,10 +27,11 @@ from temseg.calibrate.sweep import (
     parse_criterion,
     threshold_histograms,
 )
-from temseg.frames.read import FrameError, read_metadata
+from temseg.frames.read import FrameError
 from temseg.model.bundle import ModelBundle
 from temseg.model.resolve import resolve_bundle
-from temseg.trainer.data import DataError, find_pairs, read_labelled_frame
+from temseg.trainer.data import DataError, find_pairs, read_labelled_frame, read_pairs_file
+from temseg.trainer.images import image_metadata
 
 MAX_PIXEL_RATIO = 8.0  # frame vs model pixel size beyond which resampling is meaningless
 
@@ -56,30 +57,33 @@ def resolve_model(model: str | Path | None, db: str | None) -> ModelBundle:
 
 
 def material_pairs(
-    material: str, folders: Sequence[str | Path]
+    material: str, folders: Sequence[str | Path], pairs_files: Sequence[str | Path] = ()
 ) -> list[tuple[Path, Path, float | None]]:
-    """``(image, mask, pixel_nm)`` of the labelled frames of ``material`` in ``folders``.
+    """``(image, mask, pixel_nm)`` of the labelled frames of ``material``.
 
-    The material comes from each frame's sidecar or description metadata
-    (read without decoding pixels). None found: :class:`CalibrationError`
-    listing the materials that were found.
+    Frames come from ``folders`` and the CSV ``pairs_files``. The material
+    comes from each frame's sidecar or description metadata (read without
+    decoding a TIFF's pixels); frames whose metadata names none are taken
+    as ``material``. None found: :class:`CalibrationError` listing the
+    materials that were found.
     """
     found: dict[str, int] = {}
     pairs = []
-    for folder in folders:
+    try:
+        listed = [pair for folder in folders for pair in find_pairs(folder)]
+        listed += [pair for listing in pairs_files for pair in read_pairs_file(listing)]
+    except DataError as exc:
+        raise CalibrationError(str(exc)) from exc
+    for image, mask in listed:
         try:
-            folder_pairs = find_pairs(folder)
-        except DataError as exc:
+            meta = image_metadata(image)
+        except FrameError as exc:
             raise CalibrationError(str(exc)) from exc
-        for image, mask in folder_pairs:
-            try:
-                meta = read_metadata(image)
-            except FrameError as exc:
-                raise CalibrationError(str(exc)) from exc
-            name = str(meta.get("material", "unknown"))
-            found[name] = found.get(name, 0) + 1
-            if name == material:
-                pairs.append((image, mask, meta.get("pixel_nm")))
+        name = str(meta.get("material", material))
+        found[name] = found.get(name, 0) + 1
+        if name == material:
+            pixel_nm = meta.get("pixel_nm")
+            pairs.append((image, mask, None if pixel_nm is None else float(str(pixel_nm))))
     if not pairs:
         listing = ", ".join(f"{m} ({n})" for m, n in sorted(found.items())) or "none"
         raise CalibrationError(f"no labelled frames of {material}; materials found: {listing}")
@@ -114,6 +118,7 @@ def calibrate(
     material: str,
     data: Sequence[str | Path],
     *,
+    pairs: Sequence[str | Path] = (),
     model: str | Path | None = "active",
     db: str | None = None,
     out: str | Path = ".",
@@ -122,7 +127,8 @@ def calibrate(
     n_thresholds: int = 101,
     on_warning: Callable[[str], None] | None = None,
 ) -> CalibrationResult:
-    """Sweep thresholds for ``material`` on the labelled frames in ``data`` folders.
+    """Sweep thresholds for ``material`` on the labelled frames in ``data`` folders
+    and ``pairs`` CSV files (frames without material metadata count as ``material``).
 
     Writes ``calibration_<material>.png`` into ``out`` and, when ``db`` is
     given, a calibrations row. Raises :class:`CalibrationError` for data
@@ -133,16 +139,17 @@ def calibrate(
     from temseg.inference import predict_probability
 
     parse_criterion(criterion)
-    pairs = material_pairs(material, data)
+    labelled = material_pairs(material, data, pairs)
     bundle = resolve_model(model, db)
-    warnings = [w for w in (check_pixel_size(i.name, p, bundle.pixel_nm) for i, _, p in pairs) if w]
+    checks = (check_pixel_size(i.name, p, bundle.pixel_nm) for i, _, p in labelled)
+    warnings = [w for w in checks if w]
     for warning in warnings:
         if on_warning is not None:
             on_warning(warning)
     engine = load_engine(bundle, backend=backend)
     histograms = np.zeros((2, n_thresholds), dtype=np.int64)
     try:
-        for image_path, mask_path, _ in pairs:
+        for image_path, mask_path, _ in labelled:
             try:
                 frame = read_labelled_frame(image_path, mask_path)
             except DataError as exc:
@@ -153,16 +160,16 @@ def calibrate(
         engine.close()
     if histograms[0].sum() == 0:
         raise CalibrationError(
-            f"all {len(pairs)} labelled {material} frames have empty masks: "
+            f"all {len(labelled)} labelled {material} frames have empty masks: "
             "precision and recall are undefined"
         )
-    curves = curves_from_histograms(histograms, len(pairs))
+    curves = curves_from_histograms(histograms, len(labelled))
     choice = choose_threshold(curves, criterion)
     plot_path = plot_calibration(
         curves,
         choice,
         Path(out) / f"calibration_{safe_name(material)}.png",
-        title=f"{material}: {len(pairs)} frames, model {bundle.model_id} ({criterion})",
+        title=f"{material}: {len(labelled)} frames, model {bundle.model_id} ({criterion})",
     )
     result = CalibrationResult(
         material=material,

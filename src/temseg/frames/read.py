@@ -359,3 +359,19 @@ def _resolution_pixel_nm(page: tifffile.TiffPage) -> float | None:
         return None
     pixel_nm = _NM_PER_RESUNIT[unit] / resolution
     return pixel_nm if pixel_nm < _MAX_TAG_PIXEL_NM else None
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """Metadata of an image file from its sidecar alone (for files other than TIFF).
+
+    The sidecar's keys ({} without one), ``pixel_nm`` checked (nm per pixel,
+    with ``pixel_nm_source`` "sidecar") and ``material`` as a string.
+    """
+    path = Path(path)
+    metadata = _read_sidecar(path)
+    pixel_nm = _explicit_pixel_nm(metadata, sidecar_path(path))
+    if pixel_nm is not None:
+        metadata.update(pixel_nm=pixel_nm, pixel_nm_source="sidecar")
+    if metadata.get("material") is not None:
+        metadata["material"] = str(metadata["material"])
+    return metadata

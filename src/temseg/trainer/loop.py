@@ -71,9 +71,10 @@ class EpochStats:
 class TrainConfig:
     """Everything :func:`train` needs. Sizes in pixels, ``lr`` for AdamW.
 
-    ``hdf5`` is an (images, maps) file pair in the paper's layout; ``init``
-    the bundle to fine-tune: a folder, ``bundled``, ``active`` or a model id
-    registered in ``registry`` (default ``db``); its architecture,
+    ``pairs`` are CSV files of image,mask rows; ``hdf5`` is an (images,
+    maps) file pair in the paper's layout; ``init`` the bundle to
+    fine-tune: a folder, ``bundled``, ``active`` or a model id registered
+    in ``registry`` (default ``db``); its architecture,
     normalisation and pixel size are kept, ``preset`` is ignored.
     ``material`` is given to frames whose metadata names none; ``materials``
     then selects frames by material. ``patch`` is the largest patch side: it
@@ -92,6 +93,7 @@ class TrainConfig:
     """
 
     data: Sequence[Path] = ()
+    pairs: Sequence[Path] = ()
     out: Path = Path("model")
     materials: Sequence[str] | None = None
     preset: str = "groschner2021"
@@ -203,12 +205,12 @@ def _setup_ranks(device: torch.device) -> _Ranks:
 
 
 def _load_frames(config: TrainConfig) -> list[LabelledFrame]:
-    frames = load_folders(config.data)
+    frames = load_folders(config.data, config.pairs)
     if config.hdf5 is not None:
         only = config.materials[0] if config.materials and len(config.materials) == 1 else None
         frames += load_hdf5(*config.hdf5, material=only)
     if not frames:
-        raise DataError("no training data: give --data folders or --hdf5 files")
+        raise DataError("no training data: give --data folders, --pairs files or --hdf5 files")
     if config.material is not None:
         frames = [
             f if f.material is not None else replace(f, material=config.material) for f in frames
@@ -540,7 +542,7 @@ def _write_outputs(
     initial_val_dice: float,
 ) -> str:
     out = Path(config.out)
-    data_names = [Path(d).name for d in config.data]
+    data_names = [Path(d).name for d in [*config.data, *config.pairs]]
     if config.hdf5 is not None:
         data_names += [Path(p).name for p in config.hdf5]
     seen = {f.material for f in frames if f.material is not None}
