@@ -775,7 +775,7 @@ def calibrate(
     typer.echo(f"{material}: {result.curves.n_images} frames, model {result.model_id}")
     typer.echo(curve_table(result.curves))
     typer.echo(
-        f"chosen threshold {c.threshold:.2f} ({c.criterion}): precision {c.precision:.3f}  "
+        f"chosen threshold {c.threshold:.4g} ({c.criterion}): precision {c.precision:.3f}  "
         f"recall {c.recall:.3f}  F1 {c.f1:.3f}"
     )
     typer.echo(f"plot: {result.plot_path}")

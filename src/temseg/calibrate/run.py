@@ -24,7 +24,9 @@ from temseg.calibrate.sweep import (
     Curves,
     choose_threshold,
     curves_from_histograms,
+    edge_warning,
     parse_criterion,
+    threshold_grid,
     threshold_histograms,
 )
 from temseg.frames.read import FrameError
@@ -33,6 +35,7 @@ from temseg.model.resolve import resolve_bundle
 from temseg.trainer.data import DataError, find_pairs, read_labelled_frame, read_pairs_file
 from temseg.trainer.images import image_metadata
 
+TAIL_PER_DECADE = 4  # log-spaced thresholds per decade below 0.01 and above 0.99
 MAX_PIXEL_RATIO = 8.0  # frame vs model pixel size beyond which resampling is meaningless
 
 
@@ -125,12 +128,17 @@ def calibrate(
     criterion: str = "f1",
     backend: str = "auto",
     n_thresholds: int = 101,
+    tail_per_decade: int = TAIL_PER_DECADE,
     on_warning: Callable[[str], None] | None = None,
 ) -> CalibrationResult:
     """Sweep thresholds for ``material`` on the labelled frames in ``data`` folders
     and ``pairs`` CSV files (frames without material metadata count as ``material``).
 
-    Writes ``calibration_<material>.png`` into ``out`` and, when ``db`` is
+    The grid has ``n_thresholds`` even steps from 0 to 1 and
+    ``tail_per_decade`` log-spaced thresholds per decade within one step of
+    0 and of 1 (down to 1e-4); a chosen threshold at either end of the grid
+    is reported through ``on_warning`` and in ``warnings``. Writes
+    ``calibration_<material>.png`` into ``out`` and, when ``db`` is
     given, a calibrations row. Raises :class:`CalibrationError` for data
     that cannot calibrate (no frames of that material, only empty masks,
     absurd pixel sizes) or a criterion no threshold meets.
@@ -147,7 +155,8 @@ def calibrate(
         if on_warning is not None:
             on_warning(warning)
     engine = load_engine(bundle, backend=backend)
-    histograms = np.zeros((2, n_thresholds), dtype=np.int64)
+    grid = threshold_grid(n_thresholds, tail_per_decade=tail_per_decade)
+    histograms = np.zeros((2, grid.size), dtype=np.int64)
     try:
         for image_path, mask_path, _ in labelled:
             try:
@@ -155,7 +164,7 @@ def calibrate(
             except DataError as exc:
                 raise CalibrationError(str(exc)) from exc
             probability = predict_probability(frame.image, engine, bundle, pixel_nm=frame.pixel_nm)
-            histograms += threshold_histograms(probability, frame.mask, n_thresholds)
+            histograms += threshold_histograms(probability, frame.mask, grid)
     finally:
         engine.close()
     if histograms[0].sum() == 0:
@@ -163,8 +172,13 @@ def calibrate(
             f"all {len(labelled)} labelled {material} frames have empty masks: "
             "precision and recall are undefined"
         )
-    curves = curves_from_histograms(histograms, len(labelled))
+    curves = curves_from_histograms(histograms, len(labelled), grid)
     choice = choose_threshold(curves, criterion)
+    edge = edge_warning(curves, choice)
+    if edge is not None:
+        warnings.append(edge)
+        if on_warning is not None:
+            on_warning(edge)
     plot_path = plot_calibration(
         curves,
         choice,
