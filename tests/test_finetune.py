@@ -144,5 +144,5 @@ def test_init_takes_registered_ids_and_active(tmp_path, blobs, start_model):
         app, ["train", *common, "--out", str(tmp_path / "c"), "--init", "feedfeed", "--db", db]
     )
     assert unknown.exit_code == 1
-    assert "feedfeed: no such bundle folder or model id" in unknown.output
+    assert "feedfeed: not a model bundle folder, nor a registered model id" in unknown.output
     assert not (tmp_path / "c").exists()

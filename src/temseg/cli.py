@@ -155,20 +155,44 @@ def segment(
         None, "--out", help="Folder for NAME_mask.tif (uint8, 1 = particle); none: no masks."
     ),
     model: str | None = typer.Option(
-        None, "--model", help="Model bundle folder (default: the bundled model)."
+        None,
+        "--model",
+        help="Bundle folder, 'bundled', a registered id or 'active' (default: the database's "
+        "active model with --db, else the bundled one).",
+    ),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="Database whose latest calibration for (material, model) sets the threshold, "
+        "as in the daemon.",
     ),
     threshold: float | None = typer.Option(
-        None, "--threshold", min=0.0, max=1.0, help="Default: the model's for the material."
+        None,
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="Default: the latest calibration in --db, else the model's for the material.",
     ),
     pixel_nm: float | None = typer.Option(
         None, "--pixel-nm", min=0.0, help="Pixel size in nm, overriding the files' own."
     ),
     min_area: int = typer.Option(1, "--min-area", min=1, help="Smallest particle (pixels)."),
+    save_probability: bool = typer.Option(
+        False,
+        "--save-probability",
+        help="Also write NAME_prob.tif (float32 probability of particle) into --out.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace existing output files (inputs are never replaced)."
+    ),
     backend: str = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: all cores)."),
 ) -> None:
-    """Segment frames and print one JSON line per frame (particles, sizes, timings)."""
+    """Segment frames and print one JSON line per frame (particles, sizes, timings).
+
+    Existing mask or probability files are not replaced unless --overwrite is given.
+    """
     import dataclasses
     import json
     from pathlib import Path
@@ -176,22 +200,52 @@ def segment(
     from temseg.engine import EngineError, load_engine
     from temseg.engine.base import resolve_device
     from temseg.frames import FrameError, read_frame
-    from temseg.frames.write import write_mask_tiff
+    from temseg.frames.write import write_mask_tiff, write_probability_tiff
     from temseg.inference import default_tile, segment_frame
-    from temseg.model.bundle import BundleError, load_bundle
+    from temseg.model.bundle import BundleError
+    from temseg.model.resolve import resolve_bundle
 
     if pixel_nm is not None and pixel_nm <= 0:
         raise typer.BadParameter("must be positive (nm per pixel)", param_hint="--pixel-nm")
+    if save_probability and out is None:
+        raise typer.BadParameter(
+            "needs --out, the folder for NAME_prob.tif", param_hint="--save-probability"
+        )
     out_dir = None if out is None else Path(out)
+    store = None
     try:
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-        bundle = load_bundle(model)
+        bundle = resolve_bundle(model, db)
+        if db is not None:
+            from temseg.store import connect
+
+            store = connect(db, create=False)
         engine = load_engine(bundle, backend=backend, device=device, threads=threads)
         tile = default_tile(resolve_device(device))
     except (OSError, BundleError, EngineError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+    def level_for(used: str | None) -> tuple[float, str]:
+        if threshold is not None:
+            return threshold, "option"
+        if store is not None and used is not None:
+            from temseg.store import latest_threshold
+
+            calibrated = latest_threshold(store, used, bundle.model_id)
+            if calibrated is not None:
+                return calibrated, "calibration"
+        return bundle.threshold_for(used), "model"
+
+    def target(path: Path, suffix: str) -> Path:
+        assert out_dir is not None
+        file = out_dir / f"{path.stem}{suffix}.tif"
+        if file.resolve() in inputs:
+            raise FrameError(f"{path}: refusing to overwrite input {file}")
+        if file.exists() and not overwrite:
+            raise FrameError(f"{file} exists; give --overwrite to replace it, or another --out")
+        return file
 
     inputs = {Path(f).resolve() for f in frames}
     failed = 0
@@ -199,11 +253,16 @@ def segment(
         for name in frames:
             path = Path(name)
             try:
+                mask_file = prob_file = None
+                if out_dir is not None:
+                    mask_file = target(path, "_mask")
+                    if save_probability:
+                        prob_file = target(path, "_prob")
                 frame = read_frame(path)
                 if pixel_nm is not None:
                     frame = dataclasses.replace(frame, pixel_nm=pixel_nm)
                 used = material if material is not None else frame.material
-                level = threshold if threshold is not None else bundle.threshold_for(used)
+                level, source = level_for(used)
                 result = segment_frame(
                     frame,
                     engine,
@@ -213,21 +272,23 @@ def segment(
                     material=used,
                     tile=tile,
                 )
-                mask_file = None
-                if out_dir is not None:
-                    mask_file = out_dir / f"{path.stem}_mask.tif"
-                    if mask_file.resolve() in inputs:
-                        raise FrameError(f"{path}: refusing to overwrite input {mask_file}")
+                if mask_file is not None:
                     write_mask_tiff(mask_file, result.segmentation.mask)
+                if prob_file is not None:
+                    write_probability_tiff(prob_file, result.probability)
             except (FrameError, OSError, ValueError) as exc:
                 failed += 1
                 typer.echo(f"error: {exc}", err=True)
                 continue
             record = {"file": str(path), "mask": None if mask_file is None else str(mask_file)}
-            record.update(model_id=bundle.model_id, **result.to_dict())
+            if prob_file is not None:
+                record["probability"] = str(prob_file)
+            record.update(model_id=bundle.model_id, threshold_source=source, **result.to_dict())
             typer.echo(json.dumps(record))
     finally:
         engine.close()
+        if store is not None:
+            store.dispose()
     if failed:
         typer.echo(f"{failed} of {len(frames)} frames failed", err=True)
         raise typer.Exit(1)

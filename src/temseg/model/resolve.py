@@ -49,7 +49,7 @@ def resolve_bundle(name: str | Path | None, db: str | None) -> ModelBundle:
     known = ", ".join(r.model_id for r in records) or "none"
     where = f"registered in {db}: {known}" if db is not None else "no --db given to look up ids"
     raise BundleError(
-        f"{text}: no such bundle folder or model id ({where}); "
+        f"{text}: not a model bundle folder, nor a registered model id ({where}); "
         "give a bundle folder, 'bundled', 'active' or a registered id"
     )
 
