@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_fine_tune:
         with tempfile.TemporaryDirectory() as tmp:
             listing = Path(tmp) / "train.csv"
-            rows = "".join(f"{i.resolve()},{m.resolve()}\n" for i, m in pairs[: args.train])
-            listing.write_text("image,mask\n" + rows)
+            listed = "".join(f"{i.resolve()},{m.resolve()}\n" for i, m in pairs[: args.train])
+            listing.write_text("image,mask\n" + listed)
             out = Path(tmp) / "model"
             command = [sys.executable, "-m", "temseg", "train", "--pairs", str(listing),
                        "--init", args.model, "--out", str(out), "--quiet"]  # fmt: skip
