@@ -41,6 +41,7 @@ from temseg.store import (
     promote_model,
     record_calibration,
     register_model,
+    status_summary,
 )
 from temseg.stream import StreamMessage, Subscriber
 
@@ -269,6 +270,23 @@ def test_bad_frames_recorded_as_failed_and_published_on_error_topic(
     assert daemon.stats.failed == 4
 
 
+def test_instrument_recorded_on_every_frame(make_daemon, acq: Path, db_path: Path) -> None:
+    daemon = make_daemon(instrument="titan-krios 2")
+    sub = subscribe(daemon, acq)
+    good, bad = acq / "good.tif", acq / "bad.tif"
+    write_renamed(good, tiff_bytes(31))
+    write_renamed(bad, b"not a TIFF")
+    receive_all(sub, [good, bad])  # published after being recorded
+    sub.close()
+    assert row_for(db_path, good)["status"] == "done"
+    assert row_for(db_path, bad)["status"] == "failed"
+    rows = frame_rows(db_path)  # with the frame subscribe() sent to check the subscription
+    assert {r["instrument"] for r in rows} == {"titan-krios 2"}
+    with store(db_path) as engine:
+        by_instrument = status_summary(engine)["by_instrument"]
+    assert by_instrument == {"titan-krios 2": {"done": len(rows) - 1, "failed": 1}}
+
+
 def test_backlog_oldest_first_materials_and_restart(make_daemon, acq: Path, db_path: Path) -> None:
     (acq / "CdSe").mkdir()
     frames = {  # path -> (bytes, expected material); listed oldest first
@@ -463,6 +481,8 @@ def test_settings_that_would_write_into_the_watched_folder_are_refused(
         Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), segmenters=-1))
     with pytest.raises(ConfigError, match="tile"):
         Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), tile=-1))
+    with pytest.raises(ConfigError, match="instrument"):
+        Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), instrument="x" * 65))
     assert list(acq.iterdir()) == []
 
 
