@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import signal
 import sqlite3
@@ -245,3 +246,68 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path: Path, bundles) -> No
         query = "SELECT sha256, model_id, count(*) FROM frames GROUP BY sha256, model_id"
         rows = conn.execute(query).fetchall()
     assert len(rows) == n and {r[2] for r in rows} == {1}
+
+
+@pytest.mark.slow
+def test_cli_on_a_scheduler_and_worker_started_with_the_dask_command(
+    tmp_path: Path, archive: dict[Path, str], bundles: tuple[Path, Path]
+) -> None:
+    """`dask scheduler` and `dask worker` as on a cluster, only on 127.0.0.1."""
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    dask = [sys.executable, "-c", "from dask.__main__ import main; main()"]
+    scheduler = subprocess.Popen(
+        [*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+         "--scheduler-file", str(scheduler_file)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        worker = subprocess.Popen(
+            [*dask, "worker", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1",
+             "--nthreads", "1", "--no-dashboard", "--no-nanny"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        db = tmp_path / "r.db"
+        command = [
+            "reprocess", str(tmp_path / "archive"), "--db", str(db), "--model", str(bundles[0]),
+            "--scheduler", address, "--config", str(tmp_path / "temseg.toml"),
+        ]  # fmt: skip
+        (tmp_path / "temseg.toml").write_text('folder_rules = {"*/CdSe/*" = "CdSe"}\nthreads = 1\n')
+        _wait_for_workers(address, 1)
+        result = subprocess.run(
+            [sys.executable, "-m", "temseg", *command],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "6 done, 1 failed, 0 already recorded, 1 repeated content" in result.stdout
+        assert "on 1 worker(s)" in result.stdout
+        rerun = subprocess.run(
+            [sys.executable, "-m", "temseg", *command],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert "0 done, 0 failed, 8 already recorded" in rerun.stdout, rerun.stderr
+    finally:
+        for proc in (worker, scheduler):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    with sqlite3.connect(db) as conn:
+        materials = dict(conn.execute("SELECT source_path, material FROM frames").fetchall())
+    assert materials[str(tmp_path / "archive/2025/CdSe/frame_001.tif")] == "CdSe"
+
+
+def _wait_for_workers(address: str, n: int) -> None:
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        client.wait_for_workers(n, timeout=60)

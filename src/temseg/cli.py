@@ -567,11 +567,14 @@ def status(
     from sqlalchemy.exc import OperationalError
 
     from temseg.config import ConfigError, load_settings
+    from temseg.options import StatusGroup, check_choice
     from temseg.store import SchemaError, connect, status_summary
 
-    if by not in ("material", "instrument", "model"):
-        typer.echo(f"error: --by must be material, instrument or model, not {by!r}", err=True)
-        raise typer.Exit(2)
+    try:
+        check_choice("--by", by, StatusGroup)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     try:
         url = load_settings(config, overrides={"db": db}).db
     except ConfigError as exc:

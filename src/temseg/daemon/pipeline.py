@@ -164,7 +164,10 @@ def build_stages(
             SegmentStage(measure, send_probability=s.send_probability, encoding=s.mask_encoding),
             *([MaskSink(Path(s.masks))] if s.masks is not None else []),
         ],
-        sinks=[RecordSink(db, publish.next_seq, give_up, faults), publish],
+        sinks=[
+            RecordSink(db, publish.next_seq, give_up, faults, instrument=s.instrument),
+            publish,
+        ],
     )
 
 

@@ -19,22 +19,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from temseg.config import Settings
 from temseg.frames.find import relative_posix, scan_backlog
-from temseg.inference import default_tile
 from temseg.reprocess.tasks import Hashed, ModelSpec, Outcome, Rules, hash_files, segment_file
 
 logger = logging.getLogger(__name__)
 
 HASH_CHUNK = 32
 """Files hashed per task: one task per file cost more in scheduling than hashing."""
-
-ModelChoice = Literal["auto", "active", "bundled"] | str
 
 
 class ReprocessError(RuntimeError):
@@ -146,7 +143,7 @@ def resolve_model(db: Engine, choice: str) -> tuple[str | None, str]:
     return path, bundle.model_id
 
 
-def _client(scheduler: str, workers: int, processes: bool, threads: int) -> tuple[Any, Any]:
+def _client(scheduler: str, workers: int, processes: bool) -> tuple[Any, Any]:
     """(client, local cluster or ``None``) for ``scheduler`` "local" or "tcp://HOST:PORT"."""
     try:
         from distributed import Client, LocalCluster
@@ -252,7 +249,7 @@ def reprocess(
     paths: Sequence[str | os.PathLike[str]],
     db: Engine,
     *,
-    model: ModelChoice = "auto",
+    model: str = "auto",
     settings: Settings | None = None,
     scheduler: str = "local",
     workers: int = 1,
@@ -303,14 +300,13 @@ def reprocess(
     frames = find_frames(paths, settings)
     local = scheduler == "local"
     threads = settings.threads or (max(1, (os.cpu_count() or 1) // workers) if local else 0)
-    tile = settings.tile or default_tile(settings.device if settings.device != "auto" else "cpu")
     spec = ModelSpec(
         model_id=model_id,
         path=path,
         backend=settings.backend,
         device=settings.device,
         threads=threads,
-        tile=tile,
+        tile=settings.tile,
         tile_overlap=settings.tile_overlap,
     )
     rules = Rules(
@@ -320,7 +316,7 @@ def reprocess(
     )
     summary = Summary(model_id=model_id, workers=workers, found=len(frames))
     done_contents = recorded_contents(db, model_id)
-    client, cluster = _client(scheduler, workers, processes, threads)
+    client, cluster = _client(scheduler, workers, processes)
     if not local:
         summary.workers = len(client.scheduler_info().get("workers", {}))
     relative = {f.path: f.relative for f in frames}

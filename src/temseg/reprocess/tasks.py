@@ -17,6 +17,7 @@ from typing import Any
 
 from temseg.frames.find import MATERIAL_RULE, resolve_material, valid_material
 from temseg.frames.read import FrameError, read_frame
+from temseg.inference import GPU_TILE
 from temseg.segment import Particle
 
 _lock = threading.Lock()
@@ -30,14 +31,15 @@ class ModelSpec:
     """Which model a worker loads and how: ``path`` is the bundle folder
     (``None``: the bundled model), ``model_id`` what its weights must hash to;
     ``threads`` CPU threads of the engine (0 = all cores); ``tile`` and
-    ``tile_overlap`` in pixels."""
+    ``tile_overlap`` in pixels (``tile`` 0: from the worker's device, as in the
+    daemon)."""
 
     model_id: str
     path: str | None
     backend: str = "auto"
     device: str = "auto"
     threads: int = 1
-    tile: int = 2048
+    tile: int = 0
     tile_overlap: int = 64
 
 
@@ -133,7 +135,7 @@ def worker_model(spec: ModelSpec) -> tuple[Any, Any]:
             backend=spec.backend,
             device=spec.device,
             threads=spec.threads,
-            max_size=max(spec.tile, 64),
+            max_size=max(spec.tile or GPU_TILE, 64),
             batch=1,
         )
         _models[key] = (bundle, engine)
@@ -163,7 +165,7 @@ def segment_file(path: str, relative: str, spec: ModelSpec, rules: Rules) -> Out
     order); a frame that cannot be decoded is a "failed" outcome; a file that
     cannot be read at all is ``unreadable``.
     """
-    from temseg.inference import segment_frame
+    from temseg.inference import default_tile, segment_frame
 
     started = time.perf_counter()
     try:
@@ -194,6 +196,8 @@ def segment_file(path: str, relative: str, spec: ModelSpec, rules: Rules) -> Out
         frame.material, relative, rules.folder_rules, rules.default_material
     )
     bundle, engine = worker_model(spec)
+    on_gpu = engine.backend == "tensorrt" or "cuda" in engine.name
+    tile = spec.tile or default_tile("cuda" if on_gpu else "cpu")
     threshold = rules.thresholds.get(material)
     if threshold is None:
         threshold = bundle.threshold_for(material)
@@ -203,7 +207,7 @@ def segment_file(path: str, relative: str, spec: ModelSpec, rules: Rules) -> Out
             engine,
             bundle,
             threshold=threshold,
-            tile=spec.tile,
+            tile=tile,
             overlap=spec.tile_overlap,
             material=material,
         )
