@@ -155,6 +155,39 @@ def test_reprocess_twice_records_each_frame_once_per_model(
         engine.dispose()
 
 
+def test_every_frame_of_a_stack_is_a_result(tmp_path: Path, bundles: tuple[Path, Path]) -> None:
+    import mrcfile
+
+    root = tmp_path / "archive"
+    root.mkdir()
+    rng = np.random.default_rng(7)
+    with mrcfile.new(root / "movie.mrc") as mrc:
+        mrc.set_data(rng.random((3, 64, 48), dtype=np.float32))
+        mrc.set_image_stack()
+        mrc.voxel_size = (2.0, 1.0, 1.0)  # x, y, z in Angstrom
+    db_url = f"sqlite:///{tmp_path / 'results.db'}"
+    db = store.connect(db_url)
+    try:
+        run = reprocess(
+            [root], db, model=str(bundles[0]), settings=SETTINGS, workers=1, processes=False
+        )
+        assert (run.found, run.done, run.failed) == (1, 3, 0)
+        again = reprocess(
+            [root], db, model=str(bundles[0]), settings=SETTINGS, workers=1, processes=False
+        )
+        assert (again.skipped, again.done) == (1, 0)
+    finally:
+        db.dispose()
+    rows = result_rows(db_url)
+    assert [(r["frame_index"], r["n_frames"], r["status"]) for r in rows] == [
+        (0, 3, "done"),
+        (1, 3, "done"),
+        (2, 3, "done"),
+    ]
+    assert {(r["height"], r["width"]) for r in rows} == {(64, 48)}
+    assert {(r["pixel_nm_y"], r["pixel_nm_x"]) for r in rows} == {(0.1, 0.2)}
+
+
 def test_reprocess_on_an_existing_scheduler(
     pg_url: str, archive: dict[Path, str], bundles: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -50,7 +50,7 @@ class Found:
 class Summary:
     """What a run did. ``found`` frame files; ``skipped`` had a result of the model
     already (``repeats``: the same content twice in this run, done once);
-    ``done``/``failed`` recorded now; ``unreadable`` not recorded (a rerun tries
+    ``done``/``failed`` frames recorded now (each 2-D frame of a stack counts); ``unreadable`` not recorded (a rerun tries
     again); ``frames_per_s`` of the frames segmented, over ``segment_s`` from the
     first segmentation task to the last result; ``interrupted`` by Ctrl-C."""
 
@@ -232,6 +232,9 @@ def _record(db: Engine, outcome: Outcome, model_id: str, instrument: str | None)
                 height=outcome.height,
                 width=outcome.width,
                 pixel_nm=outcome.pixel_nm,
+                pixel_nm_yx=outcome.pixel_nm_yx,
+                frame_index=outcome.frame_index,
+                n_frames=outcome.n_frames,
                 backend=outcome.backend,
                 instrument=instrument,
                 particles=outcome.particles,
@@ -329,6 +332,7 @@ def reprocess(
             client.submit(hash_files, [f.path for f in frames[i : i + HASH_CHUNK]], pure=False)
             for i in range(0, len(frames), HASH_CHUNK)
         ]
+        hash_chunks = set(hash_futures)
         futures.update(hash_futures)
         queue = as_completed(hash_futures)
         waiting: deque[Hashed] = deque()
@@ -353,7 +357,7 @@ def reprocess(
             nonlocal in_flight
             futures.discard(future)
             result = _result(future)
-            if isinstance(result, list):  # hashes of a chunk of files
+            if future in hash_chunks:
                 for item in result:
                     if item.sha256 is None:
                         summary.unreadable += 1
@@ -370,11 +374,12 @@ def reprocess(
                         progress(summary)
                 return
             in_flight -= 1
-            outcome: Outcome = result
-            if outcome.unreadable or outcome.sha256 is None:
-                summary.unreadable += 1
-                summary.errors.append(outcome.error or outcome.path)
-            else:
+            outcomes: list[Outcome] = result  # one per frame of the file
+            for outcome in outcomes:
+                if outcome.unreadable or outcome.sha256 is None:
+                    summary.unreadable += 1
+                    summary.errors.append(outcome.error or outcome.path)
+                    continue
                 _record(db, outcome, model_id, instrument)
                 if outcome.status == "done":
                     summary.done += 1
