@@ -50,8 +50,9 @@ class Found:
 class Summary:
     """What a run did. ``found`` frame files; ``skipped`` had a result of the model
     already (``repeats``: the same content twice in this run, done once);
-    ``done``/``failed`` frames recorded now (each 2-D frame of a stack counts); ``unreadable`` not recorded (a rerun tries
-    again); ``frames_per_s`` of the frames segmented, over ``segment_s`` from the
+    ``done``/``failed`` frames recorded now (each 2-D frame of a stack counts);
+    ``unreadable`` not recorded (a rerun tries again); ``frames_per_s`` of the
+    frames segmented, over ``segment_s`` from the
     first segmentation task to the last result; ``interrupted`` by Ctrl-C."""
 
     model_id: str
