@@ -32,26 +32,38 @@ from temseg.inference import predict_probability
 from temseg.model.bundle import METADATA_NAME, load_bundle
 from temseg.segment import binarize, confusion
 from temseg.synth import frame_name, frame_seed, simulate_frame
+from temseg.synth.lowmag import simulate_wide_frame
 from temseg.trainer.loop import EpochStats, TrainConfig, train
 
 
-def _write_one(job: tuple[Path, str, int, int, int]) -> None:
-    folder, material, index, size, seed = job
+def _write_one(job: tuple[Path, str, int, int, int, str]) -> None:
+    folder, material, index, size, seed, distribution = job
     name = frame_name(material, index)
     if (folder / f"{name}.json").is_file():
         return
-    frame = simulate_frame(material, size, frame_seed(seed, material, index))
+    simulate = simulate_wide_frame if distribution == "wide" else simulate_frame
+    frame = simulate(material, size, frame_seed(seed, material, index))
     tifffile.imwrite(folder / f"{name}.tif", frame.image)
     tifffile.imwrite(folder / f"{name}_mask.tif", frame.mask)
     (folder / f"{name}.json").write_text(json.dumps(frame.metadata, default=str))
 
 
 def simulate_folder(
-    folder: Path, materials: list[str], count: int, size: int, seed: int, jobs: int
+    folder: Path,
+    materials: list[str],
+    count: int,
+    size: int,
+    seed: int,
+    jobs: int,
+    distribution: str = "default",
 ) -> None:
-    """``count`` frames per material as NAME.tif + NAME_mask.tif + NAME.json (kept if present)."""
+    """``count`` frames per material as NAME.tif + NAME_mask.tif + NAME.json (kept if present).
+
+    ``distribution`` "default" is :func:`simulate_frame`'s, "wide"
+    :func:`simulate_wide_frame`'s (no pixel size recorded: used as they come).
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    work = [(folder, m, i, size, seed) for m in materials for i in range(count)]
+    work = [(folder, m, i, size, seed, distribution) for m in materials for i in range(count)]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(_write_one, work, chunksize=8))
 
@@ -90,6 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     parser.add_argument("--materials", default="Au,CdSe")
     parser.add_argument("--frames", type=int, default=200, help="training frames per material")
+    parser.add_argument(
+        "--wide-frames",
+        type=int,
+        default=0,
+        help="more training frames per material from the wide distribution (low magnification, "
+        "0.02-0.2 nm/px HRTEM, uneven illumination, inverted contrast)",
+    )
+    parser.add_argument(
+        "--freeze-bn", action="store_true", help="keep the --init model's batch-norm statistics"
+    )
     parser.add_argument("--size", type=int, default=512, help="frame size (pixels)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-frames", type=int, default=20, help="held-out frames per material")
@@ -115,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     data = args.workdir / f"train-{args.size}-s{args.seed}"
     simulate_folder(data, materials, args.frames, args.size, args.seed, os.cpu_count() or 1)
     print(f"simulated {args.frames} x {materials} in {time.perf_counter() - start:.0f} s -> {data}")
+    folders = [data]
+    if args.wide_frames:
+        wide = args.workdir / f"wide-{args.size}-s{args.seed}"
+        jobs = os.cpu_count() or 1
+        simulate_folder(wide, materials, args.wide_frames, args.size, args.seed, jobs, "wide")
+        print(f"simulated {args.wide_frames} wide x {materials} -> {wide}")
+        folders.append(wide)
 
     def progress(s: EpochStats) -> None:
         print(
@@ -124,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     config = TrainConfig(
-        data=[data],
+        data=folders,
         out=args.out,
         preset=args.preset,
         epochs=args.epochs,
@@ -138,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         patience=args.patience,
         steps_per_epoch=args.steps_per_epoch,
         max_minutes=args.max_minutes,
+        freeze_batch_norm=args.freeze_bn,
         name="temseg-default",
         on_epoch=progress,
     )

@@ -33,8 +33,19 @@ def fingerprint(path: Path) -> tuple[str, int]:
     return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
 
 
-def frame_rows(db: Path) -> list[dict[str, Any]]:
-    """Every row of the frames table, oldest first (plain sqlite3, read-only use)."""
+def frame_rows(db: Path | str) -> list[dict[str, Any]]:
+    """Every row of the frames table, oldest first: a SQLite file with plain sqlite3, a
+    server database given by its URL with SQLAlchemy (read-only use)."""
+    if isinstance(db, str) and "://" in db:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(db)
+        try:
+            with engine.connect() as server:
+                rows = server.execute(text("SELECT * FROM frames ORDER BY id")).mappings()
+                return [dict(r) for r in rows]
+        finally:
+            engine.dispose()
     with closing(sqlite3.connect(db, timeout=30)) as conn:
         conn.row_factory = sqlite3.Row
         return [dict(r) for r in conn.execute("SELECT * FROM frames ORDER BY id")]

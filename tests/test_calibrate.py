@@ -14,6 +14,7 @@ from temseg.calibrate.run import CalibrationError, calibrate, curve_table
 from temseg.calibrate.sweep import (
     choose_threshold,
     confusion_curves,
+    edge_warning,
     parse_criterion,
     threshold_grid,
 )
@@ -200,8 +201,8 @@ def test_calibrate_command_writes_row_and_plot(tmp_path, model_dir):
     model_id = json.loads((model_dir / "model.json").read_text())["model_id"]
     row = latest_calibration(engine, "CdSe", model_id)
     assert row is not None and row.n_images == 3 and row.criterion == "f1"
-    assert f"chosen threshold {row.threshold:.2f}" in result.output
-    assert len(row.curve["thresholds"]) == 101
+    assert f"chosen threshold {row.threshold:.4g}" in result.output
+    assert len(row.curve["thresholds"]) == 101 + 2 * 8  # even grid and log tails
     assert row.dice == pytest.approx(max(row.curve["f1"]))
     assert latest_calibration(engine, "Au", model_id) is None
 
@@ -248,3 +249,35 @@ def test_calibrate_errors(tmp_path, model_dir):
               "--criterion", "best", "--out", str(tmp_path)],
     )  # fmt: skip
     assert result.exit_code == 1 and "unknown criterion 'best'" in result.output
+
+
+# --- the grid's tails and its edges ---------------------------------------------------
+
+
+def test_log_tails_resolve_thresholds_near_0_and_1():
+    grid = threshold_grid(101, tail_per_decade=4)
+    assert grid[0] == 0.0 and grid[-1] == 1.0 and np.all(np.diff(grid) > 0)
+    assert np.isin(np.linspace(0, 1, 101), grid).all()  # the even grid is kept
+    assert grid[1] == pytest.approx(1e-4) and grid[-2] == pytest.approx(1 - 1e-4)
+    assert np.sum(grid < 0.01) == 9 and np.sum(grid > 0.99) == 9  # 0 + 4 per decade, 2 decades
+    # a confident network: particle pixels at 3e-3, background at 1e-3
+    prob = np.array([1e-3] * 50 + [3e-3] * 50)
+    mask = np.array([0] * 50 + [1] * 50)
+    even = choose_threshold(confusion_curves([prob], [mask]), "f1")
+    assert even.threshold == 0.0 and even.f1 < 0.7  # the even grid cannot separate them
+    fine = confusion_curves([prob], [mask], grid)
+    choice = choose_threshold(fine, "f1")
+    assert choice.f1 == 1.0 and 1e-3 < choice.threshold <= 3e-3
+    assert edge_warning(fine, choice) is None
+    assert "lowest of the grid" in str(edge_warning(confusion_curves([prob], [mask]), even))
+
+
+def test_a_threshold_at_the_top_of_the_grid_is_warned_about():
+    grid = threshold_grid(101, tail_per_decade=4)
+    prob = np.array([1.0] * 10 + [0.99995] * 40 + [0.2] * 50)
+    mask = np.array([1] * 10 + [0] * 40 + [0] * 50)
+    curves = confusion_curves([prob], [mask], grid)
+    choice = choose_threshold(curves, "f1")
+    assert choice.threshold == 1.0
+    warning = edge_warning(curves, choice)
+    assert warning is not None and "highest of the grid" in warning and "fine-tune" in warning

@@ -41,6 +41,7 @@ from temseg.store import (
     promote_model,
     record_calibration,
     register_model,
+    status_summary,
 )
 from temseg.stream import StreamMessage, Subscriber
 
@@ -64,7 +65,7 @@ def tiff_bytes(seed: int, *, material: str | None = None, rgb: bool = False) -> 
 
 
 @contextmanager
-def store(db: Path) -> Iterator[Any]:
+def store(db: Path | str) -> Iterator[Any]:
     """A temseg.store engine on ``db``, disposed on exit."""
     engine = connect(str(db))
     try:
@@ -73,7 +74,7 @@ def store(db: Path) -> Iterator[Any]:
         engine.dispose()
 
 
-def row_for(db: Path, path: Path) -> dict[str, Any]:
+def row_for(db: Path | str, path: Path) -> dict[str, Any]:
     matches = [r for r in frame_rows(db) if r["source_path"] == str(path)]
     assert len(matches) == 1, matches
     return matches[0]
@@ -269,7 +270,35 @@ def test_bad_frames_recorded_as_failed_and_published_on_error_topic(
     assert daemon.stats.failed == 4
 
 
-def test_backlog_oldest_first_materials_and_restart(make_daemon, acq: Path, db_path: Path) -> None:
+def test_instrument_recorded_on_every_frame(make_daemon, acq: Path, db_path: Path) -> None:
+    daemon = make_daemon(instrument="titan-krios 2")
+    sub = subscribe(daemon, acq)
+    good, bad = acq / "good.tif", acq / "bad.tif"
+    write_renamed(good, tiff_bytes(31))
+    write_renamed(bad, b"not a TIFF")
+    receive_all(sub, [good, bad])  # published after being recorded
+    sub.close()
+    assert row_for(db_path, good)["status"] == "done"
+    assert row_for(db_path, bad)["status"] == "failed"
+    rows = frame_rows(db_path)  # with the frame subscribe() sent to check the subscription
+    assert {r["instrument"] for r in rows} == {"titan-krios 2"}
+    with store(db_path) as engine:
+        by_instrument = status_summary(engine)["by_instrument"]
+    assert by_instrument == {"titan-krios 2": {"done": len(rows) - 1, "failed": 1}}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
+    """The daemon's database: the SQLite file ``db_path``, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return db_path
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+def test_backlog_oldest_first_materials_and_restart(
+    make_daemon, acq: Path, db_target: Path | str
+) -> None:
     (acq / "CdSe").mkdir()
     frames = {  # path -> (bytes, expected material); listed oldest first
         acq / "z_default.tif": (tiff_bytes(7), "Au"),
@@ -283,21 +312,22 @@ def test_backlog_oldest_first_materials_and_restart(make_daemon, acq: Path, db_p
         os.utime(path, ns=(1_600_000_000_000_000_000 + age, 1_600_000_000_000_000_000 + age))
     rules = {"CdSe/**": "CdSe"}
 
-    daemon = make_daemon(folder_rules=rules, batch_size=1, queue_size=1)  # back-pressure
+    db = str(db_target)
+    daemon = make_daemon(db=db, folder_rules=rules, batch_size=1, queue_size=1)  # back-pressure
     assert daemon.wait_idle(30)
     daemon.stop()
-    rows = frame_rows(db_path)
+    rows = frame_rows(db_target)
     assert [r["source_path"] for r in rows] == [str(p) for p in frames]
     assert [r["material"] for r in rows] == [m for _, m in frames.values()]
     assert daemon.stats.backlog == 4 and daemon.stats.done == 4
 
     changed = acq / "a_metadata.tif"
     changed.write_bytes(tiff_bytes(11, material="Pd"))  # new content at the same path
-    again = make_daemon(folder_rules=rules)
+    again = make_daemon(db=db, folder_rules=rules)
     assert again.wait_idle(30)
     again.stop()
     assert again.stats.skipped == 3 and again.stats.done == 1
-    rows = frame_rows(db_path)
+    rows = frame_rows(db_target)
     assert len(rows) == 5 and rows[-1]["source_path"] == str(changed)
     assert {r["sha256"] for r in rows if r["source_path"] == str(changed)} == {
         hashlib.sha256(tiff_bytes(10, material="Pd")).hexdigest(),
@@ -320,23 +350,23 @@ def test_polling_daemon_reads_slowly_written_frame_once_complete(
 
 
 def test_threshold_follows_latest_calibration_live(
-    make_daemon, acq: Path, db_path: Path, bundles: dict[str, Path]
+    make_daemon, acq: Path, db_target: Path | str, bundles: dict[str, Path]
 ) -> None:
-    daemon = make_daemon()
+    daemon = make_daemon(db=str(db_target))
     sub = subscribe(daemon, acq)
     first = acq / "first.tif"
     write_renamed(first, tiff_bytes(12, material="CdSe"))
     header = receive_for(sub, first).header
     assert (header["threshold"], header["threshold_source"]) == (0.6, "bundle")
 
-    with store(db_path) as engine:
+    with store(db_target) as engine:
         calibrate_cdse(engine, bundles["a"], threshold=0.35)
     second = acq / "second.tif"
     write_renamed(second, tiff_bytes(13, material="CdSe"))
     header = receive_for(sub, second).header
     sub.close()
     assert (header["threshold"], header["threshold_source"]) == (0.35, "calibration")
-    assert row_for(db_path, second)["threshold"] == 0.35
+    assert row_for(db_target, second)["threshold"] == 0.35
 
 
 def test_promoted_model_used_live_and_broken_bundle_rejected(
@@ -463,6 +493,8 @@ def test_settings_that_would_write_into_the_watched_folder_are_refused(
         Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), segmenters=-1))
     with pytest.raises(ConfigError, match="tile"):
         Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), tile=-1))
+    with pytest.raises(ConfigError, match="instrument"):
+        Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), instrument="x" * 65))
     assert list(acq.iterdir()) == []
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import signal
 import sqlite3
@@ -154,6 +155,39 @@ def test_reprocess_twice_records_each_frame_once_per_model(
         engine.dispose()
 
 
+def test_every_frame_of_a_stack_is_a_result(tmp_path: Path, bundles: tuple[Path, Path]) -> None:
+    import mrcfile
+
+    root = tmp_path / "archive"
+    root.mkdir()
+    rng = np.random.default_rng(7)
+    with mrcfile.new(root / "movie.mrc") as mrc:
+        mrc.set_data(rng.random((3, 64, 48), dtype=np.float32))
+        mrc.set_image_stack()
+        mrc.voxel_size = (2.0, 1.0, 1.0)  # x, y, z in Angstrom
+    db_url = f"sqlite:///{tmp_path / 'results.db'}"
+    db = store.connect(db_url)
+    try:
+        run = reprocess(
+            [root], db, model=str(bundles[0]), settings=SETTINGS, workers=1, processes=False
+        )
+        assert (run.found, run.done, run.failed) == (1, 3, 0)
+        again = reprocess(
+            [root], db, model=str(bundles[0]), settings=SETTINGS, workers=1, processes=False
+        )
+        assert (again.skipped, again.done) == (1, 0)
+    finally:
+        db.dispose()
+    rows = result_rows(db_url)
+    assert [(r["frame_index"], r["n_frames"], r["status"]) for r in rows] == [
+        (0, 3, "done"),
+        (1, 3, "done"),
+        (2, 3, "done"),
+    ]
+    assert {(r["height"], r["width"]) for r in rows} == {(64, 48)}
+    assert {(r["pixel_nm_y"], r["pixel_nm_x"]) for r in rows} == {(0.1, 0.2)}
+
+
 def test_reprocess_on_an_existing_scheduler(
     pg_url: str, archive: dict[Path, str], bundles: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -245,3 +279,68 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path: Path, bundles) -> No
         query = "SELECT sha256, model_id, count(*) FROM frames GROUP BY sha256, model_id"
         rows = conn.execute(query).fetchall()
     assert len(rows) == n and {r[2] for r in rows} == {1}
+
+
+@pytest.mark.slow
+def test_cli_on_a_scheduler_and_worker_started_with_the_dask_command(
+    tmp_path: Path, archive: dict[Path, str], bundles: tuple[Path, Path]
+) -> None:
+    """`dask scheduler` and `dask worker` as on a cluster, only on 127.0.0.1."""
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    dask = [sys.executable, "-c", "from dask.__main__ import main; main()"]
+    scheduler = subprocess.Popen(
+        [*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+         "--scheduler-file", str(scheduler_file)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        worker = subprocess.Popen(
+            [*dask, "worker", "--scheduler-file", str(scheduler_file), "--host", "127.0.0.1",
+             "--nthreads", "1", "--no-dashboard", "--no-nanny"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        db = tmp_path / "r.db"
+        command = [
+            "reprocess", str(tmp_path / "archive"), "--db", str(db), "--model", str(bundles[0]),
+            "--scheduler", address, "--config", str(tmp_path / "temseg.toml"),
+        ]  # fmt: skip
+        (tmp_path / "temseg.toml").write_text('folder_rules = {"*/CdSe/*" = "CdSe"}\nthreads = 1\n')
+        _wait_for_workers(address, 1)
+        result = subprocess.run(
+            [sys.executable, "-m", "temseg", *command],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "6 done, 1 failed, 0 already recorded, 1 repeated content" in result.stdout
+        assert "on 1 worker(s)" in result.stdout
+        rerun = subprocess.run(
+            [sys.executable, "-m", "temseg", *command],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assert "0 done, 0 failed, 8 already recorded" in rerun.stdout, rerun.stderr
+    finally:
+        for proc in (worker, scheduler):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    with sqlite3.connect(db) as conn:
+        materials = dict(conn.execute("SELECT source_path, material FROM frames").fetchall())
+    assert materials[str(tmp_path / "archive/2025/CdSe/frame_001.tif")] == "CdSe"
+
+
+def _wait_for_workers(address: str, n: int) -> None:
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        client.wait_for_workers(n, timeout=60)

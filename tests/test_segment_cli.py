@@ -203,3 +203,70 @@ def test_file_without_image_reported_others_continue(
     assert lines[1]["pixel_nm_yx"] == [0.2, 0.2]  # the sidecar's, on both axes
     (line,) = [x for x in err.splitlines() if x.startswith("error:")]
     assert "eels.emd: no 2-D image" in line
+
+
+def test_existing_outputs_are_kept_unless_overwrite(frames: list[Path], bundle_dir: Path) -> None:
+    folder = frames[0].parent
+    truth = folder / "a_mask.tif"  # a ground-truth mask beside its frame, not an input
+    tifffile.imwrite(truth, np.ones((64, 80), np.uint8))
+    original = truth.read_bytes()
+    code, lines, err = run(frames[0], "--out", folder, *engine_flags(bundle_dir))
+    assert code == 1 and lines == []
+    assert f"{truth} exists; give --overwrite to replace it" in err
+    assert truth.read_bytes() == original
+    code, lines, err = run(frames[0], "--out", folder, "--overwrite", *engine_flags(bundle_dir))
+    assert code == 0, err
+    assert truth.read_bytes() != original and lines[0]["mask"] == str(truth)
+
+
+def test_save_probability_writes_float32_maps(
+    tmp_path: Path, frames: list[Path], bundle_dir: Path
+) -> None:
+    out = tmp_path / "out"
+    code, lines, err = run(*frames, "--out", out, "--save-probability", *engine_flags(bundle_dir))
+    assert code == 0, err
+    bundle = load_bundle(bundle_dir)
+    engine = load_engine(bundle, backend="torch", threads=1)
+    for frame_path, line in zip(frames, lines, strict=True):
+        prob_path = out / f"{frame_path.stem}_prob.tif"
+        assert line["probability"] == str(prob_path)
+        probability = tifffile.imread(prob_path)
+        assert probability.dtype == np.float32
+        expected = segment_frame(read_frame(frame_path), engine, bundle, threshold=0.5)
+        np.testing.assert_array_equal(probability, expected.probability)
+        mask = tifffile.imread(out / f"{frame_path.stem}_mask.tif")
+        np.testing.assert_array_equal(mask, probability >= line["threshold"])
+    code, _, err = run(frames[0], "--save-probability", *engine_flags(bundle_dir))
+    assert code == 2 and "needs --out" in err
+
+
+def test_db_calibration_sets_the_threshold(
+    tmp_path: Path, frames: list[Path], bundle_dir: Path
+) -> None:
+    from temseg.store import connect, record_calibration
+
+    db = f"sqlite:///{tmp_path / 'cal.db'}"
+    engine = connect(db)
+    model_id = load_bundle(bundle_dir).model_id
+    for threshold in (0.31, 0.42):  # the latest one counts
+        record_calibration(
+            engine, material="Au", model_id=model_id, threshold=threshold, precision=0.9,
+            recall=0.9, dice=0.9, n_images=3, curve={}, plot_path="x.png", criterion="f1",
+        )  # fmt: skip
+    engine.dispose()
+    code, lines, err = run(*frames, "--db", db, *engine_flags(bundle_dir))
+    assert code == 0, err
+    a, b = lines
+    assert (a["material"], a["threshold"], a["threshold_source"]) == ("Au", 0.42, "calibration")
+    assert (b["material"], b["threshold"], b["threshold_source"]) == (None, 0.5, "model")
+    code, lines, _ = run(frames[0], "--db", db, "--threshold", "0.7", *engine_flags(bundle_dir))
+    assert (lines[0]["threshold"], lines[0]["threshold_source"]) == (0.7, "option")
+
+
+@pytest.mark.parametrize("value", [0, 1000])
+def test_a_frame_without_contrast_has_no_particles(tmp_path: Path, value: int) -> None:
+    path = tmp_path / "flat.tif"
+    tifffile.imwrite(path, np.full((512, 512), value, np.uint16))
+    code, lines, err = run(path, "--backend", "torch", "--threads", "1")  # the bundled model
+    assert code == 0, err
+    assert lines[0]["n_particles"] == 0 and lines[0]["area_fraction"] == 0.0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pgkit
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from temseg import store
@@ -66,6 +66,7 @@ INSERT INTO calibrations (material, model_id, threshold, precision, recall, dice
 
 
 V2_DUMP = Path(__file__).parent / "data" / "temseg_schema_v2.sql"
+V2_PG_DUMP = Path(__file__).parent / "data" / "temseg_schema_v2_postgresql.sql"
 
 
 @pytest.fixture
@@ -715,3 +716,46 @@ def test_upgrade_3_to_4_on_each_server(db_url: str) -> None:
             conn.execute(table.insert(), row)
     finally:
         eng.dispose()
+
+
+def test_upgrade_from_version_2_on_postgresql(pg_server: pgkit.PgServer, pg_url: str) -> None:
+    raw = create_engine(pg_url)
+    try:
+        with raw.begin() as conn:
+            conn.exec_driver_sql(V2_PG_DUMP.read_text())
+    finally:
+        raw.dispose()
+    eng = store.connect(pg_url)
+    try:
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT version FROM schema_info")).scalar() == 4
+            assert conn.execute(text("SELECT count(*) FROM frames")).scalar() == 3
+        first = store.get_frame(eng, 1)
+        assert first is not None and len(first.particles) == 1 and first.instrument is None
+        same = dict(source_path="/acq/copy/a.tif", sha256="a" * 64, size_bytes=1000)
+        assert store.record_frame(eng, **same, status="done", model_id="m2") == 2
+        new = store.record_frame(eng, **same, status="done", model_id="m3", instrument="titan")
+        assert new == 4  # the id sequence carried on
+        failed = dict(source_path="/acq/Au/broken.tif", sha256="b" * 64, size_bytes=10)
+        assert store.record_frame(eng, **failed, status="failed", error="again") == 3
+        assert store.latest_threshold(eng, "Au", "m2") == 0.45
+        upgraded = _schema_shape(eng)
+        with pytest.raises(IntegrityError), eng.begin() as conn:  # the new key holds
+            conn.execute(
+                text(
+                    "INSERT INTO frames (source_path, sha256, size_bytes, status, model_id, "
+                    "processed_at) VALUES ('/acq/copy/a.tif', :sha, 1, 'done', 'm2', now())"
+                ),
+                {"sha": "a" * 64},
+            )
+    finally:
+        eng.dispose()
+    fresh_url = pg_server.create_database()
+    try:
+        fresh = store.connect(fresh_url)
+        try:
+            assert upgraded == _schema_shape(fresh)
+        finally:
+            fresh.dispose()
+    finally:
+        pg_server.drop_database(fresh_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from temseg.trainer.data import (
     select_materials,
     split_frames,
 )
-from temseg.trainer.loop import TrainConfig, segmentation_loss, train
+from temseg.trainer.loop import TrainConfig, fit_patch, segmentation_loss, train
 
 
 def blob_frame(rng: np.random.Generator, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
@@ -91,8 +92,8 @@ def test_pairs_metadata_and_0_255_masks(tmp_path, dataset):
 
 def test_bad_masks_and_unpaired_files_are_rejected(tmp_path):
     folder = write_dataset(tmp_path / "d", 3)
-    tifffile.imwrite(folder / "f01_mask.tif", np.full((96, 96), 3, np.uint8))
-    with pytest.raises(DataError, match=r"f01_mask.tif: mask values must be 0/1 or 0/255, found 3"):
+    tifffile.imwrite(folder / "f01_mask.tif", np.full((96, 96), 0.3, np.float32))
+    with pytest.raises(DataError, match=r"f01_mask.tif: floating-point mask values must be 0/1"):
         load_folders([folder])
     tifffile.imwrite(folder / "f01_mask.tif", np.zeros((80, 96), np.uint8))
     with pytest.raises(DataError, match=r"shape mismatch: .*f01\.tif is \(96, 96\), .*f01_mask"):
@@ -124,6 +125,13 @@ def test_material_selection_and_stratified_split(dataset):
     assert not {f.name for f in val} & {f.name for f in train_frames}
     with pytest.raises(DataError, match="at least 2"):
         split_frames(frames[:1], 0.2, seed=0)
+    for n in (5, 6, 9):  # one material, 20 % would be one frame: model selection needs two
+        same = [f for f in frames if f.material == "Au"][:3] + frames[:n]
+        same = [dataclasses.replace(f, material="Au") for f in same][:n]
+        rest, val = split_frames(same, 0.2, seed=n)
+        assert len(val) == 2 and len(rest) == n - 2
+    rest, val = split_frames(frames[:4], 0.2, seed=0)
+    assert len(val) >= 1 and len(rest) >= 1
 
 
 def test_hdf5_layout(tmp_path):
@@ -165,8 +173,25 @@ def test_patches_are_reproducible_and_well_formed():
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert a[0].shape == a[1].shape == (64, 64) and a[0].dtype == np.float32
-    small = augment_patch(image[:40, :40], mask[:40, :40], 64, np.random.default_rng(1))
-    assert small[0].shape == (64, 64)  # smaller frames are wrap-padded
+    with pytest.raises(ValueError, match="does not fit"):  # never padded silently
+        augment_patch(image[:40, :40], mask[:40, :40], 64, np.random.default_rng(1))
+    # a frame too small for the rotated window (91 px) still gives clean patches
+    for seed in range(8):
+        patch, patch_mask = augment_patch(image[:70, :70], mask[:70, :70], 64, rng_of(seed))
+        assert patch.shape == (64, 64) and set(np.unique(patch_mask)) <= {0, 1}
+
+
+def rng_of(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def test_patch_fits_the_smallest_frame(dataset):
+    frames = load_folders([dataset])
+    assert fit_patch(frames, 256, 16) == 96  # 96 px frames
+    assert fit_patch(frames, 64, 16) == 64
+    frames[3].image = frames[3].image[:12, :40]
+    with pytest.raises(DataError, match=r"f03: 40 x 12 px is smaller than the network's 16 px"):
+        fit_patch(frames, 64, 16)
 
 
 def test_patch_dataset_epochs(dataset):

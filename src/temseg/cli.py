@@ -6,6 +6,7 @@ Each command parses flags and calls into the package; no logic lives here.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -160,15 +161,36 @@ def segment(
         None, "--out", help="Folder for NAME_mask.tif (uint8, 1 = particle); none: no masks."
     ),
     model: str | None = typer.Option(
-        None, "--model", help="Model bundle folder (default: the bundled model)."
+        None,
+        "--model",
+        help="Bundle folder, 'bundled', a registered id or 'active' (default: the database's "
+        "active model with --db, else the bundled one).",
+    ),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="Database whose latest calibration for (material, model) sets the threshold, "
+        "as in the daemon.",
     ),
     threshold: float | None = typer.Option(
-        None, "--threshold", min=0.0, max=1.0, help="Default: the model's for the material."
+        None,
+        "--threshold",
+        min=0.0,
+        max=1.0,
+        help="Default: the latest calibration in --db, else the model's for the material.",
     ),
     pixel_nm: float | None = typer.Option(
         None, "--pixel-nm", min=0.0, help="Pixel size in nm, overriding the files' own."
     ),
     min_area: int = typer.Option(1, "--min-area", min=1, help="Smallest particle (pixels)."),
+    save_probability: bool = typer.Option(
+        False,
+        "--save-probability",
+        help="Also write NAME_prob.tif (float32 probability of particle) into --out.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace existing output files (inputs are never replaced)."
+    ),
     backend: str = typer.Option("auto", "--backend", help="auto | torch | onnxruntime | tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0: all cores)."),
@@ -177,7 +199,8 @@ def segment(
 
     Every 2-D frame of a stack or multi-frame file gets its own line with its
     ``frame_index``. A file that cannot be read gives one error line on
-    stderr; the others are still segmented and the exit code is 1.
+    stderr; the others are still segmented and the exit code is 1. Existing
+    mask or probability files are not replaced unless --overwrite is given.
     """
     import json
     from pathlib import Path
@@ -186,20 +209,50 @@ def segment(
     from temseg.engine.base import resolve_device
     from temseg.frames import FrameError
     from temseg.inference import default_tile
-    from temseg.model.bundle import BundleError, load_bundle
+    from temseg.model.bundle import BundleError
+    from temseg.model.resolve import resolve_bundle
 
     if pixel_nm is not None and pixel_nm <= 0:
         raise typer.BadParameter("must be positive (nm per pixel)", param_hint="--pixel-nm")
+    if save_probability and out is None:
+        raise typer.BadParameter(
+            "needs --out, the folder for NAME_prob.tif", param_hint="--save-probability"
+        )
     out_dir = None if out is None else Path(out)
+    store = None
     try:
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
-        bundle = load_bundle(model)
+        bundle = resolve_bundle(model, db)
+        if db is not None:
+            from temseg.store import connect
+
+            store = connect(db, create=False)
         engine = load_engine(bundle, backend=backend, device=device, threads=threads)
         tile = default_tile(resolve_device(device))
     except (OSError, BundleError, EngineError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+
+    def level_for(used: str | None) -> tuple[float, str]:
+        if threshold is not None:
+            return threshold, "option"
+        if store is not None and used is not None:
+            from temseg.store import latest_threshold
+
+            calibrated = latest_threshold(store, used, bundle.model_id)
+            if calibrated is not None:
+                return calibrated, "calibration"
+        return bundle.threshold_for(used), "model"
+
+    def target(path: Path, suffix: str) -> Path:
+        assert out_dir is not None
+        file = out_dir / f"{path.stem}{suffix}.tif"
+        if file.resolve() in inputs:
+            raise FrameError(f"{path}: refusing to overwrite input {file}")
+        if file.exists() and not overwrite:
+            raise FrameError(f"{file} exists; give --overwrite to replace it, or another --out")
+        return file
 
     inputs = {Path(f).resolve() for f in frames}
     failed = 0
@@ -212,13 +265,13 @@ def segment(
                     path,
                     engine,
                     bundle,
-                    threshold,
-                    pixel_nm,
-                    material,
-                    min_area,
-                    tile,
-                    out_dir,
-                    inputs,
+                    level_for=level_for,
+                    pixel_nm=pixel_nm,
+                    material=material,
+                    min_area=min_area,
+                    tile=tile,
+                    target=None if out_dir is None else target,
+                    save_probability=save_probability,
                 )
             except (FrameError, OSError, ValueError) as exc:
                 failed += 1
@@ -228,6 +281,8 @@ def segment(
                 typer.echo(json.dumps(record))
     finally:
         engine.close()
+        if store is not None:
+            store.dispose()
     if failed:
         typer.echo(f"{failed} of {len(frames)} files failed", err=True)
         raise typer.Exit(1)
@@ -237,47 +292,61 @@ def _segment_file(
     path: Any,
     engine: Any,
     bundle: Any,
-    threshold: float | None,
+    *,
+    level_for: Callable[[str | None], tuple[float, str]],
     pixel_nm: float | None,
     material: str | None,
     min_area: int,
     tile: int,
-    out_dir: Any,
-    inputs: set[Any],
+    target: Callable[[Any, str], Any] | None,
+    save_probability: bool,
 ) -> list[dict[str, Any]]:
-    """JSON records of every frame of one file; masks written to ``out_dir`` when given.
+    """JSON records of every frame of one file; masks written when ``target`` is given.
 
-    A single-frame file's mask is ``NAME_mask.tif``, frame K of a stack's
-    ``NAME_K_mask.tif``.
+    ``target(path, suffix)`` names an output file and refuses one it may not
+    replace; every frame's outputs are checked before anything is written. A
+    single-frame file's mask is ``NAME_mask.tif`` (``NAME_prob.tif`` with
+    ``save_probability``), frame K of a stack's ``NAME_K_mask.tif``.
     """
     import dataclasses
 
-    from temseg.frames import FrameError, read_frames
-    from temseg.frames.write import write_mask_tiff
+    from temseg.frames import read_frames
+    from temseg.frames.write import write_mask_tiff, write_probability_tiff
     from temseg.inference import segment_frame
 
-    records = []
     frames = read_frames(path)
     note = frames[0].metadata.get("pixel_nm_note")
     if note and pixel_nm is None:
         typer.echo(f"warning: {path}: {note}", err=True)
+    outputs = []
     for frame in frames:
+        suffix = "" if frame.n_frames == 1 else f"_{frame.frame_index}"
+        mask_file = prob_file = None
+        if target is not None:
+            mask_file = target(path, f"{suffix}_mask")
+            if save_probability:
+                prob_file = target(path, f"{suffix}_prob")
+        outputs.append((mask_file, prob_file))
+    records = []
+    for frame, (mask_file, prob_file) in zip(frames, outputs, strict=True):
         if pixel_nm is not None:
             frame = dataclasses.replace(frame, pixel_nm=pixel_nm, pixel_nm_yx=(pixel_nm, pixel_nm))
         used = material if material is not None else frame.material
-        level = threshold if threshold is not None else bundle.threshold_for(used)
+        level, source = level_for(used)
         result = segment_frame(
             frame, engine, bundle, threshold=level, min_area_px=min_area, material=used, tile=tile
         )
-        mask_file = None
-        if out_dir is not None:
-            suffix = "" if frame.n_frames == 1 else f"_{frame.frame_index}"
-            mask_file = out_dir / f"{path.stem}{suffix}_mask.tif"
-            if mask_file.resolve() in inputs:
-                raise FrameError(f"{path}: refusing to overwrite input {mask_file}")
+        if mask_file is not None:
             write_mask_tiff(mask_file, result.segmentation.mask)
-        record = {"file": str(path), "mask": None if mask_file is None else str(mask_file)}
-        record.update(model_id=bundle.model_id, **result.to_dict())
+        if prob_file is not None:
+            write_probability_tiff(prob_file, result.probability)
+        record: dict[str, Any] = {
+            "file": str(path),
+            "mask": None if mask_file is None else str(mask_file),
+        }
+        if prob_file is not None:
+            record["probability"] = str(prob_file)
+        record.update(model_id=bundle.model_id, threshold_source=source, **result.to_dict())
         records.append(record)
     return records
 
@@ -596,11 +665,14 @@ def status(
     from sqlalchemy.exc import OperationalError
 
     from temseg.config import ConfigError, load_settings
+    from temseg.options import StatusGroup, check_choice
     from temseg.store import SchemaError, connect, status_summary
 
-    if by not in ("material", "instrument", "model"):
-        typer.echo(f"error: --by must be material, instrument or model, not {by!r}", err=True)
-        raise typer.Exit(2)
+    try:
+        check_choice("--by", by, StatusGroup)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     try:
         url = load_settings(config, overrides={"db": db}).db
     except ConfigError as exc:
@@ -815,7 +887,13 @@ def train(
     data: list[str] = typer.Option(
         None, "--data", help="Folder of NAME.tif + NAME_mask.tif (+ NAME.json); repeatable."
     ),
+    pairs: list[str] = typer.Option(
+        None, "--pairs", help="CSV file of image,mask rows (TIFF, PNG or JPEG); repeatable."
+    ),
     out: str = typer.Option(..., "--out", help="Output model bundle folder."),
+    material: str | None = typer.Option(
+        None, "--material", help="Material of frames whose metadata names none."
+    ),
     materials: str | None = typer.Option(
         None, "--materials", help="Comma-separated materials to train on (default: all)."
     ),
@@ -824,26 +902,53 @@ def train(
         "--preset",
         help="groschner2021 | wide | pynanofind | hrtem-generalization.",
     ),
-    epochs: int = typer.Option(50, "--epochs", min=1),
-    patch: int = typer.Option(512, "--patch", help="Training patch size (pixels)."),
+    epochs: int | None = typer.Option(
+        None, "--epochs", min=1, help="Default: 50, or 12 when fine-tuning (--init)."
+    ),
+    patch: int = typer.Option(
+        256, "--patch", help="Largest training patch (pixels); shrinks to fit small frames."
+    ),
     batch: int = typer.Option(8, "--batch", min=1),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
     val_fraction: float = typer.Option(0.2, "--val-fraction"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    init: str | None = typer.Option(None, "--init", help="Bundle to fine-tune."),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="Model to fine-tune: bundled | active | a registered model id | a bundle folder.",
+    ),
     db: str | None = typer.Option(None, "--db", help="Register the model in this database."),
     hdf5: tuple[str, str] | None = typer.Option(
         None, "--hdf5", help="IMAGES.h5 MAPS.h5 in the layout of Groschner et al. (2021)."
     ),
     workers: int = typer.Option(0, "--workers", min=0, help="Data loader processes."),
-    patience: int = typer.Option(10, "--patience", help="Early stopping epochs (0: off)."),
+    patience: int = typer.Option(
+        10,
+        "--patience",
+        help="Stop after this many epochs without a better validation Dice (0: off).",
+    ),
     steps_per_epoch: int | None = typer.Option(
         None, "--steps-per-epoch", min=1, help="Cap on optimiser steps per epoch."
     ),
+    max_minutes: float | None = typer.Option(
+        None,
+        "--max-minutes",
+        min=0.0,
+        help="Time budget: no epoch is started that would end past it (default: none, or 4.5 "
+        "when fine-tuning).",
+    ),
+    freeze_bn: bool | None = typer.Option(
+        None,
+        "--freeze-bn/--train-bn",
+        help="Keep batch-norm statistics fixed (default: when fine-tuning with --init).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Train a U-Net on labelled frames and write a model bundle.
+    """Train a U-Net on labelled frames, or fine-tune one (--init), and write a model bundle.
 
+    The model kept is the one of highest validation Dice; a fine-tune that
+    does not beat its starting model keeps the starting weights and says so.
     Several processes: torchrun --nproc-per-node N --no-python temseg train ...
     """
     import os
@@ -851,20 +956,22 @@ def train(
 
     from temseg.model.bundle import BundleError
     from temseg.trainer.data import DataError
-    from temseg.trainer.loop import EpochStats, TrainConfig
+    from temseg.trainer.loop import TrainConfig
     from temseg.trainer.loop import train as run_training
+    from temseg.trainer.progress import TrainProgress, summary_lines
 
-    def progress(s: EpochStats) -> None:
-        typer.echo(
-            f"epoch {s.epoch}/{epochs}  loss {s.train_loss:.4f}  val loss {s.val_loss:.4f}  "
-            f"val Dice {s.val_dice:.3f}  lr {s.lr:.2e}  {s.seconds:.1f} s",
-            err=True,
-        )
-
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if epochs is None:
+        epochs = FINE_TUNE_EPOCHS if init is not None else 50
+    if max_minutes is None and init is not None:
+        max_minutes = FINE_TUNE_MINUTES
+    progress = TrainProgress(epochs, enabled=rank0 and not quiet)
     folders = [Path(d) for d in [*(data or []), *(extra_data or [])]]
     config = TrainConfig(
         data=folders,
+        pairs=[Path(p) for p in pairs or []],
         out=Path(out),
+        material=material,
         materials=[m.strip() for m in materials.split(",") if m.strip()] if materials else None,
         preset=preset,
         epochs=epochs,
@@ -874,27 +981,32 @@ def train(
         val_fraction=val_fraction,
         seed=seed,
         device=device,
-        init=None if init is None else Path(init),
+        init=init,
         db=db,
+        registry=_models_db(db) if init not in (None, "bundled") else None,
         hdf5=None if hdf5 is None else (Path(hdf5[0]), Path(hdf5[1])),
         workers=workers,
         patience=patience,
         steps_per_epoch=steps_per_epoch,
-        on_epoch=progress,
+        max_minutes=max_minutes,
+        freeze_batch_norm=freeze_bn,
+        on_epoch=progress.epoch,
+        on_batch=progress.batch,
+        on_note=lambda text: typer.echo(f"note: {text}", err=True),
     )
     try:
-        result = run_training(config)
+        with progress:
+            result = run_training(config)
     except (DataError, BundleError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    if int(os.environ.get("RANK", "0")) == 0:
-        typer.echo(f"model {result.model_id} written to {result.bundle_path}")
-        for material, m in sorted(result.metrics.items()):
-            typer.echo(
-                f"  {material}: Dice {m['dice']:.3f}  precision {m['precision']:.3f}  "
-                f"recall {m['recall']:.3f}  ({m['n_val']} validation frames)"
-            )
+    if rank0:
+        for line in summary_lines(result, epochs):
+            typer.echo(line)
 
+
+FINE_TUNE_EPOCHS = 12  # reaches its plateau on 10-16 real training frames (RESULTS.md)
+FINE_TUNE_MINUTES = 4.5  # leaves the final validation and the ONNX export inside 5 minutes
 
 models_app = typer.Typer(help="Registered model bundles: list them, make one active.")
 app.add_typer(models_app, name="models", no_args_is_help=True)
@@ -1024,12 +1136,21 @@ def calibrate(
     extra_data: list[str] = typer.Argument(
         None, metavar="[DIR...]", help="More data folders (after --data)."
     ),
-    material: str = typer.Option(..., "--material", help="Material to calibrate, e.g. CdSe."),
+    material: str = typer.Option(
+        ...,
+        "--material",
+        help="Material to calibrate, e.g. CdSe; frames without material metadata count as it.",
+    ),
     data: list[str] = typer.Option(
         None, "--data", help="Folder of NAME.tif + NAME_mask.tif (+ NAME.json); repeatable."
     ),
+    pairs: list[str] = typer.Option(
+        None, "--pairs", help="CSV file of image,mask rows (TIFF, PNG or JPEG); repeatable."
+    ),
     model: str = typer.Option(
-        "active", "--model", help="Bundle folder, or 'active' (database's, else bundled)."
+        "active",
+        "--model",
+        help="Bundle folder, 'bundled', a registered id, or 'active' (database's, else bundled).",
     ),
     db: str | None = typer.Option(None, "--db", help="Record the calibration in this database."),
     out: str = typer.Option(".", "--out", help="Folder for calibration_<material>.png."),
@@ -1045,13 +1166,14 @@ def calibrate(
     from temseg.model.bundle import BundleError
 
     folders = [*(data or []), *(extra_data or [])]
-    if not folders:
-        typer.echo("error: give at least one --data folder", err=True)
+    if not folders and not pairs:
+        typer.echo("error: give at least one --data folder or --pairs file", err=True)
         raise typer.Exit(1)
     try:
         result = run_calibration(
             material,
             folders,
+            pairs=pairs or [],
             model=model,
             db=db,
             out=out,
@@ -1066,7 +1188,7 @@ def calibrate(
     typer.echo(f"{material}: {result.curves.n_images} frames, model {result.model_id}")
     typer.echo(curve_table(result.curves))
     typer.echo(
-        f"chosen threshold {c.threshold:.2f} ({c.criterion}): precision {c.precision:.3f}  "
+        f"chosen threshold {c.threshold:.4g} ({c.criterion}): precision {c.precision:.3f}  "
         f"recall {c.recall:.3f}  F1 {c.f1:.3f}"
     )
     typer.echo(f"plot: {result.plot_path}")

@@ -51,7 +51,10 @@ class ModelInput:
     ``padded`` is float32 with sides that are multiples of ``multiple``, the
     model's ``size_multiple``; ``grid_shape`` is the model-grid shape before
     padding and ``frame_shape`` the frame's own (pixels). ``made_for`` is
-    the :func:`input_key` of the bundle it was prepared for.
+    the :func:`input_key` of the bundle it was prepared for. ``blank`` marks
+    a frame without contrast (every pixel equal), which :func:`run_inputs`
+    gives probability 0 without running the engine: the network would see
+    only the edges of its zero padding there, and find "particles" along them.
     """
 
     padded: np.ndarray
@@ -59,6 +62,21 @@ class ModelInput:
     frame_shape: tuple[int, int]
     multiple: int
     made_for: tuple[Any, ...]
+    blank: bool = False
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """True when every pixel of ``image`` has the same value.
+
+    A strided sample of about 4096 pixels settles almost every real frame;
+    only a frame whose sample is constant is checked in full.
+    """
+    h, w = image.shape[:2]
+    sample = image[:: max(1, h // 64), :: max(1, w // 64)]
+    first = sample.flat[0]
+    if np.any(sample != first):
+        return False
+    return bool(np.all(image == first))
 
 
 def input_key(bundle: ModelBundle) -> tuple[Any, ...]:
@@ -114,6 +132,7 @@ def prepare_input(
         frame_shape=(image.shape[0], image.shape[1]),
         multiple=multiple,
         made_for=input_key(bundle),
+        blank=is_blank(image),
     )
 
 
@@ -124,13 +143,17 @@ def run_inputs(
 
     Inputs of equal padded shape within ``tile`` pixels go through the engine
     together, one call per shape; larger ones are tiled one by one
-    (``tile`` and ``overlap`` in pixels of the model grid).
+    (``tile`` and ``overlap`` in pixels of the model grid); blank ones get
+    probability 0 without the engine.
     """
     allocate = input_allocator(engine)
     groups: dict[tuple[int, ...], list[int]] = {}
-    for i, item in enumerate(inputs):
-        groups.setdefault(item.padded.shape, []).append(i)
     results: list[np.ndarray] = [np.empty(0, dtype=np.float32)] * len(inputs)
+    for i, item in enumerate(inputs):
+        if item.blank:
+            results[i] = np.zeros(item.grid_shape, dtype=np.float32)
+        else:
+            groups.setdefault(item.padded.shape, []).append(i)
     for shape, members in groups.items():
         multiple = inputs[members[0]].multiple
         if max(shape) <= max(multiple, tile // multiple * multiple):

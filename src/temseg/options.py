@@ -20,6 +20,8 @@ MaskEncoding: TypeAlias = Literal["raw", "packbits"]
 #: Linux's SCHED_IDLE (only on cores nothing else wants), "normal" leaves them as they are,
 #: "auto" means "idle" when the engine computes on the CPU.
 HostPriority: TypeAlias = Literal["auto", "normal", "idle"]
+#: How ``temseg status`` breaks its counts down.
+StatusGroup: TypeAlias = Literal["material", "instrument", "model"]
 
 
 def choices(option: object) -> tuple[str, ...]:

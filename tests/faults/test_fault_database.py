@@ -264,8 +264,8 @@ def test_two_daemons_share_one_postgresql_database(
     daemons = []
     for folder in folders:
         folder.mkdir()
-        # Both start on the empty database at once: the schema is created once.
-        daemons.append(make_daemon(watch=folder.resolve(), db=pg_url))
+        # Both start on the empty database: the schema is created once.
+        daemons.append(make_daemon(watch=folder.resolve(), db=pg_url, instrument=folder.name))
     expected: dict[Path, str] = {}
     for k, folder in enumerate(folders):
         expected |= write_frames(folder.resolve(), folder.name, range(k * n, (k + 1) * n))
@@ -277,7 +277,8 @@ def test_two_daemons_share_one_postgresql_database(
     assert_recorded_once(rows, expected)
     assert {r["status"] for r in rows} == {"done"} and sum(s.failed for s in stats) == 0
     for folder in folders:
-        assert sum(str(r["source_path"]).startswith(str(folder)) for r in rows) == n
+        mine = [r for r in rows if str(r["source_path"]).startswith(str(folder))]
+        assert len(mine) == n and {r["instrument"] for r in mine} == {folder.name}
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ def plot_calibration(curves: Curves, choice: Choice, path: str | Path, *, title:
             color="black",
             linestyle=":",
             linewidth=1,
-            label=f"chosen {choice.threshold:.2f}: P {choice.precision:.3f}, "
+            label=f"chosen {choice.threshold:.4g}: P {choice.precision:.3f}, "
             f"R {choice.recall:.3f}, F1 {choice.f1:.3f}",
         )
         ax.set_xlim(0.0, 1.0)

@@ -24,13 +24,18 @@ from temseg.calibrate.sweep import (
     Curves,
     choose_threshold,
     curves_from_histograms,
+    edge_warning,
     parse_criterion,
+    threshold_grid,
     threshold_histograms,
 )
-from temseg.frames.read import FrameError, read_metadata
-from temseg.model.bundle import ModelBundle, load_bundle
-from temseg.trainer.data import DataError, find_pairs, read_labelled_frame
+from temseg.frames.read import FrameError
+from temseg.model.bundle import ModelBundle
+from temseg.model.resolve import resolve_bundle
+from temseg.trainer.data import DataError, find_pairs, read_labelled_frame, read_pairs_file
+from temseg.trainer.images import image_metadata
 
+TAIL_PER_DECADE = 4  # log-spaced thresholds per decade below 0.01 and above 0.99
 MAX_PIXEL_RATIO = 8.0  # frame vs model pixel size beyond which resampling is meaningless
 
 
@@ -49,48 +54,39 @@ class CalibrationResult:
 
 
 def resolve_model(model: str | Path | None, db: str | None) -> ModelBundle:
-    """Load a bundle folder, or for ``"active"`` (or None) the database's active
-    model, else the bundled one."""
-    if model is not None and str(model) != "active":
-        return load_bundle(model)
-    if db is not None:
-        from temseg.store import active_model, connect
-
-        engine = connect(db)
-        try:
-            record = active_model(engine)
-        finally:
-            engine.dispose()
-        if record is not None:
-            return load_bundle(record.path)
-    return load_bundle(None)
+    """Load a bundle folder, ``"bundled"``, a model id registered in ``db``, or for
+    ``"active"`` (or None) the database's active model, else the bundled one."""
+    return resolve_bundle(model, db)
 
 
 def material_pairs(
-    material: str, folders: Sequence[str | Path]
+    material: str, folders: Sequence[str | Path], pairs_files: Sequence[str | Path] = ()
 ) -> list[tuple[Path, Path, float | None]]:
-    """``(image, mask, pixel_nm)`` of the labelled frames of ``material`` in ``folders``.
+    """``(image, mask, pixel_nm)`` of the labelled frames of ``material``.
 
-    The material comes from each frame's sidecar or description metadata
-    (read without decoding pixels). None found: :class:`CalibrationError`
-    listing the materials that were found.
+    Frames come from ``folders`` and the CSV ``pairs_files``. The material
+    comes from each frame's sidecar or description metadata (read without
+    decoding a TIFF's pixels); frames whose metadata names none are taken
+    as ``material``. None found: :class:`CalibrationError` listing the
+    materials that were found.
     """
     found: dict[str, int] = {}
     pairs = []
-    for folder in folders:
+    try:
+        listed = [pair for folder in folders for pair in find_pairs(folder)]
+        listed += [pair for listing in pairs_files for pair in read_pairs_file(listing)]
+    except DataError as exc:
+        raise CalibrationError(str(exc)) from exc
+    for image, mask in listed:
         try:
-            folder_pairs = find_pairs(folder)
-        except DataError as exc:
+            meta = image_metadata(image)
+        except FrameError as exc:
             raise CalibrationError(str(exc)) from exc
-        for image, mask in folder_pairs:
-            try:
-                meta = read_metadata(image)
-            except FrameError as exc:
-                raise CalibrationError(str(exc)) from exc
-            name = str(meta.get("material", "unknown"))
-            found[name] = found.get(name, 0) + 1
-            if name == material:
-                pairs.append((image, mask, meta.get("pixel_nm")))
+        name = str(meta.get("material", material))
+        found[name] = found.get(name, 0) + 1
+        if name == material:
+            pixel_nm = meta.get("pixel_nm")
+            pairs.append((image, mask, None if pixel_nm is None else float(str(pixel_nm))))
     if not pairs:
         listing = ", ".join(f"{m} ({n})" for m, n in sorted(found.items())) or "none"
         raise CalibrationError(f"no labelled frames of {material}; materials found: {listing}")
@@ -125,17 +121,24 @@ def calibrate(
     material: str,
     data: Sequence[str | Path],
     *,
+    pairs: Sequence[str | Path] = (),
     model: str | Path | None = "active",
     db: str | None = None,
     out: str | Path = ".",
     criterion: str = "f1",
     backend: str = "auto",
     n_thresholds: int = 101,
+    tail_per_decade: int = TAIL_PER_DECADE,
     on_warning: Callable[[str], None] | None = None,
 ) -> CalibrationResult:
-    """Sweep thresholds for ``material`` on the labelled frames in ``data`` folders.
+    """Sweep thresholds for ``material`` on the labelled frames in ``data`` folders
+    and ``pairs`` CSV files (frames without material metadata count as ``material``).
 
-    Writes ``calibration_<material>.png`` into ``out`` and, when ``db`` is
+    The grid has ``n_thresholds`` even steps from 0 to 1 and
+    ``tail_per_decade`` log-spaced thresholds per decade within one step of
+    0 and of 1 (down to 1e-4); a chosen threshold at either end of the grid
+    is reported through ``on_warning`` and in ``warnings``. Writes
+    ``calibration_<material>.png`` into ``out`` and, when ``db`` is
     given, a calibrations row. Raises :class:`CalibrationError` for data
     that cannot calibrate (no frames of that material, only empty masks,
     absurd pixel sizes) or a criterion no threshold meets.
@@ -144,36 +147,43 @@ def calibrate(
     from temseg.inference import predict_probability
 
     parse_criterion(criterion)
-    pairs = material_pairs(material, data)
+    labelled = material_pairs(material, data, pairs)
     bundle = resolve_model(model, db)
-    warnings = [w for w in (check_pixel_size(i.name, p, bundle.pixel_nm) for i, _, p in pairs) if w]
+    checks = (check_pixel_size(i.name, p, bundle.pixel_nm) for i, _, p in labelled)
+    warnings = [w for w in checks if w]
     for warning in warnings:
         if on_warning is not None:
             on_warning(warning)
     engine = load_engine(bundle, backend=backend)
-    histograms = np.zeros((2, n_thresholds), dtype=np.int64)
+    grid = threshold_grid(n_thresholds, tail_per_decade=tail_per_decade)
+    histograms = np.zeros((2, grid.size), dtype=np.int64)
     try:
-        for image_path, mask_path, _ in pairs:
+        for image_path, mask_path, _ in labelled:
             try:
                 frame = read_labelled_frame(image_path, mask_path)
             except DataError as exc:
                 raise CalibrationError(str(exc)) from exc
             probability = predict_probability(frame.image, engine, bundle, pixel_nm=frame.pixel_nm)
-            histograms += threshold_histograms(probability, frame.mask, n_thresholds)
+            histograms += threshold_histograms(probability, frame.mask, grid)
     finally:
         engine.close()
     if histograms[0].sum() == 0:
         raise CalibrationError(
-            f"all {len(pairs)} labelled {material} frames have empty masks: "
+            f"all {len(labelled)} labelled {material} frames have empty masks: "
             "precision and recall are undefined"
         )
-    curves = curves_from_histograms(histograms, len(pairs))
+    curves = curves_from_histograms(histograms, len(labelled), grid)
     choice = choose_threshold(curves, criterion)
+    edge = edge_warning(curves, choice)
+    if edge is not None:
+        warnings.append(edge)
+        if on_warning is not None:
+            on_warning(edge)
     plot_path = plot_calibration(
         curves,
         choice,
         Path(out) / f"calibration_{safe_name(material)}.png",
-        title=f"{material}: {len(pairs)} frames, model {bundle.model_id} ({criterion})",
+        title=f"{material}: {len(labelled)} frames, model {bundle.model_id} ({criterion})",
     )
     result = CalibrationResult(
         material=material,

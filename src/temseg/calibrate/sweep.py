@@ -9,6 +9,7 @@ O(pixels x thresholds). A pixel counts as predicted particle at threshold
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 CRITERIA = ("f1", "precision-recall-crossover", "min-precision=P")
+TAIL_LOW = 1e-4  # lowest threshold of the log tails, and 1 - the highest
 
 
 class CalibrationError(ValueError):
@@ -79,23 +81,53 @@ class Choice:
     criterion: str
 
 
-def threshold_grid(n_thresholds: int = 101) -> np.ndarray:
-    """``n_thresholds`` evenly spaced thresholds from 0 to 1 inclusive."""
+def threshold_grid(n_thresholds: int = 101, *, tail_per_decade: int = 0) -> np.ndarray:
+    """``n_thresholds`` evenly spaced thresholds from 0 to 1 inclusive, with log tails.
+
+    ``tail_per_decade`` > 0 adds that many log-spaced thresholds per decade
+    from :data:`TAIL_LOW` up to the first even step, and as many from one
+    step below 1 up to ``1 - TAIL_LOW``: a network sure of itself puts most
+    pixels within 1e-2 of 0 or 1, where an even grid has no threshold.
+    """
     if n_thresholds < 2:
         raise ValueError(f"need at least 2 thresholds, got {n_thresholds}")
-    return np.linspace(0.0, 1.0, n_thresholds)
+    even = np.linspace(0.0, 1.0, n_thresholds)
+    if tail_per_decade <= 0:
+        return even
+    step = 1.0 / (n_thresholds - 1)
+    decades = math.log10(step / TAIL_LOW)
+    if decades <= 0:
+        return even
+    n_tail = max(1, round(decades * tail_per_decade))
+    low = np.logspace(math.log10(TAIL_LOW), math.log10(step), n_tail, endpoint=False)
+    return np.unique(np.concatenate([even, low, 1.0 - low]))
 
 
-def threshold_histograms(prob: np.ndarray, mask: np.ndarray, n_thresholds: int = 101) -> np.ndarray:
-    """Pixel counts (2, n_thresholds): row 0 particle, row 1 background pixels.
+def as_grid(thresholds: int | np.ndarray) -> np.ndarray:
+    """A threshold grid from a count (even grid) or an increasing array of thresholds."""
+    if isinstance(thresholds, int | np.integer):
+        return threshold_grid(int(thresholds))
+    grid = np.asarray(thresholds, dtype=np.float64)
+    if grid.ndim != 1 or grid.size < 2 or np.any(np.diff(grid) <= 0):
+        raise ValueError("thresholds must be an increasing 1-D array of at least 2 values")
+    return grid
 
-    Column ``k`` counts the pixels whose highest threshold not above their
-    probability is ``thresholds[k]``; pixels below every threshold are not counted.
+
+def threshold_histograms(
+    prob: np.ndarray, mask: np.ndarray, n_thresholds: int | np.ndarray = 101
+) -> np.ndarray:
+    """Pixel counts (2, len(grid)): row 0 particle, row 1 background pixels.
+
+    ``n_thresholds`` is a count (even grid, :func:`threshold_grid`) or the
+    grid itself. Column ``k`` counts the pixels whose highest threshold not
+    above their probability is ``thresholds[k]``; pixels below every
+    threshold are not counted.
     """
     prob, mask = np.asarray(prob), np.asarray(mask)
     if prob.shape != mask.shape:
         raise ValueError(f"probability shape {prob.shape} != mask shape {mask.shape}")
-    grid = threshold_grid(n_thresholds)
+    grid = as_grid(n_thresholds)
+    n_thresholds = grid.size
     if prob.dtype.kind == "f":  # compare in the map's own precision, as binarize does
         grid = grid.astype(prob.dtype)
     # bins = number of thresholds <= p; bin 0 (below every threshold) is dropped
@@ -109,31 +141,39 @@ def threshold_histograms(prob: np.ndarray, mask: np.ndarray, n_thresholds: int =
     ).astype(np.int64)
 
 
-def curves_from_histograms(histograms: np.ndarray, n_images: int) -> Curves:
-    """:class:`Curves` from summed :func:`threshold_histograms` of ``n_images`` frames."""
+def curves_from_histograms(
+    histograms: np.ndarray, n_images: int, thresholds: np.ndarray | None = None
+) -> Curves:
+    """:class:`Curves` from summed :func:`threshold_histograms` of ``n_images`` frames.
+
+    ``thresholds`` is the grid they were made with (default: the even grid
+    of their length).
+    """
     pos, neg = histograms
     tp = np.cumsum(pos[::-1])[::-1]
     fp = np.cumsum(neg[::-1])[::-1]
-    return Curves(
-        thresholds=threshold_grid(pos.size), tp=tp, fp=fp, fn=int(pos.sum()) - tp, n_images=n_images
-    )
+    grid = threshold_grid(pos.size) if thresholds is None else as_grid(thresholds)
+    return Curves(thresholds=grid, tp=tp, fp=fp, fn=int(pos.sum()) - tp, n_images=n_images)
 
 
 def confusion_curves(
-    prob_list: Iterable[np.ndarray], mask_list: Iterable[np.ndarray], n_thresholds: int = 101
+    prob_list: Iterable[np.ndarray],
+    mask_list: Iterable[np.ndarray],
+    n_thresholds: int | np.ndarray = 101,
 ) -> Curves:
-    """Confusion counts at ``n_thresholds`` thresholds over pairs of frames.
+    """Confusion counts at ``n_thresholds`` thresholds (a count or a grid) over pairs of frames.
 
     ``prob_list`` holds particle probability maps in [0, 1] and ``mask_list``
     the matching ground-truth masks (nonzero = particle), same shapes pairwise.
     Both may be generators, so frames are processed one at a time.
     """
-    total = np.zeros((2, n_thresholds), dtype=np.int64)
+    grid = as_grid(n_thresholds)
+    total = np.zeros((2, grid.size), dtype=np.int64)
     n_images = 0
     for prob, mask in zip(prob_list, mask_list, strict=True):
-        total += threshold_histograms(prob, mask, n_thresholds)
+        total += threshold_histograms(prob, mask, grid)
         n_images += 1
-    return curves_from_histograms(total, n_images)
+    return curves_from_histograms(total, n_images, grid)
 
 
 def parse_criterion(criterion: str) -> tuple[str, float | None]:
@@ -193,4 +233,22 @@ def choose_threshold(curves: Curves, criterion: str = "f1") -> Choice:
         f1=float(f1[index]),
         index=index,
         criterion=criterion,
+    )
+
+
+def edge_warning(curves: Curves, choice: Choice) -> str | None:
+    """A warning when the chosen threshold is the lowest or highest of the grid.
+
+    There the best threshold may lie beyond the grid, and the network's
+    probabilities barely separate particle from background.
+    """
+    last = curves.thresholds.size - 1
+    if 0 < choice.index < last:
+        return None
+    end = "lowest" if choice.index == 0 else "highest"
+    return (
+        f"the chosen threshold {choice.threshold:.6g} is the {end} of the grid "
+        f"({curves.thresholds[0]:.6g}..{curves.thresholds[-1]:.6g}): the model barely "
+        "separates particle from background on these frames; fine-tune it "
+        "(temseg train --init) rather than rely on this threshold"
     )

@@ -25,9 +25,9 @@ from pathlib import Path
 from temseg.config import Settings
 from temseg.daemon.events import FrameEvent
 from temseg.daemon.observers import DaemonStats
-from temseg.daemon.rules import relative_posix
-from temseg.daemon.watcher import FrameWatcher, scan_backlog
+from temseg.daemon.watcher import FrameWatcher
 from temseg.daemon.work import FrameWork
+from temseg.frames.find import relative_posix, scan_backlog
 
 logger = logging.getLogger("temseg.daemon")
 

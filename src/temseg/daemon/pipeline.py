@@ -166,7 +166,10 @@ def build_stages(
             *([MaskSink(Path(s.masks))] if s.masks is not None else []),
             *([PreviewStage(s.send_preview_px)] if s.send_preview_px > 0 else []),
         ],
-        sinks=[RecordSink(db, publish.next_seq, give_up, faults), publish],
+        sinks=[
+            RecordSink(db, publish.next_seq, give_up, faults, instrument=s.instrument),
+            publish,
+        ],
     )
 
 

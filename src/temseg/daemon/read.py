@@ -29,9 +29,9 @@ from pathlib import Path
 
 from temseg.daemon.database import Database, retry_locked
 from temseg.daemon.frame_queue import SeenCache
-from temseg.daemon.rules import MATERIAL_RULE, resolve_material, valid_material
 from temseg.daemon.work import FrameWork
 from temseg.frames import Frame, FrameError, IncompleteFrameError, detect_format, read_frames
+from temseg.frames.find import MATERIAL_RULE, resolve_material, valid_material
 from temseg.store import recorded_frames
 
 logger = logging.getLogger("temseg.daemon")

@@ -4,7 +4,8 @@ Reads what the stages before filled in; fills ``frame_id`` (the row, which
 the stream message then carries), ``seq`` (the number the frame's message
 will get) and ``latency_s`` (detection to record). A failed frame is
 recorded with status "failed" and its error; a done frame with its model,
-threshold, mask geometry and particles. A locked database is retried until
+threshold, mask geometry and particles; every frame with the ``instrument``
+(the microscope's name in the settings, or none). A locked database is retried until
 it answers or stopping gives up (:func:`~temseg.daemon.database.retry_locked`);
 giving up raises, and the frame stays unrecorded.
 """
@@ -34,8 +35,11 @@ class RecordSink:
         next_seq: Callable[[], int],
         give_up: Callable[[], bool],
         faults: FaultPoints,
+        *,
+        instrument: str | None,
     ) -> None:
         self._db = db
+        self._instrument = instrument
         self._next_seq = next_seq
         self._give_up = give_up
         self._faults = faults
@@ -59,6 +63,7 @@ class RecordSink:
             "seq": work.seq,
             "frame_index": work.frame_index,
             "n_frames": work.n_frames,
+            "instrument": self._instrument,
         }
         seg = work.segmentation
         if seg is None or work.error is not None:

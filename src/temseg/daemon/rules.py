@@ -1,30 +1,21 @@
-"""Per-frame decisions that depend only on settings: material, output paths, safety checks."""
+"""Per-frame decisions that depend only on settings: output paths, safety checks.
+
+Which files are frames and which material a frame is: :mod:`temseg.frames.find`,
+shared with ``temseg reprocess``.
+"""
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
-import re
-from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 from temseg.config import ConfigError, Settings
+from temseg.frames.find import MATERIAL_RULE, valid_material
 
-MATERIAL_RULE = "1 to 64 letters, digits, '_', '.', '+' or '-', starting with a letter or digit"
-_MATERIAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 _LOCAL_TRANSPORTS = ("ipc", "inproc")
 _LOOPBACK_NAMES = ("localhost", "lo")
-
-
-def valid_material(name: str) -> bool:
-    """True when ``name`` may be used as a material (see ``MATERIAL_RULE``).
-
-    Materials go into stream topics, log lines and database rows; the rule
-    keeps out path separators, '..' prefixes, spaces and control characters.
-    """
-    return _MATERIAL_NAME.fullmatch(name) is not None
 
 
 def is_loopback_endpoint(url: str) -> bool:
@@ -47,33 +38,6 @@ def is_loopback_endpoint(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def resolve_material(
-    frame_material: str | None,
-    relative_path: str,
-    folder_rules: Mapping[str, str],
-    default: str,
-) -> tuple[str, str]:
-    """(material, source) for a frame: its metadata, else the first folder rule, else ``default``.
-
-    ``relative_path`` is the frame's path relative to the watched folder,
-    '/'-separated. Folder rules are shell globs matched against it in their
-    configured order (``*`` also matches '/', so ``CdSe/**`` and ``CdSe/*``
-    both cover every file below ``CdSe``). ``source`` is "metadata",
-    "folder_rule" or "default".
-    """
-    if frame_material:
-        return frame_material, "metadata"
-    for pattern, material in folder_rules.items():
-        if fnmatch.fnmatchcase(relative_path, pattern):
-            return material, "folder_rule"
-    return default, "default"
-
-
-def relative_posix(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` with '/' separators."""
-    return path.relative_to(root).as_posix()
 
 
 def mask_path(masks_root: Path, relative_path: str, frame_index: int | None = None) -> Path:
@@ -161,6 +125,8 @@ def check_daemon_settings(settings: Settings) -> Path:
         parse_shape(shape)
     if not settings.patterns:
         raise ConfigError("patterns is empty: nothing would ever be processed")
+    if settings.instrument is not None and not 0 < len(settings.instrument) <= 64:
+        raise ConfigError(f"instrument {settings.instrument!r} must be 1 to 64 characters")
     for material in (settings.material, *settings.folder_rules.values()):
         if not valid_material(material):
             raise ConfigError(f"material {material!r} is not a valid name: {MATERIAL_RULE}")

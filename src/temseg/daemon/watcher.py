@@ -19,12 +19,11 @@ ever written: files are only stat()ed here.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from watchdog.events import (
@@ -41,60 +40,11 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from temseg.frames.find import DEFAULT_PATTERNS, admissible, matches, scan_backlog
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_PATTERNS = ("*.tif", "*.tiff", "*.mrc", "*.mrcs", "*.emd", "*.dm3", "*.dm4", "*.ser")
-
-
-def matches(name: str, patterns: Sequence[str]) -> bool:
-    """True when the file name ``name`` matches one of the glob ``patterns`` (case-insensitive)."""
-    lowered = name.lower()
-    return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in patterns)
-
-
-def admissible(path: Path, root: Path, follow_symlinks: bool = False) -> bool:
-    """True when ``path`` is a regular file the daemon may read.
-
-    ``root`` must be absolute and resolved. Without ``follow_symlinks`` no
-    component below ``root`` may be a symbolic link; with it, the link target
-    must still lie inside ``root``.
-    """
-    try:
-        real = path.resolve(strict=True)
-    except (OSError, RuntimeError):
-        return False
-    if not real.is_relative_to(root) or not real.is_file():
-        return False
-    return follow_symlinks or real == path
-
-
-def scan_backlog(
-    root: Path,
-    patterns: Sequence[str] = DEFAULT_PATTERNS,
-    recursive: bool = True,
-    follow_symlinks: bool = False,
-) -> list[Path]:
-    """Frame files already in ``root`` (resolved), oldest modification time first."""
-    root = root.resolve()
-    found: list[tuple[int, str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
-        if not recursive:
-            dirnames.clear()
-        if follow_symlinks:  # never descend into a linked folder outside the root
-            dirnames[:] = [d for d in dirnames if Path(dirpath, d).resolve().is_relative_to(root)]
-        for name in filenames:
-            if not matches(name, patterns):
-                continue
-            path = Path(dirpath, name)
-            if not admissible(path, root, follow_symlinks):
-                continue
-            try:
-                mtime = path.stat().st_mtime_ns
-            except OSError:
-                continue
-            found.append((mtime, str(path), path))
-    found.sort()
-    return [p for _, _, p in found]
+__all__ = ["DEFAULT_PATTERNS", "FrameWatcher", "admissible", "matches", "scan_backlog"]
 
 
 class _StabilityTracker:

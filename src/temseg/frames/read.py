@@ -253,7 +253,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     from temseg.frames.formats import tiff
 
     with tiff.open_tiff(path) as tif:
-        metadata = tiff.collect_metadata(path, tif, tiff.frame_pages(path, tif)[0])
+        metadata = tiff.collect_metadata(path, tif, tiff.metadata_page(path, tif))
     pixel = metadata.pop("_pixel_nm_yx", None)
     sidecar = _read_sidecar(path)
     explicit = _explicit_pixel_nm(sidecar, sidecar_path(path))
@@ -308,3 +308,19 @@ def _explicit_pixel_nm(data: dict[str, Any], origin: Path) -> float | None:
     if isinstance(value, bool) or not math.isfinite(pixel_nm) or pixel_nm <= 0:
         raise FrameError(f"{origin}: pixel_nm must be a positive number of nm, got {value!r}")
     return pixel_nm
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """Metadata of an image file from its sidecar alone (for files other than TIFF).
+
+    The sidecar's keys ({} without one), ``pixel_nm`` checked (nm per pixel,
+    with ``pixel_nm_source`` "sidecar") and ``material`` as a string.
+    """
+    path = Path(path)
+    metadata = _read_sidecar(path)
+    pixel_nm = _explicit_pixel_nm(metadata, sidecar_path(path))
+    if pixel_nm is not None:
+        metadata.update(pixel_nm=pixel_nm, pixel_nm_source="sidecar")
+    if metadata.get("material") is not None:
+        metadata["material"] = str(metadata["material"])
+    return metadata

@@ -96,6 +96,18 @@ def write_mask_tiff(
     return _atomic_write(path, write)
 
 
+def write_probability_tiff(path: str | os.PathLike[str], probability: np.ndarray) -> Path:
+    """Write a 2-D probability map (particle, 0..1) as float32 TIFF (zlib-compressed)."""
+    data = np.asarray(probability, dtype=np.float32)
+    if data.ndim != 2:
+        raise ValueError(f"a probability map must be 2-D, got shape {data.shape}")
+
+    def write(tmp: Path) -> None:
+        tifffile.imwrite(tmp, data, compression="zlib")
+
+    return _atomic_write(path, write)
+
+
 def write_sidecar(path: str | os.PathLike[str], metadata: dict[str, Any]) -> Path:
     """Write ``metadata`` as JSON to ``NAME.json`` (``path`` is the frame or the .json path)."""
     target = Path(path)

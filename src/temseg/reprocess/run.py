@@ -19,22 +19,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from temseg.config import Settings
 from temseg.frames.find import relative_posix, scan_backlog
-from temseg.inference import default_tile
 from temseg.reprocess.tasks import Hashed, ModelSpec, Outcome, Rules, hash_files, segment_file
 
 logger = logging.getLogger(__name__)
 
 HASH_CHUNK = 32
 """Files hashed per task: one task per file cost more in scheduling than hashing."""
-
-ModelChoice = Literal["auto", "active", "bundled"] | str
 
 
 class ReprocessError(RuntimeError):
@@ -53,8 +50,9 @@ class Found:
 class Summary:
     """What a run did. ``found`` frame files; ``skipped`` had a result of the model
     already (``repeats``: the same content twice in this run, done once);
-    ``done``/``failed`` recorded now; ``unreadable`` not recorded (a rerun tries
-    again); ``frames_per_s`` of the frames segmented, over ``segment_s`` from the
+    ``done``/``failed`` frames recorded now (each 2-D frame of a stack counts);
+    ``unreadable`` not recorded (a rerun tries again); ``frames_per_s`` of the
+    frames segmented, over ``segment_s`` from the
     first segmentation task to the last result; ``interrupted`` by Ctrl-C."""
 
     model_id: str
@@ -146,7 +144,7 @@ def resolve_model(db: Engine, choice: str) -> tuple[str | None, str]:
     return path, bundle.model_id
 
 
-def _client(scheduler: str, workers: int, processes: bool, threads: int) -> tuple[Any, Any]:
+def _client(scheduler: str, workers: int, processes: bool) -> tuple[Any, Any]:
     """(client, local cluster or ``None``) for ``scheduler`` "local" or "tcp://HOST:PORT"."""
     try:
         from distributed import Client, LocalCluster
@@ -235,6 +233,9 @@ def _record(db: Engine, outcome: Outcome, model_id: str, instrument: str | None)
                 height=outcome.height,
                 width=outcome.width,
                 pixel_nm=outcome.pixel_nm,
+                pixel_nm_yx=outcome.pixel_nm_yx,
+                frame_index=outcome.frame_index,
+                n_frames=outcome.n_frames,
                 backend=outcome.backend,
                 instrument=instrument,
                 particles=outcome.particles,
@@ -252,7 +253,7 @@ def reprocess(
     paths: Sequence[str | os.PathLike[str]],
     db: Engine,
     *,
-    model: ModelChoice = "auto",
+    model: str = "auto",
     settings: Settings | None = None,
     scheduler: str = "local",
     workers: int = 1,
@@ -303,14 +304,13 @@ def reprocess(
     frames = find_frames(paths, settings)
     local = scheduler == "local"
     threads = settings.threads or (max(1, (os.cpu_count() or 1) // workers) if local else 0)
-    tile = settings.tile or default_tile(settings.device if settings.device != "auto" else "cpu")
     spec = ModelSpec(
         model_id=model_id,
         path=path,
         backend=settings.backend,
         device=settings.device,
         threads=threads,
-        tile=tile,
+        tile=settings.tile,
         tile_overlap=settings.tile_overlap,
     )
     rules = Rules(
@@ -320,7 +320,7 @@ def reprocess(
     )
     summary = Summary(model_id=model_id, workers=workers, found=len(frames))
     done_contents = recorded_contents(db, model_id)
-    client, cluster = _client(scheduler, workers, processes, threads)
+    client, cluster = _client(scheduler, workers, processes)
     if not local:
         summary.workers = len(client.scheduler_info().get("workers", {}))
     relative = {f.path: f.relative for f in frames}
@@ -333,6 +333,7 @@ def reprocess(
             client.submit(hash_files, [f.path for f in frames[i : i + HASH_CHUNK]], pure=False)
             for i in range(0, len(frames), HASH_CHUNK)
         ]
+        hash_chunks = set(hash_futures)
         futures.update(hash_futures)
         queue = as_completed(hash_futures)
         waiting: deque[Hashed] = deque()
@@ -357,7 +358,7 @@ def reprocess(
             nonlocal in_flight
             futures.discard(future)
             result = _result(future)
-            if isinstance(result, list):  # hashes of a chunk of files
+            if future in hash_chunks:
                 for item in result:
                     if item.sha256 is None:
                         summary.unreadable += 1
@@ -374,11 +375,12 @@ def reprocess(
                         progress(summary)
                 return
             in_flight -= 1
-            outcome: Outcome = result
-            if outcome.unreadable or outcome.sha256 is None:
-                summary.unreadable += 1
-                summary.errors.append(outcome.error or outcome.path)
-            else:
+            outcomes: list[Outcome] = result  # one per frame of the file
+            for outcome in outcomes:
+                if outcome.unreadable or outcome.sha256 is None:
+                    summary.unreadable += 1
+                    summary.errors.append(outcome.error or outcome.path)
+                    continue
                 _record(db, outcome, model_id, instrument)
                 if outcome.status == "done":
                     summary.done += 1

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from temseg.frames.find import MATERIAL_RULE, resolve_material, valid_material
-from temseg.frames.read import FrameError, read_frame
+from temseg.frames.read import FrameError, read_frames
+from temseg.inference import GPU_TILE
 from temseg.segment import Particle
 
 _lock = threading.Lock()
@@ -30,14 +31,15 @@ class ModelSpec:
     """Which model a worker loads and how: ``path`` is the bundle folder
     (``None``: the bundled model), ``model_id`` what its weights must hash to;
     ``threads`` CPU threads of the engine (0 = all cores); ``tile`` and
-    ``tile_overlap`` in pixels."""
+    ``tile_overlap`` in pixels (``tile`` 0: from the worker's device, as in the
+    daemon)."""
 
     model_id: str
     path: str | None
     backend: str = "auto"
     device: str = "auto"
     threads: int = 1
-    tile: int = 2048
+    tile: int = 0
     tile_overlap: int = 64
 
 
@@ -66,9 +68,11 @@ class Hashed:
 class Outcome:
     """A frame's result: ``status`` "done" or "failed" (``error`` says why), or
     ``unreadable`` when the file could not be read at all (not recorded: a rerun
-    tries again). ``sha256`` and ``size_bytes`` are of the bytes segmented;
-    sizes in pixels, ``pixel_nm`` in nm per pixel, ``elapsed_ms`` the worker's
-    time for the frame (read to particles)."""
+    tries again). ``sha256`` and ``size_bytes`` are of the whole file's bytes;
+    frame ``frame_index`` of the file's ``n_frames`` (a file that fails whole is
+    one outcome for frame 0); sizes in pixels, ``pixel_nm`` and ``pixel_nm_yx``
+    in nm per pixel, ``elapsed_ms`` the worker's time for the frame (read to
+    particles)."""
 
     path: str
     sha256: str | None
@@ -82,6 +86,9 @@ class Outcome:
     height: int | None = None
     width: int | None = None
     pixel_nm: float | None = None
+    pixel_nm_yx: tuple[float, float] | None = None
+    frame_index: int = 0
+    n_frames: int = 1
     elapsed_ms: float = 0.0
     backend: str | None = None
     particles: tuple[Particle, ...] = ()
@@ -133,7 +140,7 @@ def worker_model(spec: ModelSpec) -> tuple[Any, Any]:
             backend=spec.backend,
             device=spec.device,
             threads=spec.threads,
-            max_size=max(spec.tile, 64),
+            max_size=max(spec.tile or GPU_TILE, 64),
             batch=1,
         )
         _models[key] = (bundle, engine)
@@ -156,74 +163,90 @@ def release_models() -> None:
         _loads.clear()
 
 
-def segment_file(path: str, relative: str, spec: ModelSpec, rules: Rules) -> Outcome:
-    """Read, segment and measure one frame file with the model of ``spec``.
+def segment_file(path: str, relative: str, spec: ModelSpec, rules: Rules) -> list[Outcome]:
+    """Read, segment and measure every 2-D frame of one file with the model of ``spec``.
 
-    The material comes from the frame's metadata, else ``rules`` (the daemon's
-    order); a frame that cannot be decoded is a "failed" outcome; a file that
-    cannot be read at all is ``unreadable``.
+    The material comes from each frame's metadata, else ``rules`` (the daemon's
+    order); a file that cannot be decoded is one "failed" outcome; a file that
+    cannot be read at all is one ``unreadable`` outcome.
     """
-    from temseg.inference import segment_frame
+    from temseg.inference import default_tile, segment_frame
 
     started = time.perf_counter()
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         error = f"{path}: cannot read ({exc.strerror or exc})"
-        return Outcome(path, None, 0, "failed", error=error, unreadable=True)
+        return [Outcome(path, None, 0, "failed", error=error, unreadable=True)]
     sha256, size = hashlib.sha256(data).hexdigest(), len(data)
 
-    def failed(error: str, material: str | None) -> Outcome:
+    def failed(error: str, material: str | None, index: int = 0, n: int = 1) -> Outcome:
         elapsed = (time.perf_counter() - started) * 1e3
-        return Outcome(path, sha256, size, "failed", material, error, elapsed_ms=elapsed)
+        return Outcome(
+            path, sha256, size, "failed", material, error,
+            frame_index=index, n_frames=n, elapsed_ms=elapsed,
+        )  # fmt: skip
 
     default_material, _ = resolve_material(
         None, relative, rules.folder_rules, rules.default_material
     )
     try:
-        frame = read_frame(path, data=data)
+        frames = read_frames(path, data=data)  # the bytes that were hashed
     except FrameError as exc:
-        return failed(str(exc), default_material)
-    if frame.material and not valid_material(frame.material):
-        error = (
-            f"{path}: material {frame.material[:80]!r} in the frame's metadata "
-            f"is not a valid name ({MATERIAL_RULE})"
-        )
-        return failed(error, default_material)
-    material, _ = resolve_material(
-        frame.material, relative, rules.folder_rules, rules.default_material
-    )
+        return [failed(str(exc), default_material)]
     bundle, engine = worker_model(spec)
-    threshold = rules.thresholds.get(material)
-    if threshold is None:
-        threshold = bundle.threshold_for(material)
-    try:
-        result = segment_frame(
-            frame,
-            engine,
-            bundle,
-            threshold=threshold,
-            tile=spec.tile,
-            overlap=spec.tile_overlap,
-            material=material,
+    tile = spec.tile or default_tile(engine.device)
+    outcomes = []
+    for frame in frames:
+        index, n = frame.frame_index, frame.n_frames
+        if frame.material and not valid_material(frame.material):
+            error = (
+                f"{path}: material {frame.material[:80]!r} in the frame's metadata "
+                f"is not a valid name ({MATERIAL_RULE})"
+            )
+            outcomes.append(failed(error, default_material, index, n))
+            continue
+        material, _ = resolve_material(
+            frame.material, relative, rules.folder_rules, rules.default_material
         )
-    except ValueError as exc:  # e.g. a frame too small for the model
-        return failed(f"{path}: cannot segment ({exc})", material)
-    seg = result.segmentation
-    height, width = seg.mask.shape
-    return Outcome(
-        path=path,
-        sha256=sha256,
-        size_bytes=size,
-        status="done",
-        material=material,
-        threshold=float(threshold),
-        n_particles=seg.n_particles,
-        area_fraction=float(seg.area_fraction),
-        height=int(height),
-        width=int(width),
-        pixel_nm=result.pixel_nm,
-        elapsed_ms=(time.perf_counter() - started) * 1e3,
-        backend=engine.name,
-        particles=tuple(seg.particles),
-    )
+        threshold = rules.thresholds.get(material)
+        if threshold is None:
+            threshold = bundle.threshold_for(material)
+        try:
+            result = segment_frame(
+                frame,
+                engine,
+                bundle,
+                threshold=threshold,
+                tile=tile,
+                overlap=spec.tile_overlap,
+                material=material,
+            )
+        except ValueError as exc:  # e.g. a frame too small for the model
+            outcomes.append(failed(f"{path}: cannot segment ({exc})", material, index, n))
+            continue
+        seg = result.segmentation
+        height, width = seg.mask.shape
+        outcomes.append(
+            Outcome(
+                path=path,
+                sha256=sha256,
+                size_bytes=size,
+                status="done",
+                material=material,
+                threshold=float(threshold),
+                n_particles=seg.n_particles,
+                area_fraction=float(seg.area_fraction),
+                height=int(height),
+                width=int(width),
+                pixel_nm=result.pixel_nm,
+                pixel_nm_yx=frame.pixel_nm_yx,
+                frame_index=index,
+                n_frames=n,
+                elapsed_ms=(time.perf_counter() - started) * 1e3,
+                backend=engine.name,
+                particles=tuple(seg.particles),
+            )
+        )
+        started = time.perf_counter()
+    return outcomes

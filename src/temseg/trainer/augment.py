@@ -1,7 +1,7 @@
 """Training augmentation of (image, mask) pairs.
 
-Geometric (Groschner et al. 2021): rotation by any angle with wrap-around
-fill, flips and 90-degree rotations, applied identically to image and mask
+Geometric (Groschner et al. 2021): rotation by any angle, flips and
+90-degree rotations, applied identically to image and mask
 (linear interpolation for the image, nearest neighbour for the mask).
 Photometric, image only: intensity scale and offset, Gaussian or Poisson
 noise and a defocus-like Gaussian blur. Images are normalised float32 (about
@@ -33,7 +33,10 @@ class AugmentConfig:
 
 
 def rotate_pair(image: np.ndarray, mask: np.ndarray, angle_deg: float) -> tuple[np.ndarray, ...]:
-    """Rotate about the centre by ``angle_deg`` degrees, same shape, wrap-around fill."""
+    """Rotate about the centre by ``angle_deg`` degrees, same shape, wrap-around fill.
+
+    :func:`augment_patch` only keeps the centre, which the fill never reaches.
+    """
     rotated = ndimage.rotate(image, angle_deg, reshape=False, order=1, mode="grid-wrap")
     rotated_mask = ndimage.rotate(mask, angle_deg, reshape=False, order=0, mode="grid-wrap")
     return rotated.astype(np.float32, copy=False), rotated_mask.astype(np.uint8, copy=False)
@@ -53,12 +56,10 @@ def flip_rot90(
 def random_window(
     image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A random ``size`` x ``size`` window; frames smaller than that are wrap-padded."""
+    """A random ``size`` x ``size`` window; a frame smaller than that is an error."""
     h, w = image.shape
-    pad = ((0, max(0, size - h)), (0, max(0, size - w)))
-    if pad[0][1] or pad[1][1]:
-        image, mask = np.pad(image, pad, mode="wrap"), np.pad(mask, pad, mode="wrap")
-        h, w = image.shape
+    if size > min(h, w):
+        raise ValueError(f"window of {size} px does not fit a {w} x {h} px frame")
     y = int(rng.integers(h - size + 1))
     x = int(rng.integers(w - size + 1))
     return image[y : y + size, x : x + size], mask[y : y + size, x : x + size]
@@ -100,12 +101,14 @@ def augment_patch(
     """A randomly cropped, augmented ``size`` x ``size`` patch of a frame.
 
     For rotations a window of ``ceil(size * sqrt 2)`` pixels is rotated and
-    its centre cropped, so wrap-around fill only enters when the frame itself
-    is smaller than that window.
+    its centre cropped, so no fill enters the patch; frames smaller than that
+    window get only the flips and 90-degree rotations. The frame must be at
+    least ``size`` pixels on each side (see :func:`temseg.trainer.loop.fit_patch`).
     """
     config = config or AugmentConfig()
-    if rng.random() < config.p_rotate:
-        window = math.ceil(size * math.sqrt(2.0))
+    window = math.ceil(size * math.sqrt(2.0))
+    rotate = rng.random() < config.p_rotate
+    if rotate and window <= min(image.shape):
         image, mask = random_window(image, mask, window, rng)
         image, mask = rotate_pair(image, mask, rng.uniform(0.0, 360.0))
         start = (window - size) // 2

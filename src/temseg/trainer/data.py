@@ -1,10 +1,15 @@
-"""Labelled training data: folders of ``NAME.tif`` + ``NAME_mask.tif`` or the paper's HDF5.
+"""Labelled training data: folders of ``NAME.tif`` + ``NAME_mask.tif``, CSV lists, HDF5.
 
-A folder holds frames ``NAME.tif`` (or ``.tiff``), masks ``NAME_mask.tif``
-(0/1 or 0/255, same shape) and optionally ``NAME.json`` with ``material``
-and ``pixel_nm`` (nm per pixel). Every image needs its mask and every mask
-its image. The HDF5 layout of Groschner et al. (2021) is a pair of files with
-datasets ``images`` (N x H x W x 1) and ``maps`` (N x H x W x 1 or 2; with two
+A folder holds images ``NAME.tif`` (or ``.tiff``, ``.png``, ``.jpg``,
+``.jpeg``), masks ``NAME_mask.tif`` (or ``.tiff``, ``.png``; same shape) and
+optionally ``NAME.json`` with ``material`` and ``pixel_nm`` (nm per pixel).
+Every image needs its mask and every mask its image. A pairs file is a CSV
+of ``image,mask`` rows (an optional header row ``image,mask``; relative
+paths from the CSV's folder). Image and mask formats are those of
+:mod:`temseg.trainer.images`: grayscale, or RGB(A) with equal channels;
+masks 0/1, 0/255, boolean or instance labels (nonzero = particle). The
+HDF5 layout of Groschner et al. (2021) is a pair of files with datasets
+``images`` (N x H x W x 1) and ``maps`` (N x H x W x 1 or 2; with two
 channels the last one is the particle class); reading it needs ``h5py``.
 
 Source files are only read, never modified.
@@ -12,6 +17,7 @@ Source files are only read, never modified.
 
 from __future__ import annotations
 
+import csv
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,11 +28,11 @@ import torch
 from torch.utils.data import Dataset
 
 from temseg.frames.normalise import normalise
-from temseg.frames.read import FrameError, read_frame
+from temseg.frames.read import FrameError
 from temseg.frames.resample import model_grid_shape, resample
 from temseg.trainer.augment import AugmentConfig, augment_patch
+from temseg.trainer.images import IMAGE_SUFFIXES, MASK_SUFFIXES, read_image, read_mask, to_mask
 
-IMAGE_SUFFIXES = (".tif", ".tiff")
 MASK_TAG = "_mask"
 
 
@@ -52,9 +58,20 @@ def find_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    masks = {p.stem[: -len(MASK_TAG)]: p for p in files if p.stem.endswith(MASK_TAG)}
-    images = {p.stem: p for p in files if not p.stem.endswith(MASK_TAG)}
-    problems = [f"{images[s].name}: no mask {s}{MASK_TAG}.tif" for s in images if s not in masks]
+    masks: dict[str, Path] = {}
+    images: dict[str, Path] = {}
+    problems = []
+    for p in files:
+        is_mask = p.stem.endswith(MASK_TAG)
+        stem = p.stem[: -len(MASK_TAG)] if is_mask else p.stem
+        kind = masks if is_mask else images
+        if is_mask and p.suffix.lower() not in MASK_SUFFIXES:
+            problems.append(f"{p.name}: JPEG is lossy, save masks as PNG or TIFF")
+        elif stem in kind:
+            problems.append(f"{p.name}: same name as {kind[stem].name}; keep one of them")
+        else:
+            kind[stem] = p
+    problems += [f"{images[s].name}: no mask {s}{MASK_TAG}.tif" for s in images if s not in masks]
     problems += [f"{masks[s].name}: no image {s}.tif" for s in masks if s not in images]
     if problems:
         raise DataError(f"{root}: unpaired files:\n  " + "\n  ".join(problems))
@@ -63,29 +80,53 @@ def find_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
     return [(images[s], masks[s]) for s in sorted(images)]
 
 
+def read_pairs_file(path: str | Path) -> list[tuple[Path, Path]]:
+    """``(image, mask)`` paths listed in a CSV file of ``image,mask`` rows.
+
+    A first row ``image,mask`` is a header; relative paths are taken from the
+    CSV file's folder; blank lines are skipped. A malformed row or a missing
+    file raises :class:`DataError` naming the CSV line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read pairs file ({exc})") from exc
+    pairs = []
+    for number, row in enumerate(csv.reader(text.splitlines()), start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue
+        if number == 1 and [c.lower() for c in cells] == ["image", "mask"]:
+            continue
+        if len(cells) != 2 or not all(cells):
+            raise DataError(f"{path} line {number}: expected two columns 'image,mask', got {row!r}")
+        image, mask = (p if p.is_absolute() else path.parent / p for p in map(Path, cells))
+        for name, file in (("image", image), ("mask", mask)):
+            if not file.is_file():
+                raise DataError(f"{path} line {number}: {name} {file} not found")
+        pairs.append((image, mask))
+    if not pairs:
+        raise DataError(f"{path}: no image,mask rows")
+    return pairs
+
+
 def mask_from_array(values: np.ndarray, origin: str) -> np.ndarray:
-    """A uint8 0/1 mask from an array holding only {0, 1} or only {0, 255}."""
-    values = np.squeeze(np.asarray(values))
-    if values.ndim != 2:
-        raise DataError(f"{origin}: mask must be 2-D, got shape {values.shape}")
-    found = np.unique(values)
-    if set(found.tolist()) <= {0, 1}:
-        return values.astype(np.uint8)
-    if set(found.tolist()) <= {0, 255}:
-        return (values == 255).astype(np.uint8)
-    shown = ", ".join(f"{v:g}" for v in found[:8]) + (", ..." if found.size > 8 else "")
-    raise DataError(f"{origin}: mask values must be 0/1 or 0/255, found {shown}")
+    """A uint8 0/1 mask (nonzero = particle) from a 0/1, 0/255, boolean or label array."""
+    try:
+        return to_mask(values, origin)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def read_labelled_frame(image_path: str | Path, mask_path: str | Path) -> LabelledFrame:
     """Read one frame (with sidecar metadata) and its mask; shapes must agree."""
     image_path, mask_path = Path(image_path), Path(mask_path)
     try:
-        frame = read_frame(image_path)
-        raw_mask = read_frame(mask_path).image
+        frame = read_image(image_path)
+        mask = read_mask(mask_path)
     except FrameError as exc:
         raise DataError(str(exc)) from exc
-    mask = mask_from_array(raw_mask, str(mask_path))
     if mask.shape != frame.image.shape:
         raise DataError(
             f"shape mismatch: {image_path} is {frame.image.shape}, {mask_path} is {mask.shape}"
@@ -100,9 +141,14 @@ def read_labelled_frame(image_path: str | Path, mask_path: str | Path) -> Labell
     )
 
 
-def load_folders(folders: Iterable[str | Path]) -> list[LabelledFrame]:
-    """All labelled frames of the given folders, in folder then name order."""
-    return [read_labelled_frame(i, m) for folder in folders for i, m in find_pairs(folder)]
+def load_folders(
+    folders: Iterable[str | Path], pairs_files: Iterable[str | Path] = ()
+) -> list[LabelledFrame]:
+    """All labelled frames of the given folders (folder then name order), then of the
+    pairs files (in file then row order)."""
+    pairs = [pair for folder in folders for pair in find_pairs(folder)]
+    pairs += [pair for listing in pairs_files for pair in read_pairs_file(listing)]
+    return [read_labelled_frame(i, m) for i, m in pairs]
 
 
 def load_hdf5(
@@ -161,7 +207,13 @@ def select_materials(
 def split_frames(
     frames: Sequence[LabelledFrame], val_fraction: float, seed: int
 ) -> tuple[list[LabelledFrame], list[LabelledFrame]]:
-    """Random train/validation split, stratified by material (at least one of each side)."""
+    """Random train/validation split, stratified by material.
+
+    Each material with two or more frames gets at least one validation frame
+    and keeps at least one training frame; with five frames or more in all,
+    at least two are validation frames, so that model selection does not
+    hang on a single frame.
+    """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if len(frames) < 2:
@@ -176,8 +228,10 @@ def split_frames(
         n_val = round(val_fraction * len(members))
         n_val = min(max(n_val, 1 if len(members) >= 2 else 0), len(members) - 1)
         val_idx.update(rng.permutation(members)[:n_val].tolist())
-    if not val_idx:
-        val_idx.add(int(rng.integers(len(frames))))
+    wanted = 2 if len(frames) >= 5 else 1
+    spare = [i for i in rng.permutation(len(frames)).tolist() if i not in val_idx]
+    while len(val_idx) < wanted:
+        val_idx.add(spare.pop())
     train = [f for i, f in enumerate(frames) if i not in val_idx]
     val = [f for i, f in enumerate(frames) if i in val_idx]
     return train, val

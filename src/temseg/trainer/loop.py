@@ -1,9 +1,16 @@
 """The training loop: :func:`train` turns labelled frames into a model bundle.
 
 Loss is cross-entropy on the two logits plus soft Dice on the particle
-softmax; AdamW with cosine learning-rate decay; early stopping on the
-validation loss, restoring the best epoch's weights. On CUDA the forward pass
-runs under ``torch.autocast`` (float16) with a ``GradScaler``.
+softmax; AdamW with cosine learning-rate decay. The model kept is the one of
+highest validation Dice (threshold 0.5), the starting model included: a
+fine-tune that makes the validation frames worse returns its starting
+weights. Early stopping watches the same Dice. On CUDA the forward pass runs
+under ``torch.autocast`` (float16) with a ``GradScaler``.
+
+Fine-tuning keeps the batch-norm layers of the starting model in inference
+mode (running statistics frozen, scale and shift still learnt): on a few real
+frames, statistics of a batch of patches differ so much from those the model
+was trained with that training on them wrecks the stored ones.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the same call
 trains with DistributedDataParallel: gloo on the CPU, nccl on CUDA, one
@@ -18,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +36,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from temseg.frames.tiling import pad_to_multiple
-from temseg.model.bundle import ModelBundle, load_bundle
+from temseg.model.bundle import ModelBundle
+from temseg.model.resolve import resolve_bundle
 from temseg.model.unet import Network, build_unet
 from temseg.trainer.augment import AugmentConfig
 from temseg.trainer.data import (
@@ -63,17 +71,29 @@ class EpochStats:
 class TrainConfig:
     """Everything :func:`train` needs. Sizes in pixels, ``lr`` for AdamW.
 
-    ``hdf5`` is an (images, maps) file pair in the paper's layout; ``init``
-    a bundle to fine-tune (its architecture, normalisation and pixel size are
-    kept, ``preset`` is ignored). ``patience`` epochs without a lower
-    validation loss stop training (0 disables). ``steps_per_epoch`` caps the
-    optimiser steps per epoch; ``max_minutes`` ends training after the epoch
-    that passes this wall-clock time (the best epoch so far is kept).
-    ``on_epoch`` is called on rank 0 after each epoch; ``on_step(step, loss,
-    model)`` after each backward pass, before the optimiser updates the weights.
+    ``pairs`` are CSV files of image,mask rows; ``hdf5`` is an (images,
+    maps) file pair in the paper's layout; ``init`` the bundle to
+    fine-tune: a folder, ``bundled``, ``active`` or a model id registered
+    in ``registry`` (default ``db``); its architecture,
+    normalisation and pixel size are kept, ``preset`` is ignored.
+    ``material`` is given to frames whose metadata names none; ``materials``
+    then selects frames by material. ``patch`` is the largest patch side: it
+    shrinks (to a multiple of the network's size multiple) to fit the
+    smallest training frame, so no frame is padded. ``freeze_batch_norm``
+    keeps batch-norm statistics fixed (None: when fine-tuning).
+    ``patience`` epochs without a higher validation Dice stop training (0
+    disables). ``steps_per_epoch`` caps the optimiser steps per epoch;
+    ``max_minutes`` is a wall-clock budget: no epoch starts that would end
+    past it, judged by the last epoch's length (the best model so far is
+    kept). On rank 0, ``on_epoch`` is called after each epoch (epoch 0: the
+    starting model), ``on_batch(epoch, done, total)`` after each optimiser
+    step and ``on_note`` with remarks (patch adapted, start kept);
+    ``on_step(step, loss, model)`` after each backward pass, before the
+    optimiser updates the weights.
     """
 
     data: Sequence[Path] = ()
+    pairs: Sequence[Path] = ()
     out: Path = Path("model")
     materials: Sequence[str] | None = None
     preset: str = "groschner2021"
@@ -85,8 +105,11 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     device: str = "auto"
-    init: Path | None = None
+    init: str | Path | None = None
     db: str | None = None
+    registry: str | None = None
+    material: str | None = None
+    freeze_batch_norm: bool | None = None
     hdf5: tuple[Path, Path] | None = None
     workers: int = 0
     patience: int = 10
@@ -96,11 +119,20 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     on_epoch: Callable[[EpochStats], None] | None = None
     on_step: Callable[[int, float, Network], None] | None = None
+    on_batch: Callable[[int, int, int], None] | None = None
+    on_note: Callable[[str], None] | None = None
 
 
 @dataclass
 class TrainResult:
-    """Outcome of :func:`train`; ``metrics`` per material on the validation frames."""
+    """Outcome of :func:`train`; ``metrics`` per material on the validation frames.
+
+    ``best_epoch`` is the epoch whose weights were kept, 0 for the starting
+    model; ``initial_val_dice`` and ``final_val_dice`` are the validation
+    Dice (threshold 0.5) of the starting and the kept model. ``stopped_early``
+    tells whether early stopping ended training, ``out_of_time`` whether
+    ``max_minutes`` did; ``patch`` is the patch side used (pixels).
+    """
 
     bundle_path: Path
     model_id: str
@@ -109,6 +141,13 @@ class TrainResult:
     best_epoch: int
     metrics: dict[str, dict[str, float]]
     seconds: float
+    initial_val_dice: float = math.nan
+    final_val_dice: float = math.nan
+    stopped_early: bool = False
+    out_of_time: bool = False
+    patch: int = 0
+    n_train: int = 0
+    n_val: int = 0
 
 
 @dataclass(frozen=True)
@@ -166,13 +205,41 @@ def _setup_ranks(device: torch.device) -> _Ranks:
 
 
 def _load_frames(config: TrainConfig) -> list[LabelledFrame]:
-    frames = load_folders(config.data)
+    frames = load_folders(config.data, config.pairs)
     if config.hdf5 is not None:
         only = config.materials[0] if config.materials and len(config.materials) == 1 else None
         frames += load_hdf5(*config.hdf5, material=only)
     if not frames:
-        raise DataError("no training data: give --data folders or --hdf5 files")
+        raise DataError("no training data: give --data folders, --pairs files or --hdf5 files")
+    if config.material is not None:
+        frames = [
+            f if f.material is not None else replace(f, material=config.material) for f in frames
+        ]
     return select_materials(frames, config.materials)
+
+
+def fit_patch(frames: Sequence[LabelledFrame], patch: int, multiple: int) -> int:
+    """The largest patch side <= ``patch``, a multiple of ``multiple``, inside every frame.
+
+    A frame smaller than ``multiple`` pixels on a side raises :class:`DataError`.
+    """
+    side = min(min(f.image.shape) for f in frames)
+    if side < multiple:
+        small = next(f for f in frames if min(f.image.shape) == side)
+        raise DataError(
+            f"{small.name}: {small.image.shape[1]} x {small.image.shape[0]} px is smaller than "
+            f"the network's {multiple} px minimum (on the model's grid); use larger frames"
+        )
+    return min(patch, side // multiple * multiple)
+
+
+def set_training_mode(model: torch.nn.Module, freeze_batch_norm: bool) -> None:
+    """``model.train()``, with batch-norm layers left in inference mode when frozen."""
+    model.train()
+    if freeze_batch_norm:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def _common_pixel_nm(frames: Sequence[LabelledFrame]) -> float | None:
@@ -218,7 +285,6 @@ def _evaluate(
                 [np.sum(pred & truth), np.sum(pred & ~truth), np.sum(~pred & truth), 1],
                 dtype=torch.float64,
             )
-    model.train()
     if ranks.distributed:
         reduced = totals.to(device)
         dist.all_reduce(reduced)
@@ -228,12 +294,20 @@ def _evaluate(
 
 
 def _out_of_time(
-    max_minutes: float | None, start: float, device: torch.device, ranks: _Ranks
+    max_minutes: float | None,
+    start: float,
+    epoch_seconds: float,
+    device: torch.device,
+    ranks: _Ranks,
 ) -> bool:
-    """Rank 0's verdict on the time budget, shared so that all processes stop together."""
+    """Rank 0's verdict on the time budget, shared so that all processes stop together.
+
+    True when another epoch as long as the last one would end past the budget.
+    """
     if max_minutes is None:
         return False
-    late = torch.tensor([int(time.perf_counter() - start > 60.0 * max_minutes)], device=device)
+    finish = time.perf_counter() - start + epoch_seconds
+    late = torch.tensor([int(finish > 60.0 * max_minutes)], device=device)
     if ranks.distributed:
         dist.broadcast(late, src=0)
     return bool(late.item())
@@ -271,7 +345,10 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
     if config.epochs < 1 or config.batch < 1:
         raise ValueError("epochs and batch must be at least 1")
     torch.manual_seed(config.seed)
-    init = load_bundle(config.init) if config.init is not None else None
+    note = config.on_note if ranks.rank == 0 and config.on_note is not None else lambda _: None
+    init = None
+    if config.init is not None:
+        init = resolve_bundle(config.init, config.registry or config.db)
     if init is not None:
         model, normalisation, pixel_nm = init.model, init.normalisation, init.pixel_nm
         preset = init.config.preset
@@ -280,6 +357,7 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
     multiple = model.config.size_multiple
     if config.patch < multiple or config.patch % multiple:
         raise ValueError(f"--patch must be a multiple of {multiple} pixels, got {config.patch}")
+    freeze = init is not None if config.freeze_batch_norm is None else config.freeze_batch_norm
 
     frames = _load_frames(config)
     if init is None:
@@ -288,8 +366,14 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
     train_frames = to_model_grid(train_frames, normalisation, pixel_nm)
     val_frames = to_model_grid(val_frames, normalisation, pixel_nm)
     materials = sorted({_material(f) for f in frames})
+    patch = fit_patch(train_frames, config.patch, multiple)
+    if patch != config.patch:
+        note(
+            f"patch {patch} px instead of {config.patch} px: the smallest training frame is "
+            f"{min(min(f.image.shape) for f in train_frames)} px on the model's grid"
+        )
 
-    dataset = PatchDataset(train_frames, config.patch, config.seed, config.augment)
+    dataset = PatchDataset(train_frames, patch, config.seed, config.augment)
     sampler: DistributedSampler[int] | RandomSampler
     if ranks.distributed:
         sampler = DistributedSampler(dataset, ranks.world, ranks.rank, seed=config.seed)
@@ -302,8 +386,11 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
     )
+    n_batches = len(loader)
+    if config.steps_per_epoch is not None:
+        n_batches = min(n_batches, config.steps_per_epoch)
 
-    model.to(device).train()
+    model.to(device)
     net: torch.nn.Module = model
     if ranks.distributed:
         ids = [device.index] if device.type == "cuda" else None
@@ -315,18 +402,27 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
-    initial_val_loss, _ = _evaluate(model, val_frames, materials, device, ranks)
-    best_loss, best_epoch, best_state = math.inf, 0, model.state_dict()
+    initial_val_loss, counts = _evaluate(model, val_frames, materials, device, ranks)
+    initial_val_dice = _scores(counts.sum(axis=0))["dice"]
+    if ranks.rank == 0 and config.on_epoch is not None:
+        config.on_epoch(EpochStats(0, math.nan, initial_val_loss, initial_val_dice, 0.0, 0.0))
+    # a fine-tune's starting model competes with its epochs, random weights do not;
+    # ties in Dice (all 0 early on) go to the lower validation loss
+    best = (initial_val_dice, -initial_val_loss) if init is not None else (-math.inf, 0.0)
+    best_epoch = 0
+    best_state = copy.deepcopy(model.state_dict())
     history: list[EpochStats] = []
+    stopped_early = timed_out = False
     step = 0
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
+        set_training_mode(model, freeze)
         dataset.set_epoch(epoch)
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
         for i, (x, y) in enumerate(loader):
-            if config.steps_per_epoch is not None and i >= config.steps_per_epoch:
+            if i >= n_batches:
                 break
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
@@ -342,6 +438,8 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
             loss_sum[0] += loss.detach().double()
             loss_sum[1] += 1
             step += 1
+            if ranks.rank == 0 and config.on_batch is not None:
+                config.on_batch(epoch, i + 1, n_batches)
         lr = optimiser.param_groups[0]["lr"]
         schedule.step()
         if ranks.distributed:
@@ -359,17 +457,26 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
         history.append(stats)
         if ranks.rank == 0 and config.on_epoch is not None:
             config.on_epoch(stats)
-        if val_loss < best_loss:
-            best_loss, best_epoch = val_loss, epoch
+        if (stats.val_dice, -stats.val_loss) > best:
+            best, best_epoch = (stats.val_dice, -stats.val_loss), epoch
             best_state = copy.deepcopy(model.state_dict())
         elif config.patience > 0 and epoch - best_epoch >= config.patience:
+            stopped_early = epoch < config.epochs
             break
-        if _out_of_time(config.max_minutes, start, device, ranks):
+        if _out_of_time(config.max_minutes, start, stats.seconds, device, ranks):
+            timed_out = epoch < config.epochs
             break
 
     model.load_state_dict(best_state)
+    model.eval()
+    if best_epoch == 0 and init is not None:
+        note(
+            f"no epoch beat the starting model on the {len(val_frames)} validation frames "
+            f"(Dice {initial_val_dice:.3f}): its weights are kept"
+        )
     _, counts = _evaluate(model, val_frames, materials, device, ranks)
     metrics = {m: _scores(c) for m, c in zip(materials, counts, strict=True) if c[3] > 0}
+    final_val_dice = _scores(counts.sum(axis=0))["dice"]
     seconds = time.perf_counter() - start
     model_id = ""
     if ranks.rank == 0:
@@ -389,6 +496,8 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
             device=device,
             ranks=ranks,
             best_epoch=best_epoch,
+            patch=patch,
+            initial_val_dice=initial_val_dice,
         )
     if ranks.distributed:
         shared = [model_id]
@@ -402,6 +511,13 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
         best_epoch=best_epoch,
         metrics=metrics,
         seconds=seconds,
+        initial_val_dice=initial_val_dice,
+        final_val_dice=final_val_dice,
+        stopped_early=stopped_early,
+        out_of_time=timed_out,
+        patch=patch,
+        n_train=len(train_frames),
+        n_val=len(val_frames),
     )
 
 
@@ -422,9 +538,11 @@ def _write_outputs(
     device: torch.device,
     ranks: _Ranks,
     best_epoch: int,
+    patch: int,
+    initial_val_dice: float,
 ) -> str:
     out = Path(config.out)
-    data_names = [Path(d).name for d in config.data]
+    data_names = [Path(d).name for d in [*config.data, *config.pairs]]
     if config.hdf5 is not None:
         data_names += [Path(p).name for p in config.hdf5]
     seen = {f.material for f in frames if f.material is not None}
@@ -444,8 +562,12 @@ def _write_outputs(
             "n_val": n_val,
             "epochs_run": len(history),
             "best_epoch": best_epoch,
+            "initial_val_dice": round(initial_val_dice, 5),
+            "frozen_batch_norm": init is not None
+            if config.freeze_batch_norm is None
+            else config.freeze_batch_norm,
             "seed": config.seed,
-            "patch": config.patch,
+            "patch": patch,
             "batch": config.batch,
             "lr": config.lr,
             "preset": preset,

@@ -105,14 +105,28 @@ def open_tiff(path: Path, data: bytes | None = None) -> tifffile.TiffFile:
         raise FrameError(f"{path}: cannot open TIFF ({exc})") from exc
 
 
-def frame_pages(path: Path, tif: tifffile.TiffFile) -> list[tifffile.TiffPage]:
-    """Grayscale full-resolution pages with the first one's shape and sample type."""
+def _pages(path: Path, tif: tifffile.TiffFile) -> list[tifffile.TiffPage]:
     try:
         pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage)]
     except (IndexError, ValueError, tifffile.TiffFileError) as exc:
         raise FrameError(f"{path}: TIFF has no readable image ({exc})") from exc
     if not pages:
         raise FrameError(f"{path}: TIFF has no readable image")
+    return pages
+
+
+def metadata_page(path: Path, tif: tifffile.TiffFile) -> tifffile.TiffPage:
+    """The page whose tags describe the file: the first grayscale frame, else the first page
+    (a colour image's metadata is read as well, e.g. for labelled data converted to gray)."""
+    try:
+        return frame_pages(path, tif)[0]
+    except FrameError:
+        return _pages(path, tif)[0]
+
+
+def frame_pages(path: Path, tif: tifffile.TiffFile) -> list[tifffile.TiffPage]:
+    """Grayscale full-resolution pages with the first one's shape and sample type."""
+    pages = _pages(path, tif)
     grey = [
         p
         for p in pages
