@@ -9,6 +9,12 @@ repeats, with the min-max range of the target ratios::
 ``--frames`` gives one count per size (or one for all). Each run's JSON
 report is kept in ``--out`` when given. On a shared machine the spread
 between repeats shows how much other load moved the figures.
+
+``--metrics both`` runs every repeat twice, with the daemon's Prometheus
+metrics on and off, alternating which goes first, and adds a table of the
+daemon's figures per setting (the cost of the metrics)::
+
+    python benchmarks/bench_pipeline.py --sizes 512 --frames 30 --repeats 4 --metrics both
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ RATIOS = [
 ]
 
 
-def run_once(size: int, frames: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def run_once(
+    size: int, frames: int, args: argparse.Namespace, out: Path, metrics: bool = True
+) -> dict[str, Any]:
     """One ``temseg bench`` run in a child process; its JSON report."""
     command = [
         sys.executable,
@@ -61,6 +69,8 @@ def run_once(size: int, frames: int, args: argparse.Namespace, out: Path) -> dic
         command += ["--model", args.model]
     if args.batch_size:
         command += ["--batch-size", str(args.batch_size)]
+    if not metrics:
+        command.append("--no-metrics")
     subprocess.run(command, check=True, stdout=sys.stderr)
     return json.loads(out.read_text())
 
@@ -135,6 +145,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="daemon batch size")
     parser.add_argument("--model", default=None, help="bundle directory (default: bundled)")
     parser.add_argument("--out", default=None, help="folder for each run's JSON report")
+    parser.add_argument(
+        "--metrics", choices=("on", "off", "both"), default="on", help="the daemon's metrics"
+    )
     args = parser.parse_args()
     if len(args.frames) not in (1, len(args.sizes)):
         parser.error("give one --frames value, or one per size")
@@ -144,11 +157,42 @@ def main() -> None:
         out = Path(args.out) if args.out else Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         reports: dict[int, list[dict[str, Any]]] = {}
+        by_setting: dict[tuple[int, bool], list[dict[str, Any]]] = {}
         for size, frames in zip(args.sizes, counts, strict=True):
             for repeat in range(args.repeats):
-                report = run_once(size, frames, args, out / f"bench_{size}_{repeat}.json")
-                reports.setdefault(size, []).append(report)
+                settings = {"on": [True], "off": [False]}.get(args.metrics)
+                if settings is None:  # both, alternating which runs first
+                    settings = [True, False] if repeat % 2 == 0 else [False, True]
+                for metrics in settings:
+                    name = f"bench_{size}_{repeat}_{'metrics' if metrics else 'nometrics'}.json"
+                    report = run_once(size, frames, args, out / name, metrics)
+                    reports.setdefault(size, []).append(report)
+                    by_setting.setdefault((size, metrics), []).append(report)
     print(markdown(reports))
+    if args.metrics == "both":
+        print()
+        print(metrics_cost(by_setting))
+
+
+def metrics_cost(by_setting: dict[tuple[int, bool], list[dict[str, Any]]]) -> str:
+    """The daemon stage per metrics setting: median (min-max) over the runs."""
+    lines = [
+        "| size px | metrics | runs | daemon frames/s | p50 latency ms | CPU ms/frame |",
+        "|---:|---|---:|---|---|---|",
+    ]
+    for (size, metrics), runs in sorted(
+        by_setting.items(), key=lambda kv: (kv[0][0], not kv[0][1])
+    ):
+        cells = []
+        for key, digits in (("frames_per_s", 2), ("ms_p50", 1), ("cpu_ms_per_frame", 1)):
+            values = [r["stages"]["daemon"][key] for r in runs]
+            present = [v for v in values if v is not None]
+            spread = f" ({min(present):.{digits}f}-{max(present):.{digits}f})" if present else ""
+            cells.append(f"{_fmt(_median(values), digits)}{spread}")
+        lines.append(
+            f"| {size} | {'on' if metrics else 'off'} | {len(runs)} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

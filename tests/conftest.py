@@ -71,6 +71,7 @@ def make_daemon(acq: Path, db_path: Path) -> Iterator[Any]:
             "watch": acq,
             "db": str(db_path),
             "publish": "tcp://127.0.0.1:0",
+            "metrics": "127.0.0.1:0",
             "stable_s": 0.3,
             "threads": 1,
         }

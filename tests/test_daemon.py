@@ -525,6 +525,7 @@ def test_sigterm_drains_frame_in_flight_and_notifies_systemd(
     env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
     env.pop("WATCHDOG_PID", None)
     env["TEMSEG_SEGMENTER_PROCESSES"] = str(segmenter_processes).lower()
+    env["TEMSEG_METRICS"] = "127.0.0.1:0"
     command = [
         sys.executable,
         "-c",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
+import urllib.request
 from contextlib import closing
 from pathlib import Path
 
@@ -45,3 +48,35 @@ def test_demo_removes_its_temporary_folder(tiny_bundle: Path) -> None:
     line = next(x for x in result.output.splitlines() if x.startswith("database:"))
     db = Path(line.split()[1])
     assert "temporary, removed" in line and not db.exists() and not db.parent.exists()
+
+
+def test_demo_prints_the_metrics_url_and_serves_the_viewer_with_view(tiny_bundle: Path) -> None:
+    from temseg.daemon.demo import run_demo
+
+    lines: list[str] = []
+    scraped: dict[str, str] = {}
+
+    def linger() -> None:  # every frame is in: the daemon and the page still serve
+        metrics = next(x for x in lines if x.startswith("metrics: ")).split()[1]
+        page = next(x for x in lines if x.startswith("viewer: ")).split()[1]
+        deadline = time.monotonic() + 30  # the last message may arrive before its event
+        while "temseg_published_total 2.0" not in scraped.get("metrics", ""):
+            assert time.monotonic() < deadline, scraped["metrics"]
+            with urllib.request.urlopen(metrics, timeout=30) as response:
+                scraped["metrics"] = response.read().decode()
+        with urllib.request.urlopen(page + "state", timeout=30) as response:
+            scraped["state"] = response.read().decode()
+
+    summary = run_demo(
+        frames=2,
+        size=64,
+        interval_s=0.1,
+        model=str(tiny_bundle),
+        view="127.0.0.1:0",
+        linger=linger,
+        echo=lines.append,
+    )
+    assert summary.masks == 2
+    latest = json.loads(scraped["state"])["latest"]
+    assert latest["name"] in {"frame_0000.tif", "frame_0001.tif"}
+    assert latest["image"].startswith("data:image/png;base64,")

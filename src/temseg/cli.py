@@ -399,6 +399,17 @@ def daemon(
         help="Key folder from `temseg keys generate`: encrypt the stream (CURVE) and accept "
         "only the clients whose public keys are in its authorized/.",
     ),
+    metrics: str | None = typer.Option(
+        None,
+        "--metrics",
+        help="HOST:PORT for /metrics, /healthz, /readyz (default 127.0.0.1:9557); 'off'.",
+    ),
+    stuck_after_s: float | None = typer.Option(
+        None, "--stuck-after-s", min=0.001, help="A frame this long in one stage = wedged."
+    ),
+    send_preview_px: int | None = typer.Option(
+        None, "--send-preview-px", min=0, help="Preview of the frame in each message (px; 0 none)."
+    ),
 ) -> None:
     """Watch a folder and segment each new frame until SIGTERM/SIGINT (systemd: Type=notify)."""
     from temseg.config import ConfigError, load_settings
@@ -423,6 +434,9 @@ def daemon(
         "warmup_shapes": warmup_shape or None,
         "log_level": log_level,
         "curve_keys": curve_keys,
+        "metrics": metrics,
+        "stuck_after_s": stuck_after_s,
+        "send_preview_px": send_preview_px,
     }
     try:
         settings = load_settings(config, overrides)
@@ -458,12 +472,25 @@ def demo(
     model: str | None = typer.Option(None, "--model", help="Model bundle (default: bundled)."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary frames and database."),
     log_level: str = typer.Option("WARNING", "--log-level", help="Daemon log level."),
+    view: bool = typer.Option(False, "--view", help="Serve the live page on the demo stream."),
+    listen: str = typer.Option(
+        "127.0.0.1:8557", "--listen", help="With --view: HOST:PORT of the page (0: free port)."
+    ),
 ) -> None:
     """Live demo: a simulated camera writes Au/CdSe frames, the daemon segments them."""
+    import threading
+
     from temseg.config import ConfigError
     from temseg.daemon import configure_logging
     from temseg.daemon.demo import run_demo
     from temseg.model.bundle import BundleError
+
+    def linger() -> None:
+        typer.echo("all frames in: the page stays up until Ctrl-C")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
 
     configure_logging(log_level)
     try:
@@ -475,8 +502,14 @@ def demo(
             publish=publish,
             model=model,
             keep=keep,
+            view=listen if view else None,
+            linger=linger if view else None,
+            open_browser=view,
             echo=typer.echo,
         )
+    except ImportError as exc:
+        typer.echo(f"error: {exc.name} is missing: pip install 'temseg[view]'", err=True)
+        raise typer.Exit(2) from exc
     except (ConfigError, BundleError, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -548,6 +581,71 @@ def subscribe(
             return
     typer.echo(f"no message for {timeout} s after {received} message(s)", err=True)
     raise typer.Exit(1)
+
+
+@app.command()
+def view(
+    connect: str | None = typer.Option(
+        None, "--connect", help="Publisher endpoint (default: the daemon's publish setting)."
+    ),
+    listen: str = typer.Option(
+        "127.0.0.1:8557", "--listen", help="HOST:PORT of the page (port 0: a free one)."
+    ),
+    curve_server_key: str | None = typer.Option(
+        None, "--curve-server-key", help="Server public key file (server.key) for CURVE."
+    ),
+    curve_client_key: str | None = typer.Option(
+        None, "--curve-client-key", help="This client's secret key file (NAME.key_secret)."
+    ),
+    config: str | None = typer.Option(None, "--config", help="Settings file (TOML)."),
+) -> None:
+    """Live page in the browser: newest frame and mask, particles, throughput, errors."""
+    import threading
+    from pathlib import Path
+
+    from temseg.config import ConfigError, load_settings
+    from temseg.daemon.rules import parse_listen
+
+    if (curve_server_key is None) != (curve_client_key is None):
+        typer.echo("error: CURVE needs both --curve-server-key and --curve-client-key", err=True)
+        raise typer.Exit(2)
+    try:
+        address = parse_listen(listen, "--listen")
+        if address is None:
+            raise ConfigError("--listen 'off': nothing to serve; give HOST:PORT")
+        if connect is None:
+            connect = _local_endpoint(load_settings(config).publish)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        from temseg.view.server import Viewer
+    except ImportError as exc:
+        typer.echo(f"error: {exc.name} is missing: pip install 'temseg[view]'", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        viewer = Viewer(
+            connect,
+            *address,
+            curve_keys=None if curve_server_key is None else Path(curve_server_key),
+            client_key=None if curve_client_key is None else Path(curve_client_key),
+        )
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"viewer: {viewer.url} (stream {connect}); Ctrl-C stops")
+    with viewer:
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+def _local_endpoint(publish: str) -> str:
+    """The daemon's ``publish`` endpoint as this machine connects to it (``*`` -> 127.0.0.1)."""
+    import re
+
+    return re.sub(r"^tcp://(\*|0\.0\.0\.0):", "tcp://127.0.0.1:", publish)
 
 
 @app.command()
@@ -1187,6 +1285,9 @@ def bench(
         "--segmenter-processes",
         help="The daemon measures particles in worker processes (its setting of that name).",
     ),
+    metrics: bool = typer.Option(
+        True, "--metrics/--no-metrics", help="The daemon serves its Prometheus metrics or not."
+    ),
     json_out: str | None = typer.Option(None, "--json", help="Write every figure to this file."),
     workdir: str | None = typer.Option(
         None, "--workdir", help="Keep frames, watched folder and database here (default: temp)."
@@ -1219,6 +1320,7 @@ def bench(
             batch_size=batch_size,
             compile=compile_,
             segmenter_processes=segmenter_processes,
+            metrics=metrics,
             workdir=workdir,
             on_status=lambda text: typer.echo(f"bench: {text}", err=True),
         )

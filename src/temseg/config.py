@@ -65,6 +65,9 @@ class Settings:
     send_probability: bool = False
     mask_encoding: MaskEncoding = "raw"
     curve_keys: Path | None = None
+    #: Longest side (pixels) of a downsampled 8-bit preview of the frame put in each mask
+    #: message's header (``docs/protocol.md``), for viewers; 0 sends none.
+    send_preview_px: int = 0
     engine_cache: Path | None = None
     tile: int = 0  # pixels; larger frames are tiled; 0 = 2048 on CPU, 4096 on a GPU
     tile_overlap: int = 64  # pixels
@@ -81,6 +84,13 @@ class Settings:
     #: daemon exits non-zero. Keep it below systemd's ``TimeoutStopSec``.
     stop_timeout_s: float = 60.0
     log_level: str = "INFO"
+    #: HOST:PORT of the HTTP endpoint with /metrics (Prometheus), /healthz and /readyz;
+    #: "off" serves none. Port 0 picks a free one (``Daemon.metrics_url``).
+    metrics: str = "127.0.0.1:9557"
+    #: Seconds a frame may go without reaching its next stage before the daemon counts as
+    #: wedged: /healthz fails and the systemd watchdog ping stops. Keep it above the longest
+    #: legitimate wait (a full frame queue times the slowest frame's inference).
+    stuck_after_s: float = 120.0
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -112,7 +112,7 @@ class DaemonProcess:
         env: Mapping[str, str] | None = None,
     ) -> None:
         command = [sys.executable, "-c", "from temseg.cli import app; app()", "daemon", *args]
-        full_env = {**os.environ, **(env or {})}
+        full_env = {**os.environ, "TEMSEG_METRICS": "127.0.0.1:0", **(env or {})}
         full_env.pop("NOTIFY_SOCKET", None)
         self.proc = subprocess.Popen(
             command, env=full_env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True

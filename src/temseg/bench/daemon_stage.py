@@ -121,6 +121,7 @@ def bench_daemon(
     tile: int | None = None,
     host_priority: HostPriority | None = None,
     segmenter_processes: bool = False,
+    metrics: bool = True,
     timeout_s: float = 120.0,
     on_status: Callable[[str], object] | None = None,
 ) -> tuple[StageResult, StageResult | None]:
@@ -136,7 +137,8 @@ def bench_daemon(
     ``batch_size``, ``tile`` (pixels), ``host_priority`` and ``segmenter_processes`` set the
     daemon's settings (the burst's CPU time then includes that of the worker processes);
     ``compile`` sets the daemon's ``compile`` with the frames' shape in
-    ``warmup_shapes``.
+    ``warmup_shapes``. ``metrics``: the daemon serves its Prometheus metrics (on a
+    free loopback port, not scraped) or not (``metrics = "off"``).
     """
     say = on_status or (lambda _text: None)
     watch = workdir / "watch"
@@ -150,6 +152,7 @@ def bench_daemon(
         device=device,
         threads=threads,
         log_level="WARNING",
+        metrics="127.0.0.1:0" if metrics else "off",
     )
     if batch_size is not None:
         settings.batch_size = batch_size

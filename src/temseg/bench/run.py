@@ -78,6 +78,7 @@ class BenchReport:
     targets: list[Target] = field(default_factory=list)
     frames_per_call: int = 1  # frames per engine call in the daemon with this engine
     segmenter_processes: bool = False  # the daemon measured particles in worker processes
+    metrics: bool = True  # the daemon served its Prometheus metrics
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy, each target with its ``met`` flag."""
@@ -151,6 +152,7 @@ def run_bench(
     batch_size: int | None = None,
     compile: bool = False,
     segmenter_processes: bool = False,
+    metrics: bool = True,
     seed: int = 0,
     workdir: str | Path | None = None,
     on_status: Callable[[str], object] | None = None,
@@ -165,7 +167,8 @@ def run_bench(
     the daemon's (and the batched engine stage's) batch size, default the
     daemon's setting. ``compile``: ``torch.compile`` the engine (CUDA), in
     stage (a) and in the daemon, compiled before timing. ``segmenter_processes``:
-    the daemon's setting of that name. ``threads``: CPU
+    the daemon's setting of that name. ``metrics``: the daemon serves its metrics
+    (default) or not (``metrics = "off"``). ``threads``: CPU
     threads (0 = all cores). ``workdir`` (new or empty) keeps the frames,
     database and watched folder (default: a temporary folder, removed afterwards).
     """
@@ -206,6 +209,7 @@ def run_bench(
             started_at=datetime.now(UTC).isoformat(timespec="seconds"),
             host=_host(resolved),
             segmenter_processes=segmenter_processes,
+            metrics=metrics,
         )
         say(f"writing {frames} synthetic frames of {size} x {size} px")
         paths = write_frames(work / "frames", frames, size, seed=seed)
@@ -253,6 +257,7 @@ def run_bench(
             batch_size=batch,
             compile=compile,
             segmenter_processes=segmenter_processes,
+            metrics=metrics,
             on_status=say,
         )
         report.stages["daemon"] = burst
@@ -296,7 +301,8 @@ def format_report(report: BenchReport) -> str:
         f"temseg bench {report.started_at}: {report.frames} frames of {report.size} x "
         f"{report.size} px, device {report.device}{threads}, engine {report.backend}, "
         f"daemon batch {report.batch_size} ({report.frames_per_call} frame(s) per engine call"
-        f"{', particles measured in worker processes' if report.segmenter_processes else ''}), "
+        f"{', particles measured in worker processes' if report.segmenter_processes else ''}"
+        f"{', metrics off' if not report.metrics else ''}), "
         f"model {report.model_id} ({report.model_source})",
         "",
         f"{'stage':48s} {'frames/s':>9s} {'p50 ms':>9s} {'p99 ms':>9s} {'CPU ms/fr':>10s} "

@@ -5,11 +5,14 @@ a writer thread plays the camera, writing simulated Au and CdSe frames
 (material in the ImageDescription JSON) at a steady rate, alternately
 streamed slowly in chunks under their final name and written as ``.part``
 then renamed into place. A :class:`~temseg.stream.Subscriber` prints one line
-per mask received; a summary closes the run.
+per mask received; a summary closes the run. The daemon serves its metrics on
+a free loopback port and sends frame previews; with ``view`` the live page
+(:mod:`temseg.view`) runs on the demo's stream too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import threading
@@ -26,6 +29,7 @@ from temseg.synth import simulate_frame
 
 MATERIALS = ("Au", "CdSe")
 CHUNKS = 8  # pieces a slowly written frame arrives in
+PREVIEW_PX = 256  # the frame previews in the demo's messages, for the viewer
 
 
 @dataclass
@@ -91,12 +95,19 @@ def run_demo(
     publish: str | None = None,
     model: str | None = None,
     keep: bool = False,
+    view: str | None = None,
+    linger: Callable[[], object] | None = None,
+    open_browser: bool = False,
     echo: Callable[[str], object] = print,
 ) -> DemoSummary:
     """Run the live demo and return its summary; ``echo`` receives each printed line.
 
     ``size`` is the frame side in pixels; ``db`` defaults to a file in the
-    temporary folder, which is deleted at the end unless ``keep``.
+    temporary folder, which is deleted at the end unless ``keep``. ``view``
+    (HOST:PORT) serves the live page there while the demo runs, and
+    ``open_browser`` opens it in the desktop's browser when there is a
+    display; ``linger`` is called once every frame is in, before the daemon
+    and page stop.
     """
     if frames < 1 or size < 32:
         raise ValueError("need at least 1 frame of at least 32 pixels")
@@ -113,61 +124,92 @@ def run_demo(
         publish=publish or "tcp://127.0.0.1:0",
         model=model,
         stable_s=0.5,
+        metrics="127.0.0.1:0",
+        send_preview_px=PREVIEW_PX,
     )
     started = time.monotonic()
     daemon = Daemon(settings)
     stop = threading.Event()
     truth: dict[str, int] = {}
     try:
-        daemon.start()
-        model_info = daemon.model
-        echo(
-            f"daemon ready: watching {acq}, publishing on {daemon.bound_url}, "
-            f"model {model_info.model_id if model_info else '?'} "
-            f"({model_info.engine.name if model_info else '?'})"
-        )
-        assert daemon.bound_url is not None
-        with Subscriber(daemon.bound_url, timeout_ms=500) as sub:
-            time.sleep(0.3)  # let the subscription reach the publisher
-            camera = threading.Thread(
-                target=_camera,
-                args=(acq, staging, frames, size, interval_s, truth, stop),
-                name="demo-camera",
+        with contextlib.ExitStack() as viewer_open:
+            daemon.start()
+            viewer_open.callback(daemon.stop)
+            viewer_open.callback(stop.set)
+            model_info = daemon.model
+            echo(
+                f"daemon ready: watching {acq}, publishing on {daemon.bound_url}, "
+                f"model {model_info.model_id if model_info else '?'} "
+                f"({model_info.engine.name if model_info else '?'})"
             )
-            camera.start()
-            echo(f"camera: writing {frames} frames of {size}x{size} px every {interval_s:g} s")
-            deadline = time.monotonic() + frames * interval_s + 30
-            while summary.masks + summary.errors < frames and time.monotonic() < deadline:
-                message = sub.receive()
-                if message is None:
-                    continue
-                header = message.header
-                name = Path(str(header.get("source", "?"))).name
-                if message.is_error:
-                    summary.errors += 1
-                    echo(f"seq={header['seq']:<3} ERROR {name}: {header.get('error')}")
-                    continue
-                summary.masks += 1
-                summary.particles += int(header["n_particles"])
-                summary.true_particles += truth.get(str(header.get("source")), 0)
-                summary.latencies_ms.append(float(header["latency_ms"]))
-                simulated = truth.get(str(header.get("source")), "?")
-                echo(
-                    f"seq={header['seq']:<3} {name}  material={header['material']:<5} "
-                    f"particles={header['n_particles']} (simulated {simulated})"
-                    f"  latency={header['latency_ms']:.0f} ms"
+            assert daemon.bound_url is not None
+            echo(f"metrics: {daemon.metrics_url}/metrics (health: /healthz, /readyz)")
+            if view is None:
+                echo(f"viewer: temseg view --connect {daemon.bound_url} --listen 127.0.0.1:8557")
+            else:
+                from temseg.daemon.rules import parse_listen
+                from temseg.view.server import Viewer
+
+                address = parse_listen(view, "view") or ("127.0.0.1", 0)
+                viewer = viewer_open.enter_context(Viewer(daemon.bound_url, *address))
+                echo(f"viewer: {viewer.url}")
+            if open_browser:
+                _open_browser(viewer.url)
+            with Subscriber(daemon.bound_url, timeout_ms=500) as sub:
+                time.sleep(0.3)  # let the subscription reach the publisher
+                camera = threading.Thread(
+                    target=_camera,
+                    args=(acq, staging, frames, size, interval_s, truth, stop),
+                    name="demo-camera",
                 )
-            summary.gaps = list(sub.gaps)
-            stop.set()
-            camera.join()
+                camera.start()
+                echo(f"camera: writing {frames} frames of {size}x{size} px every {interval_s:g} s")
+                deadline = time.monotonic() + frames * interval_s + 30
+                while summary.masks + summary.errors < frames and time.monotonic() < deadline:
+                    message = sub.receive()
+                    if message is None:
+                        continue
+                    header = message.header
+                    name = Path(str(header.get("source", "?"))).name
+                    if message.is_error:
+                        summary.errors += 1
+                        echo(f"seq={header['seq']:<3} ERROR {name}: {header.get('error')}")
+                        continue
+                    summary.masks += 1
+                    summary.particles += int(header["n_particles"])
+                    summary.true_particles += truth.get(str(header.get("source")), 0)
+                    summary.latencies_ms.append(float(header["latency_ms"]))
+                    simulated = truth.get(str(header.get("source")), "?")
+                    echo(
+                        f"seq={header['seq']:<3} {name}  material={header['material']:<5} "
+                        f"particles={header['n_particles']} (simulated {simulated})"
+                        f"  latency={header['latency_ms']:.0f} ms"
+                    )
+                summary.gaps = list(sub.gaps)
+                stop.set()
+                camera.join()
+            if linger is not None:
+                linger()
     finally:
-        stop.set()
-        daemon.stop()
         summary.elapsed_s = time.monotonic() - started
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     _print_summary(summary, work, echo)
     return summary
+
+
+def _open_browser(url: str) -> None:
+    """Open ``url`` in a graphical browser; on a Linux console (no display) do nothing,
+    since :mod:`webbrowser` would start a text browser in the demo's terminal."""
+    import os
+    import sys
+    import webbrowser
+
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return
+    webbrowser.open(url)
 
 
 def _print_summary(summary: DemoSummary, work: Path, echo: Callable[[str], object]) -> None:

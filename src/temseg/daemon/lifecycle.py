@@ -122,11 +122,16 @@ class WatchdogPinger:
         self._thread.start()
 
     def _run(self, interval: float) -> None:
+        was_healthy = True
         while True:
-            if self._healthy():
+            healthy = self._healthy()
+            if healthy:
                 self._notifier.watchdog()
-            else:
+                if not was_healthy:
+                    logger.warning("pipeline healthy again: systemd watchdog pings resume")
+            elif was_healthy:
                 logger.error("pipeline unhealthy: withholding the systemd watchdog ping")
+            was_healthy = healthy
             if self._stop.wait(interval):
                 return
 

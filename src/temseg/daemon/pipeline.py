@@ -57,6 +57,7 @@ from temseg.daemon.masks import MaskSink
 from temseg.daemon.models import ModelServer
 from temseg.daemon.observers import DaemonStats
 from temseg.daemon.prepare import PrepareStage
+from temseg.daemon.preview import PreviewStage
 from temseg.daemon.publish import PublishSink
 from temseg.daemon.read import ReadStage
 from temseg.daemon.record import RecordSink
@@ -163,6 +164,7 @@ def build_stages(
         segment=[
             SegmentStage(measure, send_probability=s.send_probability, encoding=s.mask_encoding),
             *([MaskSink(Path(s.masks))] if s.masks is not None else []),
+            *([PreviewStage(s.send_preview_px)] if s.send_preview_px > 0 else []),
         ],
         sinks=[
             RecordSink(db, publish.next_seq, give_up, faults, instrument=s.instrument),

@@ -80,6 +80,7 @@ def header(work: FrameWork) -> dict[str, Any]:
     seg, model, frame = work.segmentation, work.model, work.frame
     assert seg is not None and model is not None and frame is not None
     read_ms, infer_ms, segment_ms = work.read_s * 1e3, work.infer_s * 1e3, work.segment_s * 1e3
+    preview = {} if work.preview is None else {"preview": work.preview}
     return {
         "frame_id": work.frame_id,
         "source": str(work.path),
@@ -107,6 +108,7 @@ def header(work: FrameWork) -> dict[str, Any]:
         "latency_ms": round(work.latency_s * 1e3, 3),
         "acquired_at": None if work.mtime is None else _iso_utc(work.mtime),
         "received_at": work.received_at.isoformat(),
+        **preview,
     }
 
 

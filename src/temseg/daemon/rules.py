@@ -130,4 +130,23 @@ def check_daemon_settings(settings: Settings) -> Path:
     for material in (settings.material, *settings.folder_rules.values()):
         if not valid_material(material):
             raise ConfigError(f"material {material!r} is not a valid name: {MATERIAL_RULE}")
+    parse_listen(settings.metrics, "metrics")
+    if settings.stuck_after_s <= 0:
+        raise ConfigError("stuck_after_s must be more than 0 seconds")
+    if settings.send_preview_px < 0:
+        raise ConfigError("send_preview_px must be 0 (no preview) or more pixels")
     return root
+
+
+def parse_listen(value: str, setting: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); ``"off"`` -> None.
+
+    Raises :class:`ConfigError` naming ``setting`` for anything else.
+    """
+    if value.strip().lower() == "off":
+        return None
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{setting} {value!r}: expected HOST:PORT (e.g. 127.0.0.1:9557) or 'off'")
+    return host, int(port)

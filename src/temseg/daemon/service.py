@@ -26,10 +26,12 @@ from pathlib import Path
 
 from temseg.config import Settings
 from temseg.daemon.database import Database
+from temseg.daemon.endpoint import Endpoint
 from temseg.daemon.events import EventStream
 from temseg.daemon.faults import FaultPoints
 from temseg.daemon.intake import Intake
 from temseg.daemon.lifecycle import Notifier, WatchdogPinger, install_stop_signals
+from temseg.daemon.metrics import daemon_registry
 from temseg.daemon.models import EngineOptions, ModelServer, ServedModel
 from temseg.daemon.observers import DaemonStats, LogObserver, StatsObserver, StatusObserver
 from temseg.daemon.pipeline import (
@@ -39,7 +41,13 @@ from temseg.daemon.pipeline import (
     host_workers,
     usable_cores,
 )
-from temseg.daemon.rules import check_daemon_settings, is_loopback_endpoint, parse_shape
+from temseg.daemon.progress import Progress
+from temseg.daemon.rules import (
+    check_daemon_settings,
+    is_loopback_endpoint,
+    parse_listen,
+    parse_shape,
+)
 from temseg.daemon.segment_pool import SegmentPool
 from temseg.engine.base import resolve_device
 from temseg.inference import default_tile
@@ -89,7 +97,8 @@ class Daemon:
     ``notifier`` sends sd_notify messages (a default :class:`Notifier` reads
     ``NOTIFY_SOCKET``). After :meth:`start` returns the model is loaded and
     warmed, the socket is bound (:attr:`bound_url`), the watcher runs and the
-    backlog is being processed. Every frame's progress is on :attr:`events`.
+    backlog is being processed. Every frame's progress is on :attr:`events`;
+    metrics, health and readiness are served on :attr:`metrics_url`.
     """
 
     def __init__(
@@ -115,6 +124,15 @@ class Daemon:
         self.events.subscribe(StatsObserver(self.stats), inline=True)
         self.events.subscribe(LogObserver(), inline=True)
         self.events.subscribe(StatusObserver(self.notifier, self.stats), inline=True)
+        self.progress = Progress()
+        self.events.subscribe(self.progress, inline=True)
+        self.registry, metrics = daemon_registry(
+            self.progress, self._queue_depth, lambda: self.model
+        )
+        self.events.subscribe(metrics, inline=True)
+        self._listen = parse_listen(settings.metrics, "metrics")
+        self._endpoint: Endpoint | None = None
+        self._ready = False  # model loaded, socket bound, not stopping: /readyz
         auto_readers, auto_segmenters = host_workers(usable_cores())
         self.readers = settings.readers or auto_readers
         self.segmenters = settings.segmenters or auto_segmenters
@@ -140,6 +158,10 @@ class Daemon:
     def start(self) -> None:
         """Connect, load and warm the model, bind the socket, start watching; then READY=1."""
         s = self.settings
+        if self._listen is not None:  # first: /readyz answers 503 while the model loads
+            self._endpoint = Endpoint(*self._listen, self.registry, self.healthy, self.ready)
+            self._endpoint.start()
+            logger.info("metrics, health and readiness on %s", self._endpoint.url)
         self.notifier.status("loading model")
         _PROCESS_TUNING.enter()  # left in _shutdown
         self._tuned = True
@@ -191,6 +213,7 @@ class Daemon:
             self._shutdown()
             raise
         self._freeze_gc()
+        self._ready = True
         self.notifier.ready(f"watching {self.root}, publishing on {self.bound_url}")
         self._pinger = WatchdogPinger(self.notifier, self.healthy)
         self._pinger.start()
@@ -231,6 +254,7 @@ class Daemon:
         if self._stopped:
             return self.stats
         self._stopped = True
+        self._ready = False
         self._deadline = time.monotonic() + self.settings.stop_timeout_s
         self.notifier.stopping("finishing frames in flight")
         logger.info("stopping: finishing %d accepted frame(s)", self.pending)
@@ -277,6 +301,8 @@ class Daemon:
             self._models.close()
         if self._db is not None:
             self._db.dispose()
+        if self._endpoint is not None:
+            self._endpoint.close()
         if self._tuned:
             _PROCESS_TUNING.leave()
 
@@ -318,9 +344,28 @@ class Daemon:
         return [] if self._segment_pool is None else self._segment_pool.pids()
 
     def healthy(self) -> bool:
-        """True while the pipeline threads and the watcher run (gates the systemd watchdog ping)."""
+        """True while the threads run and the frames move: /healthz and the watchdog ping.
+
+        Needs the pipeline threads and the watcher alive, and no frame in flight
+        that has not reached its next stage for ``stuck_after_s`` seconds
+        (:class:`~temseg.daemon.progress.Progress`); idle with nothing pending is healthy.
+        """
         running = self._pipeline is not None and self._pipeline.alive()
-        return running and self._intake.watching() and not self._intake.closing.is_set()
+        if not (running and self._intake.watching() and not self._intake.closing.is_set()):
+            return False
+        return not self.progress.wedged(self.settings.stuck_after_s)
+
+    def ready(self) -> bool:
+        """True from READY=1 (model loaded, socket bound) until stopping begins: /readyz."""
+        return self._ready
+
+    @property
+    def metrics_url(self) -> str | None:
+        """The HTTP endpoint's base URL once started (``metrics`` "off": None)."""
+        return None if self._endpoint is None else self._endpoint.url
+
+    def _queue_depth(self) -> int:
+        return 0 if self._pipeline is None else len(self._pipeline.queue)
 
     @property
     def pending(self) -> int:

@@ -66,6 +66,7 @@ class FrameWork:
     segmentation: Segmentation | None = None
     segment_s: float = 0.0  # thresholding and particle measurement
     encoded_mask: EncodedMask | None = None  # PackBits, when that is the stream's encoding
+    preview: dict[str, Any] | None = None  # the message's frame preview (send_preview_px)
     # masks
     mask_path: Path | None = None  # the mask TIFF written
     # record and publish
