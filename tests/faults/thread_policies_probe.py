@@ -50,6 +50,7 @@ def main(root: Path) -> None:
         stable_s=0.1,
         threads=1,
         host_priority="idle",
+        metrics="off",
         send_probability=True,  # a message large enough to be sent without a copy
     )
     daemon = Daemon(settings)
