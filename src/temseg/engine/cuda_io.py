@@ -5,8 +5,9 @@ cache when the last tensor or array using it is gone, and later requests of
 that size reuse it, without page-locking or page-faulting 64 MiB again. The
 daemon's readers normalise frames straight into such buffers
 (:func:`pinned_empty`) and the CUDA engines hand their results back in them,
-so the inference thread copies no frame in host memory; at 4096 x 4096 px
-each such copy costs 9-19 ms of one CPU core, more than the network itself.
+so the inference thread copies no frame in host memory: at 4096 x 4096 px
+such a copy costs a CPU core more time than the network itself takes on a
+GPU (``benchmarks/RESULTS.md``, "GPU path changes without a GPU").
 """
 
 from __future__ import annotations
