@@ -685,8 +685,8 @@ def _policies(prefix: str) -> set[int]:
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
-@pytest.mark.parametrize(("priority", "idle"), [("auto", True), ("normal", False), ("idle", True)])
-def test_host_threads_yield_the_cores_to_a_cpu_engine(
+@pytest.mark.parametrize(("priority", "idle"), [("auto", False), ("normal", False), ("idle", True)])
+def test_host_threads_yield_the_cores_to_a_cpu_engine_only_when_asked(
     make_daemon, acq: Path, priority: str, idle: bool
 ) -> None:
     daemon = make_daemon(host_priority=priority)  # the engine runs on the CPU here
@@ -698,13 +698,12 @@ def test_host_threads_yield_the_cores_to_a_cpu_engine(
     assert _policies("temseg-inference") == {os.SCHED_OTHER}  # the engine's own thread
 
 
-def test_host_priority_follows_the_device() -> None:
+def test_only_host_priority_idle_asks_for_sched_idle() -> None:
     from temseg.daemon.pipeline import host_threads_idle
 
-    assert host_threads_idle("auto", "cpu")
-    assert not host_threads_idle("auto", "cuda:0")
-    assert host_threads_idle("idle", "cuda:0")
-    assert not host_threads_idle("normal", "cpu")
+    assert not host_threads_idle("auto")
+    assert not host_threads_idle("normal")
+    assert host_threads_idle("idle")
 
 
 def test_unknown_host_priority_refused(acq: Path, db_path: Path) -> None:

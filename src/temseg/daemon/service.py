@@ -120,7 +120,7 @@ class Daemon:
         try:
             device = resolve_device(s.device)
             self.tile = s.tile or default_tile(device)
-            self.host_threads_idle = host_threads_idle(s.host_priority, device)
+            self.host_threads_idle = host_threads_idle(s.host_priority)
             self._models = ModelServer(self._db, pinned=s.model, options=self._engine_options())
             model = self._models.current
             logger.info(
