@@ -557,9 +557,9 @@ from temseg.config import Settings
 from temseg.daemon.service import serve
 
 def send_when_serving():
-    while not any(t.name == "temseg-backlog" for t in threading.enumerate()):
+    while not any(t.name == "temseg-recorder" for t in threading.enumerate()):
         time.sleep(0.05)
-    time.sleep(1)  # the main thread waits for the stop signal by now
+    time.sleep(2)  # the main thread waits for the stop signal by now
     signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread, not main
 
 threading.Thread(target=send_when_serving, daemon=True).start()
