@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -67,3 +68,14 @@ def test_bench_formats_reads_back_every_format() -> None:
 def test_bench_events_counts_every_frame() -> None:
     out = run_script("bench_events.py", "--frames", "50", "--queued", "1")
     assert re.search(r"[\d.]+ us per frame in emit \(50 frames counted\)", out), out
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="needs Linux's SCHED_IDLE")
+def test_bench_sched_idle_times_a_burst_at_each_priority() -> None:
+    out = run_script(
+        "bench_sched_idle.py",
+        *("--busy", "0", "--seconds", "0.1", "--frames", "2", "--size", "32", "--repeats", "1"),
+    )
+    for priority in ("normal", "idle"):
+        assert f"host_priority={priority}: 2 recorded in" in out, out
+    assert re.search(r"idle: \d\.\d+ of a core", out), out

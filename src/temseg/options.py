@@ -17,8 +17,8 @@ Precision: TypeAlias = Literal["fp32", "fp16"]
 #: How masks travel on the stream (docs/protocol.md).
 MaskEncoding: TypeAlias = Literal["raw", "packbits"]
 #: CPU scheduling of the daemon's readers, segmenters and recorder: "idle" runs them under
-#: Linux's SCHED_IDLE (only on cores nothing else wants), "normal" leaves them as they are,
-#: "auto" means "idle" when the engine computes on the CPU.
+#: Linux's SCHED_IDLE (only on cores nothing else wants: it can stall beside other busy
+#: programs), "normal" leaves them as they are; "auto" is "normal".
 HostPriority: TypeAlias = Literal["auto", "normal", "idle"]
 #: How ``temseg status`` breaks its counts down.
 StatusGroup: TypeAlias = Literal["material", "instrument", "model"]

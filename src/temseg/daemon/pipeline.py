@@ -91,18 +91,17 @@ def host_workers(cores: int) -> tuple[int, int]:
     return max(2, min(8, share)), max(1, min(8, share))
 
 
-def host_threads_idle(host_priority: str, device: str) -> bool:
+def host_threads_idle(host_priority: str) -> bool:
     """Whether the readers, segmenters and recorder should run under SCHED_IDLE.
 
-    ``host_priority`` is a :data:`~temseg.options.HostPriority`; ``device`` the
-    resolved inference device ("cpu", "cuda:0"). With the engine on the CPU
-    its threads are the bottleneck: each of its parallel sections waits for
-    its slowest thread, so a host thread that takes a core from it for 1 ms
-    delays the whole call by about 1 ms, while idle cores (between sections,
-    between frames) would have done. On a GPU the host threads are the
-    pipeline's bottleneck and keep their priority.
+    ``host_priority`` is a :data:`~temseg.options.HostPriority`; only "idle"
+    asks for it ("auto" is "normal"). Beside a CPU engine it lets the
+    engine's threads go first, but beside any other busy program a
+    SCHED_IDLE thread gets a fraction of a percent of a core, and an
+    unprivileged process cannot take its threads out of SCHED_IDLE again
+    (``docs/daemon.md``).
     """
-    return host_priority == "idle" or (host_priority == "auto" and not device.startswith("cuda"))
+    return host_priority == "idle"
 
 
 @dataclass

@@ -82,8 +82,8 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 #: ``host_priority`` values: the CPU scheduling of the readers, segmenters and recorder.
-#: "idle" runs them under Linux's SCHED_IDLE (only on cores nothing else wants), "normal"
-#: leaves them as they are, "auto" means "idle" when the engine computes on the CPU.
+#: "idle" runs them under Linux's SCHED_IDLE (only on cores nothing else wants: it can stall
+#: beside other busy programs), "normal" leaves them as they are; "auto" is "normal".
 HOST_PRIORITIES = ("auto", "normal", "idle")
 
 

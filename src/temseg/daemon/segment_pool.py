@@ -66,7 +66,7 @@ class SegmentPool:
     """``workers`` processes that measure particles; :meth:`measure` is a ``Measure``.
 
     ``idle`` runs the workers under SCHED_IDLE (as the daemon's host threads
-    beside a CPU engine). Workers ignore SIGTERM and SIGINT and stop when
+    with ``host_priority = "idle"``). Workers ignore SIGTERM and SIGINT and stop when
     :meth:`close` is called. A worker that dies fails the frame it was
     measuring (:class:`SegmentWorkerError`); the pool is replaced and the
     next frames go to new workers.

@@ -62,6 +62,9 @@ logger = logging.getLogger("temseg.daemon")
 #: shorter interval lets the engine start its next call sooner (``benchmarks/RESULTS.md``).
 GIL_SWITCH_INTERVAL_S = 0.001
 
+#: Seconds between the main thread's checks for a stop signal (see :func:`run_daemon`).
+STOP_POLL_S = 0.2
+
 
 class _ProcessTuning:
     """The process-wide settings daemons change while they run, shared by every daemon of
@@ -169,7 +172,7 @@ class Daemon:
         try:
             device = resolve_device(s.device)
             self.tile = s.tile or default_tile(device)
-            self.host_threads_idle = host_threads_idle(s.host_priority, device)
+            self.host_threads_idle = host_threads_idle(s.host_priority)
             self._models = ModelServer(self._db, pinned=s.model, options=self._engine_options())
             model = self._models.current
             logger.info(
@@ -395,7 +398,11 @@ def run_daemon(
     if ready is not None:
         ready.set()
     try:
-        stop_event.wait()
+        # Waited in short steps: Python runs a signal handler only in the main thread, and a
+        # signal the kernel delivered to another thread does not interrupt a wait without
+        # a timeout, so SIGTERM would set nothing until some other event woke this thread.
+        while not stop_event.wait(STOP_POLL_S):
+            pass
     finally:
         stats = daemon.stop()
     return stats
