@@ -777,7 +777,7 @@ def test_host_threads_yield_the_cores_to_a_cpu_engine_only_when_asked(
 
 
 def test_only_host_priority_idle_asks_for_sched_idle() -> None:
-    from temseg.daemon.pipeline import host_threads_idle
+    from temseg.daemon.host import host_threads_idle
 
     assert not host_threads_idle("auto")
     assert not host_threads_idle("normal")
@@ -823,6 +823,6 @@ def test_thresholds_cached_until_the_model_check(db_path: Path, bundles: dict[st
     ("cores", "expected"), [(1, (2, 1)), (2, (2, 1)), (8, (3, 3)), (16, (6, 6)), (64, (8, 8))]
 )
 def test_host_workers_grow_with_the_cores(cores: int, expected: tuple[int, int]) -> None:
-    from temseg.daemon.pipeline import host_workers
+    from temseg.daemon.host import host_workers
 
     assert host_workers(cores) == expected

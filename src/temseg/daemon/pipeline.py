@@ -28,7 +28,7 @@ event stream (:mod:`temseg.daemon.events`).
 Why these threads: the inference thread does nothing but the engine's work,
 so a GPU is never kept waiting by the host; reading and segmenting release
 the GIL for most of their time and run on as many cores as
-:func:`host_workers` gives them; one recorder keeps the database writes and
+:func:`~temseg.daemon.host.host_workers` gives them; one recorder keeps the database writes and
 the ZeroMQ socket (not thread-safe) on one thread, in order. The measured
 costs behind this layout are in ``benchmarks/RESULTS.md``.
 """
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import queue
 import threading
 import time
@@ -67,41 +66,6 @@ from temseg.daemon.work import FrameWork, Sink, Stage
 from temseg.segment import Measure
 
 logger = logging.getLogger("temseg.daemon")
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. systemd ``CPUAffinity=``)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def host_workers(cores: int) -> tuple[int, int]:
-    """(reader threads, segmenter threads) for a machine with ``cores`` cores.
-
-    Reading a frame and segmenting it cost about as much CPU time each
-    (``benchmarks/bench_host.py``), so both get 3 of every 8 cores, from 2
-    readers and 1 segmenter up to 8 each; the rest is left to the inference
-    thread, the recorder and the watcher. A GPU serving tens of large frames
-    per second needs these stages spread over many cores; on a small
-    CPU-only machine the engine's threads need the cores instead.
-    """
-    cores = max(1, cores)
-    share = 3 * cores // 8
-    return max(2, min(8, share)), max(1, min(8, share))
-
-
-def host_threads_idle(host_priority: str) -> bool:
-    """Whether the readers, segmenters and recorder should run under SCHED_IDLE.
-
-    ``host_priority`` is a :data:`~temseg.options.HostPriority`; only "idle"
-    asks for it ("auto" is "normal"). Beside a CPU engine it lets the
-    engine's threads go first, but beside any other busy program a
-    SCHED_IDLE thread gets a fraction of a percent of a core, and an
-    unprivileged process cannot take its threads out of SCHED_IDLE again
-    (``docs/daemon.md``).
-    """
-    return host_priority == "idle"
 
 
 @dataclass
@@ -176,7 +140,7 @@ class Pipeline:
     """Runs ``stages`` on the threads described in the module docstring.
 
     ``host_idle`` runs the readers, segmenters and recorder under SCHED_IDLE
-    (:func:`host_threads_idle`). ``abort`` is set once stopping gives up: the
+    (:func:`~temseg.daemon.host.host_threads_idle`). ``abort`` is set once stopping gives up: the
     frames still in the pipeline are then abandoned instead of recorded.
     """
 

@@ -29,18 +29,13 @@ from temseg.daemon.database import Database
 from temseg.daemon.endpoint import Endpoint
 from temseg.daemon.events import EventStream
 from temseg.daemon.faults import FaultPoints
+from temseg.daemon.host import host_threads_idle, host_workers, usable_cores
 from temseg.daemon.intake import Intake
 from temseg.daemon.lifecycle import Notifier, WatchdogPinger, install_stop_signals
 from temseg.daemon.metrics import daemon_registry
 from temseg.daemon.models import EngineOptions, ModelServer, ServedModel
 from temseg.daemon.observers import DaemonStats, LogObserver, StatsObserver, StatusObserver
-from temseg.daemon.pipeline import (
-    Pipeline,
-    build_stages,
-    host_threads_idle,
-    host_workers,
-    usable_cores,
-)
+from temseg.daemon.pipeline import Pipeline, build_stages
 from temseg.daemon.progress import Progress
 from temseg.daemon.rules import (
     check_daemon_settings,
