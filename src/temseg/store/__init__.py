@@ -1,62 +1,13 @@
-"""temseg.store: the results database (SQLAlchemy 2; SQLite by default).
+"""temseg.store: the results database (SQLAlchemy 2; SQLite by default, PostgreSQL with
+``temseg[postgres]``).
 
-Plain functions taking a :class:`sqlalchemy.Engine`; each opens its own short
-transaction and returns frozen dataclasses, never live ORM objects. All
-timestamps are timezone-aware UTC. A SQLite database stays locked for longer
-than ``busy_timeout_ms`` -> :class:`sqlalchemy.exc.OperationalError` (retry).
-
-Connect::
-
-    connect(url, *, create=True, busy_timeout_ms=5000) -> Engine
-        url: "sqlite:///path.db", a bare file path, or
-        "postgresql+psycopg://user@host/db" (psycopg 3: temseg[postgres]).
-        Creates the parent folder and the schema, sets WAL + busy_timeout,
-        upgrades an older schema, raises SchemaError on a newer/unknown one
-        (DriverError, a SchemaError, when the URL's driver is missing).
-        PostgreSQL: pool pre-ping; creation/upgrade under an advisory lock.
-        create=False: FileNotFoundError instead of creating a missing database.
-    SCHEMA_VERSION: int ; SchemaError(RuntimeError) ; DriverError(SchemaError)
-
-Frames: a frame's result for a model, idempotent on (source_path, sha256, model_id,
-frame_index) (model-less failures: on (source_path, sha256, frame_index)); work left is
-asked by content::
-
-    record_frame(engine, *, source_path, sha256, size_bytes, status,  # "done" | "failed"
-                 frame_index=0, n_frames=1,  # a stack's frames are rows of their own
-                 material=None, error=None, model_id=None, threshold=None,
-                 n_particles=None, area_fraction=None, mask_path=None,
-                 height=None, width=None, pixel_nm=None, pixel_nm_yx=None, seq=None,
-                 received_at=None,  # aware datetime
-                 latency_ms=None, backend=None, instrument=None,
-                 particles: Sequence[temseg.segment.Particle] = ()) -> int  # frame id
-    is_recorded(engine, source_path, sha256, frame_index=0) -> bool  # by any model
-    recorded_frames(engine, source_path, sha256) -> (set of frame indices, n_frames or None)
-    result_id(engine, sha256, model_id, frame_index=0) -> int | None  # under any path
-    recorded_contents(engine, model_id) -> set[str]     # sha256 with a result of the model
-    recorded_paths(engine) -> set[tuple[str, str]]      # (source_path, sha256)
-    get_frame(engine, frame_id) -> FrameRecord | None   # .particles: tuple[Particle, ...]
-
-Models (at most one active)::
-
-    register_model(engine, model_id, name, path, metadata: Mapping) -> None  # idempotent
-    promote_model(engine, model_id) -> None    # unknown id -> KeyError
-    active_model(engine) -> ModelRecord | None
-    active_model_id(engine) -> str | None       # the same, id only (cheap)
-    list_models(engine) -> list[ModelRecord]
-
-Calibrations::
-
-    record_calibration(engine, *, material, model_id, threshold, precision, recall,
-                       dice, n_images, curve: Mapping, plot_path, criterion) -> int
-    latest_calibration(engine, material, model_id) -> CalibrationRecord | None
-    latest_threshold(engine, material, model_id) -> float | None  # its threshold only
-    latest_thresholds(engine, model_id) -> dict[str, float]  # per material
-
-Status::
-
-    status_summary(engine, window_minutes=10, now=None) -> dict  # JSON-ready
-
-Tables and the migration mechanism are described in ``docs/database.md``.
+Plain functions taking a :class:`sqlalchemy.Engine` from :func:`connect`; each opens
+its own short transaction and returns frozen dataclasses, never live ORM objects. All
+timestamps are timezone-aware UTC. A database still locked (SQLite) or unreachable
+(PostgreSQL) past its timeout raises :class:`sqlalchemy.exc.OperationalError`: callers
+retry, and every write is idempotent. A frame's result is one row per (source_path,
+sha256, model_id, frame_index). The functions are listed in ``__all__`` and documented
+in their docstrings; tables, keys and the migration mechanism in ``docs/database.md``.
 """
 
 from temseg.store.calibrations import (
