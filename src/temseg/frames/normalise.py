@@ -74,15 +74,7 @@ def _normalise_integer(image: np.ndarray, method: str, out: np.ndarray | None) -
     if low == high:
         out.fill(0.0)
         return out
-    if method != "zscore" and np.can_cast(image.dtype, np.float32, casting="safe"):
-        # Counts of up to 16 bits are exact in float32: a plain conversion, then float32
-        # arithmetic in place, gives the same values as the mixed-type ufunc below at half
-        # its cost (benchmarks/RESULTS.md).
-        out[...] = image
-        if method == "minmax":
-            out -= np.float32(low)
-        out *= np.float32(1.0 / (high - low if method == "minmax" else max(abs(low), abs(high))))
-    elif method == "max":
+    if method == "max":
         np.multiply(image, np.float32(1.0 / max(abs(low), abs(high))), out=out, casting="unsafe")
     elif method == "minmax":
         np.subtract(image, np.float32(low), out=out, casting="unsafe")
