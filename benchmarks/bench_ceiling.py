@@ -59,12 +59,14 @@ class StandInEngine:
         self.masks_on_device = masks_on_device
         self._masks: dict[float, np.ndarray] = {}  # threshold -> mask, made once (GPU work)
         self._staged: np.ndarray | None = None  # where raw frames are copied, as for a device
+        self.calls = {"masks": 0, "maps": 0}  # engine calls by what came back
 
     def _wait(self) -> None:
         for _ in range(GIL_RELEASES_PER_CALL):
             time.sleep(self._delay_s / GIL_RELEASES_PER_CALL)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls["maps"] += 1
         self._wait()
         if batch.shape[0] == 1 and batch.shape[2:] == self._batch.shape[1:]:
             return self._batch  # read only by the daemon: no copy, like a GPU engine's result
@@ -73,6 +75,7 @@ class StandInEngine:
     def predict_masks(
         self, images: list[np.ndarray], method: str, multiple: int, thresholds: list[float]
     ) -> list[np.ndarray]:
+        self.calls["masks"] += 1
         masks = []
         for image, threshold in zip(images, thresholds, strict=True):
             if self._staged is None or self._staged.shape != image.shape:
@@ -124,8 +127,11 @@ def main() -> None:
     synthetic = simulate_frame("Au", args.size, seed, pixel_nm=pixel_nm, n_particles=particles)
     probability = synthetic.mask
 
+    engines: list[StandInEngine] = []
+
     def stand_in(model: ModelBundle, **_options: object) -> StandInEngine:
-        return StandInEngine(probability, args.engine_ms / 1e3, not args.host_path)
+        engines.append(StandInEngine(probability, args.engine_ms / 1e3, not args.host_path))
+        return engines[-1]
 
     temseg.daemon.models.load_engine = stand_in  # type: ignore[assignment]
     with tempfile.TemporaryDirectory(prefix="temseg-ceiling-") as tmp:
@@ -162,6 +168,8 @@ def main() -> None:
             for step in ("read", "infer", "segment")
         )
         print(f"  paced: latency p50 {paced.ms_p50:.1f} ms ({steps} ms)")
+    masks, maps = (sum(engine.calls[kind] for engine in engines) for kind in ("masks", "maps"))
+    print(f"  engine calls: {masks} with raw frames (masks back), {maps} with float inputs")
     split = burst.details["cpu_ms_per_frame_by_thread"]
     print("  CPU ms per frame by thread: " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
 
