@@ -79,3 +79,8 @@ def test_bench_formats_reads_back_every_format() -> None:
 def test_bench_events_counts_every_frame() -> None:
     out = run_script("bench_events.py", "--frames", "50", "--queued", "1")
     assert re.search(r"[\d.]+ us per frame in emit \(50 frames counted\)", out), out
+
+
+def test_bench_labelling_times_temsegs_labelling() -> None:
+    out = run_script("bench_labelling.py", "--size", "256", "--repeats", "1")
+    assert re.search(r"temseg measure_particles \(scipy, windowed\)\s+\d+\.\d ms", out)
