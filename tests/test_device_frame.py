@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_inference import contrasty_unet, frame_image
 
-from temseg.engine import load_engine
+from temseg.engine import device_frame, load_engine
 from temseg.engine.device_frame import finishes_on_device, normalise_tensor
 from temseg.engine.torch_engine import TorchEngine
 from temseg.frames.normalise import normalise
@@ -59,13 +59,19 @@ def test_normalise_tensor_as_the_host_normalises(method: str, dtype: type) -> No
     np.testing.assert_array_equal(normalise_tensor(constant, method).numpy(), 0.0)
 
 
+def test_uint16_counts_arrive_whole_on_the_device() -> None:
+    counts = np.array([[0, 1, 32767], [32768, 50000, 65535]], dtype=np.uint16)
+    uploaded = device_frame._upload(counts, torch.device("cpu"))
+    np.testing.assert_array_equal(uploaded.numpy(), counts.astype(np.int64))
+
+
 @pytest.mark.parametrize("method", ["max", "minmax"])
 def test_cpu_twin_gives_the_host_paths_masks_bit_for_bit(tmp_path: Path, method: str) -> None:
     bundle = bundle_with(tmp_path, method)
     engine = load_engine(bundle, backend="torch", device="cpu", threads=1)
     assert isinstance(engine, TorchEngine) and not engine.masks_on_device  # CPU: a twin only
     # 50 x 61 px: reflected up to the size multiple (4 px) at the bottom and right.
-    images = [frame_image((50, 61), seed=1), frame_image((50, 61), seed=2) // 3]
+    images = [frame_image((50, 61), seed=1), frame_image((50, 61), seed=2) * 30]  # past 32767
     thresholds = [0.5, 0.3]
     got = device_masks(engine, bundle, images, thresholds)
     expected = host_masks(engine, bundle, images, thresholds)

@@ -64,6 +64,19 @@ def normalise_tensor(counts: torch.Tensor, method: str) -> torch.Tensor:
     return torch.where(low == high, torch.zeros_like(out), out)
 
 
+def _upload(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``image``'s counts on ``device``, its bytes copied as they are.
+
+    uint16 goes up as int16 (same bytes) and is widened there: PyTorch's
+    unsigned 16-bit tensors support too few operations to rely on.
+    """
+    image = np.ascontiguousarray(image)
+    if image.dtype == np.uint16:
+        signed = torch.from_numpy(image.view(np.int16)).to(device)
+        return signed.to(torch.int32).bitwise_and_(0xFFFF)
+    return torch.from_numpy(image).to(device)
+
+
 def pad_tensor(image: torch.Tensor, multiple: int) -> torch.Tensor:
     """A 2-D ``image`` reflected at its bottom and right up to multiples of ``multiple``."""
     h, w = image.shape
@@ -91,7 +104,7 @@ def frames_to_masks(
     for t in thresholds:
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {t}")
-    counts = [torch.from_numpy(np.ascontiguousarray(im)).to(device) for im in images]
+    counts = [_upload(im, device) for im in images]
     batch = torch.stack([pad_tensor(normalise_tensor(c, method), multiple) for c in counts])
     probability = forward(batch[:, None])[:, 0]
     h, w = images[0].shape
