@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -9,13 +10,18 @@ import pytest
 import torch
 from test_inference import contrasty_unet, frame_image
 
+from temseg.daemon.models import ServedModel
+from temseg.daemon.prepare import PrepareStage, on_device
+from temseg.daemon.segment import SegmentStage
+from temseg.daemon.work import FrameWork
 from temseg.engine import device_frame, load_engine
 from temseg.engine.device_frame import finishes_on_device, normalise_tensor
 from temseg.engine.torch_engine import TorchEngine
+from temseg.frames import Frame
 from temseg.frames.normalise import normalise
 from temseg.inference import prepare_input
 from temseg.model.bundle import ModelBundle, load_bundle, save_bundle
-from temseg.segment import binarize
+from temseg.segment import binarize, measure_particles
 
 
 def bundle_with(tmp_path: Path, method: str) -> ModelBundle:
@@ -122,3 +128,41 @@ def test_cuda_masks_match_the_host_path_on_the_same_engine(tmp_path: Path, metho
         assert mask.dtype == np.uint8 and mask.shape == (250, 301)
         assert 0 < mask.sum() < mask.size
         assert np.mean(mask != want) <= 1e-3  # fp16: pixels at the threshold at most
+
+
+def test_daemon_stages_hand_raw_frames_to_a_mask_making_engine(tmp_path: Path) -> None:
+    bundle = bundle_with(tmp_path, "max")  # no pixel size: frames are never resampled
+    engine = load_engine(bundle, backend="torch", device="cpu", threads=1)
+    assert isinstance(engine, TorchEngine)
+    model = ServedModel(bundle, engine, "bundled", None)
+    frame = Frame(image=frame_image((64, 78), seed=8), pixel_nm=0.2)
+    assert not on_device(frame, model, tile=2048)  # a CPU engine returns float maps
+    engine.masks_on_device = True  # the CPU twin in a CUDA engine's place
+    assert on_device(frame, model, tile=2048)
+    assert not on_device(frame, model, tile=32)  # tiled: the host path
+    assert not on_device(Frame(image=np.full((64, 78), 5, np.uint16)), model, tile=2048)  # blank
+
+    def work() -> FrameWork:
+        return FrameWork(Path("f.tif"), "f.tif", datetime.now(UTC), 0.0, frame=frame)
+
+    raw, host = work(), work()
+    PrepareStage(lambda: model, masks_on_device=True, tile=2048)(raw)
+    PrepareStage(lambda: model, masks_on_device=False, tile=2048)(host)  # send_probability
+    assert raw.model_input is None and host.model_input is not None
+    assert raw.error is None and host.error is None
+
+    # What the inference stage does with each, then the segment stage.
+    multiple = bundle.config.size_multiple
+    raw.mask = engine.predict_masks([frame.image], "max", multiple, [0.5])[0]
+    x = host.model_input
+    host.probability = engine.predict(x.padded[None, None])[0][: x.grid_shape[0], : x.grid_shape[1]]
+    host.frame_shape = x.frame_shape
+    for w in (raw, host):
+        w.threshold = 0.5
+        SegmentStage(measure_particles, send_probability=False, encoding="raw")(w)
+        assert w.error is None and w.segmentation is not None
+    assert raw.mask is None and raw.probability is None and host.probability is None
+    assert raw.segmentation is not None and host.segmentation is not None
+    assert raw.segmentation.n_particles > 0
+    assert raw.segmentation.particles == host.segmentation.particles
+    np.testing.assert_array_equal(raw.segmentation.mask, host.segmentation.mask)
