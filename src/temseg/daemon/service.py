@@ -53,6 +53,10 @@ logger = logging.getLogger("temseg.daemon")
 #: beside a thread running Python, each re-take can wait up to the whole interval, so a
 #: shorter interval lets the engine start its next call sooner (``benchmarks/RESULTS.md``).
 GIL_SWITCH_INTERVAL_S = 0.001
+#: How often (s) the main thread wakes while it waits for a stop. A SIGTERM that the kernel
+#: hands to another of the process's threads does not interrupt an untimed wait, and Python
+#: runs signal handlers only on the main thread: without a timeout it could wait forever.
+STOP_POLL_S = 0.5
 
 
 class _ProcessTuning:
@@ -350,7 +354,8 @@ def run_daemon(
     if ready is not None:
         ready.set()
     try:
-        stop_event.wait()
+        while not stop_event.wait(STOP_POLL_S):
+            pass
     finally:
         stats = daemon.stop()
     return stats
