@@ -12,6 +12,11 @@ probability comes back in a new page-locked array, which is returned as is.
 shape (frames are already padded to a multiple of the model's
 ``size_multiple``) is compiled once, ideally in :meth:`TorchEngine.warmup`
 before the first frame arrives.
+
+On CUDA the engine also makes masks from raw frames (:meth:`TorchEngine.predict_masks`,
+``masks_on_device``): normalisation, padding, crop and threshold run on the
+device and only the uint8 mask comes back. On the CPU the same method is the
+twin the tests compare with the host path; the daemon does not use it there.
 """
 
 from __future__ import annotations
