@@ -13,7 +13,11 @@ not::
 
 Prints the burst's frames/s, the paced latency with its breakdown, and each
 thread group's CPU per frame. The stand-in takes one frame per call, as a
-compiled engine does.
+compiled engine does. Like the PyTorch CUDA engine, it takes the raw frames
+and hands back masks (``predict_masks``: normalisation and threshold are the
+GPU's work); it copies each raw frame once, as that engine stages it for the
+device. ``--host-path`` makes it a float-map engine instead, the daemon then
+normalising and thresholding on the host (the path of the other engines).
 """
 
 from __future__ import annotations
@@ -49,16 +53,42 @@ class StandInEngine:
     compiled = True  # one frame per call, as a compiled GPU engine takes them
     batches = False
 
-    def __init__(self, probability: np.ndarray, delay_s: float) -> None:
+    def __init__(self, probability: np.ndarray, delay_s: float, masks_on_device: bool) -> None:
         self._batch = np.ascontiguousarray(probability, dtype=np.float32)[None]
         self._delay_s = delay_s
+        self.masks_on_device = masks_on_device
+        self._masks: dict[float, np.ndarray] = {}  # threshold -> mask, made once (GPU work)
+        self._staged: np.ndarray | None = None  # where raw frames are copied, as for a device
+        self.calls = {"masks": 0, "maps": 0}  # engine calls by what came back
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def _wait(self) -> None:
         for _ in range(GIL_RELEASES_PER_CALL):
             time.sleep(self._delay_s / GIL_RELEASES_PER_CALL)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.calls["maps"] += 1
+        self._wait()
         if batch.shape[0] == 1 and batch.shape[2:] == self._batch.shape[1:]:
             return self._batch  # read only by the daemon: no copy, like a GPU engine's result
         return np.zeros((batch.shape[0], *batch.shape[2:]), dtype=np.float32)
+
+    def predict_masks(
+        self, images: list[np.ndarray], method: str, multiple: int, thresholds: list[float]
+    ) -> list[np.ndarray]:
+        self.calls["masks"] += 1
+        masks = []
+        for image, threshold in zip(images, thresholds, strict=True):
+            if self._staged is None or self._staged.shape != image.shape:
+                self._staged = np.empty_like(image)
+            np.copyto(self._staged, image)  # the host's share of the upload
+            if image.shape == self._batch.shape[1:]:
+                if threshold not in self._masks:
+                    self._masks[threshold] = (self._batch[0] >= threshold).view(np.uint8)
+                masks.append(self._masks[threshold])
+            else:
+                masks.append(np.zeros(image.shape, dtype=np.uint8))
+        self._wait()
+        return masks
 
     def close(self) -> None:
         pass
@@ -81,6 +111,11 @@ def main() -> None:
         action="store_true",
         help="measure particles in worker processes (the daemon setting)",
     )
+    parser.add_argument(
+        "--host-path",
+        action="store_true",
+        help="a float-map engine: normalise and threshold on the host (the earlier path)",
+    )
     args = parser.parse_args()
     if args.switch_interval_ms is not None:
         temseg.daemon.service.GIL_SWITCH_INTERVAL_S = args.switch_interval_ms / 1e3
@@ -92,8 +127,11 @@ def main() -> None:
     synthetic = simulate_frame("Au", args.size, seed, pixel_nm=pixel_nm, n_particles=particles)
     probability = synthetic.mask
 
+    engines: list[StandInEngine] = []
+
     def stand_in(model: ModelBundle, **_options: object) -> StandInEngine:
-        return StandInEngine(probability, args.engine_ms / 1e3)
+        engines.append(StandInEngine(probability, args.engine_ms / 1e3, not args.host_path))
+        return engines[-1]
 
     temseg.daemon.models.load_engine = stand_in  # type: ignore[assignment]
     with tempfile.TemporaryDirectory(prefix="temseg-ceiling-") as tmp:
@@ -117,7 +155,8 @@ def main() -> None:
     print(
         f"{args.size} x {args.size} px, {args.frames} frames, stand-in engine "
         f"{args.engine_ms:g} ms per frame, GIL switch interval {switch_ms:g} ms, particles "
-        f"measured in {'worker processes' if args.segmenter_processes else 'segmenter threads'}"
+        f"measured in {'worker processes' if args.segmenter_processes else 'segmenter threads'}, "
+        f"{'float maps thresholded on the host' if args.host_path else 'masks from the device'}"
     )
     print(
         f"  burst: {burst.frames_per_s:.1f} frames/s, latency p50 {burst.ms_p50:.0f} ms, "
@@ -129,6 +168,8 @@ def main() -> None:
             for step in ("read", "infer", "segment")
         )
         print(f"  paced: latency p50 {paced.ms_p50:.1f} ms ({steps} ms)")
+    masks, maps = (sum(engine.calls[kind] for engine in engines) for kind in ("masks", "maps"))
+    print(f"  engine calls: {masks} with raw frames (masks back), {maps} with float inputs")
     split = burst.details["cpu_ms_per_frame_by_thread"]
     print("  CPU ms per frame by thread: " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
 

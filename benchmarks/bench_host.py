@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import io
 import itertools
 import shutil
@@ -43,11 +44,12 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from temseg.daemon.read import read_bytes
 from temseg.daemon.segment_pool import SegmentPool
 from temseg.frames import read_frame
 from temseg.inference import prepare_input, to_frame_grid
 from temseg.model.bundle import load_bundle
-from temseg.segment import segment_probability
+from temseg.segment import segment_mask, segment_probability
 from temseg.store import connect, record_frame
 from temseg.stream.protocol import decode_message, encode_mask, encode_mask_message
 from temseg.synth import simulate_frame
@@ -145,6 +147,17 @@ def main() -> None:
     def sha256() -> object:
         return hashlib.sha256(data).hexdigest()
 
+    on_disk = Path(tempfile.mkdtemp(prefix="bench-host-")) / "frame.tif"
+    on_disk.write_bytes(data)  # in the page cache, as a file the daemon was just told of
+
+    def file_read() -> object:
+        return read_bytes(on_disk)
+
+    def blake3_digest() -> object:  # a comparison: identity is SHA-256
+        import blake3
+
+        return blake3.blake3(data).hexdigest()
+
     def decode() -> object:
         return read_frame(path, data=data)
 
@@ -161,6 +174,9 @@ def main() -> None:
 
     def particles() -> object:
         return segment_probability(model_probability, 0.5, frame.pixel_nm)
+
+    def device_mask_particles() -> object:
+        return segment_mask(seg.mask, 0.5, frame.pixel_nm)
 
     database = connect(f"sqlite:///{Path(tempfile.mkdtemp(prefix='bench-host-')) / 'host.db'}")
     recorded = itertools.count()
@@ -213,12 +229,19 @@ def main() -> None:
         return segment_probability(probability, 0.5, frame.pixel_nm, measure=pool.measure)
 
     steps: list[tuple[str, Callable[[], object]]] = [
+        ("reader: file read (one open)", file_read),
         ("reader: SHA-256", sha256),
+        *(
+            [("reader: BLAKE3, for comparison", blake3_digest)]
+            if importlib.util.find_spec("blake3")
+            else []
+        ),
         ("reader: TIFF decode", decode),
         ("reader: model input (normalise, pad)", model_input),
         ("segmenter: to frame grid", frame_grid),
         ("segmenter: threshold + particles", particles),
         ("segmenter: the same, particles in a worker", particles_in_worker),
+        ("segmenter: particles of a device-made mask", device_mask_particles),
         ("segmenter: PackBits mask (mask_encoding)", packbits),
         ("recorder: database record (SQLite)", record),
         ("recorder: mask message with particles", message),
@@ -233,6 +256,7 @@ def main() -> None:
             ms = (time.perf_counter() - start) * 1e3 / (args.repeats + 1)
             print(f"{step.__name__}\t{name}\t{ms:.2f}", flush=True)
         pool.close()
+        shutil.rmtree(on_disk.parent)
         return
     print(
         f"{args.size} x {args.size} px uint16 frame, {seg.n_particles} particles; "
@@ -250,6 +274,7 @@ def main() -> None:
             rate = frames_per_s(work, threads, threads * args.repeats)
             print(f"  {label} step, {threads} thread(s): {rate:7.1f} frames/s")
     pool.close()
+    shutil.rmtree(on_disk.parent)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@
 # host     the host-side cost per 4096 px frame and its spread over 1, 4 and 8 threads
 #          (benchmarks/bench_host.py), then the whole daemon at 4096 px with a stand-in engine
 #          of 5.5 ms (benchmarks/bench_ceiling.py), with the daemon's GIL switch interval, with
-#          Python's default, and with particles measured in worker processes: the frames/s this
+#          Python's default, with particles measured in worker processes, and with float maps
+#          thresholded on the host (--host-path) instead of masks from the device: the frames/s this
 #          host's CPUs allow; with py-spy on PATH, also
 #          the GIL each host step holds per frame;
 # tests    the gpu-marked engine tests (CUDA fp16 + channels_last, torch.compile, ONNX Runtime
-#          CUDA and TensorRT when installed) against PyTorch fp32 on the CPU;
+#          CUDA and TensorRT when installed) against PyTorch fp32 on the CPU, and masks made on
+#          the GPU (tests/test_device_frame.py) against the host path;
 # engines  frames/s of PyTorch eager fp32, eager fp16 channels_last, compiled fp16 (and TensorRT
 #          fp16 when installed) at the sizes in SIZES.
 # Each step has its own time limit; FRAMES sets the daemon burst length (default 60).
@@ -81,10 +83,13 @@ for step in $STEPS; do
             --switch-interval-ms 5 || status=1
         timeout 150 "$PY" benchmarks/bench_ceiling.py --size 4096 --frames 60 \
             --segmenter-processes || status=1
+        timeout 150 "$PY" benchmarks/bench_ceiling.py --size 4096 --frames 60 \
+            --host-path || status=1
         ;;
     tests)
         echo "== gpu tests =="
-        timeout 420 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_engines.py || status=1
+        timeout 420 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_engines.py \
+            tests/test_device_frame.py || status=1
         ;;
     engines)
         echo "== engine benchmark (batch 1, ms per frame end to end) =="

@@ -46,6 +46,18 @@ def test_bench_ceiling_runs_the_daemon_with_a_stand_in_engine(engine_ms: str, wh
     infer = re.search(r"infer ([\d.]+)", out)
     assert infer is not None and float(infer.group(1)) >= float(engine_ms)  # the stand-in's sleep
     assert "CPU ms per frame by thread" in out
+    calls = re.search(r"engine calls: (\d+) with raw frames \(masks back\), (\d+) with float", out)
+    assert calls is not None and int(calls.group(1)) >= 4 + 2  # every frame: masks from the device
+
+
+def test_bench_ceiling_host_path_gives_the_engine_float_inputs_only() -> None:
+    out = run_script(
+        "bench_ceiling.py", "--size", "64", "--frames", "3", "--paced", "1", "--engine-ms", "0",
+        "--host-path",
+    )  # fmt: skip
+    assert "float maps thresholded on the host" in out
+    calls = re.search(r"engine calls: (\d+) with raw frames \(masks back\), (\d+) with float", out)
+    assert calls is not None and int(calls.group(1)) == 0 and int(calls.group(2)) >= 3 + 1
 
 
 def test_bench_host_measures_every_step() -> None:
@@ -79,3 +91,8 @@ def test_bench_sched_idle_times_a_burst_at_each_priority() -> None:
     for priority in ("normal", "idle"):
         assert f"host_priority={priority}: 2 recorded in" in out, out
     assert re.search(r"idle: \d\.\d+ of a core", out), out
+
+
+def test_bench_labelling_times_temsegs_labelling() -> None:
+    out = run_script("bench_labelling.py", "--size", "256", "--repeats", "1")
+    assert re.search(r"temseg measure_particles \(scipy, windowed\)\s+\d+\.\d ms", out)

@@ -18,6 +18,7 @@ from temseg.segment import (
     confusion,
     find_particles,
     scores,
+    segment_mask,
     segment_probability,
 )
 
@@ -293,3 +294,18 @@ def test_segment_probability_measures_with_the_callers_function() -> None:
     assert calls == [(np.dtype(bool), (64, 64), 0.5, 90)]
     assert [p.area_px for p in got.particles] == [100]
     assert got.area_fraction == pytest.approx(184 / 64**2)
+
+
+def test_segment_mask_gives_what_segment_probability_gives() -> None:
+    rng = np.random.default_rng(7)
+    probability = ndimage.gaussian_filter(rng.random((120, 150)), 3).astype(np.float32)
+    probability = (probability - probability.min()) / np.ptp(probability)
+    whole = segment_probability(probability, 0.6, pixel_nm=0.2, min_area_px=3)
+    mask = (probability >= 0.6).astype(np.uint8)
+    given = segment_mask(mask, 0.6, pixel_nm=0.2, min_area_px=3)
+    assert whole.n_particles > 1
+    assert given.particles == whole.particles
+    assert given.area_fraction == whole.area_fraction and given.threshold == 0.6
+    np.testing.assert_array_equal(given.mask, whole.mask)
+    with pytest.raises(ValueError, match="uint8 0/1 or bool"):
+        segment_mask(probability, 0.6)

@@ -316,10 +316,41 @@ def segment_probability(
     ``measure`` does the measuring, :func:`measure_particles` unless the
     caller runs it elsewhere (the daemon can, in worker processes).
     """
-    above = _above(probability, threshold)
-    particles, covered = measure(above, pixel_nm, min_area_px)
-    fraction = covered / above.size if above.size else 0.0
-    return Segmentation(above.view(np.uint8), float(threshold), particles, fraction)
+    return segment_mask(
+        binarize(probability, threshold), threshold, pixel_nm, min_area_px, measure=measure
+    )
+
+
+def segment_mask(
+    mask: np.ndarray,
+    threshold: float,
+    pixel_nm: float | None = None,
+    min_area_px: int = 1,
+    *,
+    measure: Measure = measure_particles,
+) -> Segmentation:
+    """:func:`segment_probability` of a map thresholded already.
+
+    Parameters
+    ----------
+    mask : ndarray
+        uint8 0/1 (or bool), the map's pixels >= ``threshold`` (as :func:`binarize` gives
+        them, or an engine that thresholds on its device); kept as the segmentation's mask.
+    threshold : float
+        The threshold it was made with, recorded with the result.
+    pixel_nm, min_area_px, measure
+        As for :func:`segment_probability` (nm per pixel; pixels).
+
+    Returns
+    -------
+    Segmentation
+    """
+    mask = np.ascontiguousarray(mask)
+    if mask.dtype not in (np.uint8, np.bool_):
+        raise ValueError(f"mask must be uint8 0/1 or bool, got {mask.dtype}")
+    particles, covered = measure(mask.view(bool), pixel_nm, min_area_px)
+    fraction = covered / mask.size if mask.size else 0.0
+    return Segmentation(mask.view(np.uint8), float(threshold), particles, fraction)
 
 
 def measure_packed(

@@ -12,6 +12,11 @@ before the first batch after an idle spell, and every
 so a frame costs no query). Frames that arrived together share one engine
 call: up to ``batch_size`` frames with an engine that batches (a GPU), one
 at a time otherwise (:func:`~temseg.daemon.models.frames_per_call`).
+
+With ``masks_on_device`` (the daemon sends no probability maps), a batch
+whose frames are all :func:`~temseg.daemon.prepare.on_device` for the
+serving model goes to the engine raw and comes back as masks: ``mask``
+(uint8 0/1 on the frame's grid) is filled instead of ``probability``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from sqlalchemy.exc import OperationalError
 from temseg.daemon.database import retry_locked
 from temseg.daemon.models import ModelServer, ServedModel, frames_per_call
 from temseg.daemon.observers import DaemonStats
-from temseg.daemon.prepare import model_input_for
+from temseg.daemon.prepare import model_input_for, on_device
 from temseg.daemon.work import FrameWork
 from temseg.inference import ModelInput, input_key, run_inputs
 
@@ -45,6 +50,7 @@ class InferStage:
         models: ModelServer,
         *,
         batch_size: int,
+        masks_on_device: bool,
         tile: int,
         overlap: int,
         give_up: Callable[[], bool],
@@ -53,6 +59,7 @@ class InferStage:
     ) -> None:
         self._models = models
         self._batch_size = batch_size
+        self._masks_on_device = masks_on_device
         self._tile = tile
         self._overlap = overlap
         self._give_up = give_up
@@ -88,21 +95,48 @@ class InferStage:
                     self._give_up,
                 )
             start = time.perf_counter()
+            if self._masks_on_device and all(
+                work.frame is not None and on_device(work.frame, model, self._tile)
+                for work in batch
+            ):
+                self._infer_masks(batch, model)
+                self._count(batch, time.perf_counter() - start)
+                return
             inputs = [self._model_input(work, model) for work in batch]
             probabilities = run_inputs(inputs, model.engine, tile=self._tile, overlap=self._overlap)
-            infer_s = (time.perf_counter() - start) / len(batch)
-            self._stats.batches += 1
-            self._stats.largest_batch = max(self._stats.largest_batch, len(batch))
             for work, probability, x in zip(batch, probabilities, inputs, strict=True):
                 work.probability = probability
                 work.frame_shape = x.frame_shape
-                work.infer_s = infer_s
                 work.model_input = None  # its memory goes now
+            self._count(batch, time.perf_counter() - start)
         except Exception as exc:  # an engine failure fails these frames, not the daemon
             logger.exception("inference failed for %d frame(s)", len(batch))
             for work in batch:
                 work.error = f"{work.path}: inference failed ({exc})"
-                work.probability = None
+                work.probability = work.mask = None
+
+    def _infer_masks(self, batch: list[FrameWork], model: ServedModel) -> None:
+        """Masks of raw frames of one shape, thresholded by the engine on its device."""
+        frames = [work.frame for work in batch]
+        assert all(frame is not None for frame in frames)  # on_device() checked them
+        bundle = model.bundle
+        masks = model.engine.predict_masks(  # type: ignore[attr-defined]
+            [frame.image for frame in frames],  # type: ignore[union-attr]
+            bundle.normalisation,
+            bundle.config.size_multiple,
+            [float(work.threshold or 0.0) for work in batch],
+        )
+        for work, mask in zip(batch, masks, strict=True):
+            work.mask = mask
+            work.frame_shape = mask.shape
+            work.model_input = None
+
+    def _count(self, batch: list[FrameWork], elapsed_s: float) -> None:
+        """The call's time divided among its frames, and the batch in the statistics."""
+        for work in batch:
+            work.infer_s = elapsed_s / len(batch)
+        self._stats.batches += 1
+        self._stats.largest_batch = max(self._stats.largest_batch, len(batch))
 
     def _model_input(self, work: FrameWork, model: ServedModel) -> ModelInput:
         """The reader's input, or a new one when the model changed in between."""

@@ -113,11 +113,12 @@ def build_stages(
                 read_again=read_again,
                 stable_s=s.stable_s,
             ),
-            PrepareStage(lambda: models.current),
+            PrepareStage(lambda: models.current, masks_on_device=not s.send_probability, tile=tile),
         ],
         infer=InferStage(
             models,
             batch_size=s.batch_size,
+            masks_on_device=not s.send_probability,
             tile=tile,
             overlap=s.tile_overlap,
             give_up=give_up,

@@ -1,6 +1,7 @@
 """Stage *segment*: threshold and particles of an inferred frame, off the inference thread.
 
-Reads ``work.probability`` (model grid), ``frame_shape`` and ``threshold``;
+Reads ``work.probability`` (model grid), ``frame_shape`` and ``threshold``,
+or ``work.mask`` when the engine thresholded the frame on its device;
 fills ``segmentation`` (mask, particles, area fraction), ``segment_s``
 (thresholding and particle measurement only), and what the publisher sends
 besides the mask: ``probability`` as the wire's float16 when
@@ -18,7 +19,7 @@ import time
 from temseg.daemon.work import FrameWork
 from temseg.inference import to_float16, to_frame_grid
 from temseg.options import MaskEncoding
-from temseg.segment import Measure, segment_probability
+from temseg.segment import Measure, segment_mask, segment_probability
 from temseg.stream.protocol import encode_mask
 
 logger = logging.getLogger("temseg.daemon")
@@ -34,22 +35,33 @@ class SegmentStage:
         self._encoding = encoding
 
     def __call__(self, work: FrameWork) -> None:
-        if work.probability is None or work.threshold is None or work.frame is None:
+        if work.threshold is None or work.frame is None:
+            return
+        if work.probability is None and work.mask is None:
             return
         start = time.perf_counter()
         segmented: float | None = None  # the timing covers thresholding and particles only
         try:
-            work.probability = to_frame_grid(work.probability, work.frame_shape)
-            work.segmentation = segment_probability(
-                work.probability, work.threshold, work.frame.pixel_nm, measure=self._measure
-            )
+            if work.mask is not None:
+                work.segmentation = segment_mask(
+                    work.mask, work.threshold, work.frame.pixel_nm, measure=self._measure
+                )
+                work.mask = None  # the segmentation holds it now
+            else:
+                assert work.probability is not None
+                work.probability = to_frame_grid(work.probability, work.frame_shape)
+                work.segmentation = segment_probability(
+                    work.probability, work.threshold, work.frame.pixel_nm, measure=self._measure
+                )
             segmented = time.perf_counter()
-            work.probability = to_float16(work.probability) if self._send_probability else None
+            probability, work.probability = work.probability, None
+            if self._send_probability and probability is not None:
+                work.probability = to_float16(probability)
             if self._encoding == "packbits":
                 work.encoded_mask = encode_mask(work.segmentation.mask, "packbits")
         except Exception as exc:
             logger.exception("segmentation failed path=%s", work.path)
             work.error = f"{work.path}: segmentation failed ({exc})"
-            work.probability = None
+            work.probability = work.mask = None
         finally:
             work.segment_s = (segmented or time.perf_counter()) - start

@@ -56,7 +56,6 @@ logger = logging.getLogger("temseg.daemon")
 #: beside a thread running Python, each re-take can wait up to the whole interval, so a
 #: shorter interval lets the engine start its next call sooner (``benchmarks/RESULTS.md``).
 GIL_SWITCH_INTERVAL_S = 0.001
-
 #: Seconds between the main thread's checks for a stop signal (see :func:`run_daemon`).
 STOP_POLL_S = 0.2
 

@@ -58,6 +58,7 @@ class FrameWork:
     # infer
     model: ServedModel | None = None
     probability: np.ndarray | None = None  # model grid; once segmented, float16 or None
+    mask: np.ndarray | None = None  # uint8 0/1, frame grid: from an engine that thresholds
     frame_shape: tuple[int, int] = (0, 0)  # pixels
     threshold: float | None = None
     threshold_source: str = ""  # "calibration" or "bundle"

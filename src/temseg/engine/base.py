@@ -22,6 +22,11 @@ class Engine(Protocol):
     the concrete set-up for people, e.g. "torch-cuda-fp16-compiled" or
     "onnxruntime-cpu" (logs, stream headers). Code decides on the capabilities
     below, never on the name.
+
+    An engine may also make masks itself: with ``masks_on_device`` true it has
+    ``predict_masks(images, method, multiple, thresholds)``, raw integer frames
+    of one shape in, uint8 0/1 masks on their grids out
+    (:mod:`temseg.engine.device_frame`; the PyTorch engine on CUDA).
     """
 
     backend: str

@@ -12,6 +12,11 @@ probability comes back in a new page-locked array, which is returned as is.
 shape (frames are already padded to a multiple of the model's
 ``size_multiple``) is compiled once, ideally in :meth:`TorchEngine.warmup`
 before the first frame arrives.
+
+On CUDA the engine also makes masks from raw frames (:meth:`TorchEngine.predict_masks`,
+``masks_on_device``): normalisation, padding, crop and threshold run on the
+device and only the uint8 mask comes back. On the CPU the same method is the
+twin the tests compare with the host path; the daemon does not use it there.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from temseg.engine.base import EngineError, as_batch, resolve_device, resolve_threads
 from temseg.engine.cuda_io import pinned_source
+from temseg.engine.device_frame import frames_to_masks
 from temseg.model.bundle import ModelBundle
 from temseg.model.unet import ProbabilityModel, fold_batch_norm
 from temseg.options import Precision
@@ -86,6 +92,8 @@ class TorchEngine:
         self.device = str(self._device)
         self.compiled = compile
         self.batches = on_cuda and not compile
+        # The daemon hands a CUDA engine raw frames and takes masks back (predict_masks).
+        self.masks_on_device = on_cuda
         self.name = engine_name(self._device.type, precision, compile)
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         model = ProbabilityModel(fold_batch_norm(bundle.model)).eval()
@@ -116,6 +124,40 @@ class TorchEngine:
                 return self._forward(image)[:, 0].contiguous().numpy()
         return self._predict_cuda(x)
 
+    def predict_masks(
+        self, images: list[np.ndarray], method: str, multiple: int, thresholds: list[float]
+    ) -> list[np.ndarray]:
+        """uint8 0/1 masks on the frames' grids, from raw counts of one shape, computed on
+        the engine's device (:func:`temseg.engine.device_frame.frames_to_masks`)."""
+        if self._model is None:
+            raise EngineError(f"{self.name}: engine is closed")
+        if self._device.type == "cpu":
+            with torch.inference_mode():
+                masks = frames_to_masks(
+                    self._forward_channels_last, images, method, multiple, thresholds, self._device
+                )
+                return [m.contiguous().numpy() for m in masks]
+        assert self._stream is not None
+        with torch.cuda.stream(self._stream), torch.inference_mode():
+            masks = frames_to_masks(
+                self._forward_cuda, images, method, multiple, thresholds, self._device
+            )
+            host = [torch.empty(m.shape, dtype=torch.uint8, pin_memory=True) for m in masks]
+            for out, mask in zip(host, masks, strict=True):
+                out.copy_(mask, non_blocking=True)
+        self._stream.synchronize()
+        return [out.numpy() for out in host]
+
+    def _forward_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x.contiguous(memory_format=torch.channels_last))
+
+    def _forward_cuda(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a float32 batch already on the device, in the engine's precision."""
+        x = x.to(dtype=self._dtype, memory_format=torch.channels_last)
+        if self.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        return self._forward(x)
+
     def _predict_cuda(self, x: np.ndarray) -> np.ndarray:
         assert self._stream is not None
         host_in = pinned_source(x)
@@ -123,10 +165,7 @@ class TorchEngine:
         host_out = torch.empty((n, h, w), dtype=torch.float32, pin_memory=True)
         with torch.cuda.stream(self._stream), torch.inference_mode():
             device_in = host_in.to(self._device, non_blocking=True)
-            device_in = device_in.to(dtype=self._dtype, memory_format=torch.channels_last)
-            if self.compile_mode == "reduce-overhead":
-                torch.compiler.cudagraph_mark_step_begin()
-            probability = self._forward(device_in)[:, 0].float()
+            probability = self._forward_cuda(device_in)[:, 0].float()
             host_out.copy_(probability, non_blocking=True)
         self._stream.synchronize()
         return host_out.numpy()
