@@ -32,7 +32,7 @@ class Particle:
 
     def to_dict(self) -> dict[str, Any]:
         """Field name -> value, tuples as lists (JSON-ready); no deep copy (cheap per particle)."""
-        data = dict(self.__dict__)  # the fields, in order: 3 x faster than dataclasses.fields()
+        data = dict(self.__dict__)  # the fields, in order (cheaper than dataclasses.fields())
         data["centroid"] = list(self.centroid)
         data["bbox"] = list(self.bbox)
         return data
@@ -69,21 +69,17 @@ def _above(probability: np.ndarray, threshold: float) -> np.ndarray:
 
 #: Up to this many components, areas and centroids are counted inside each
 #: component's bounding box; beyond it, in one pass over all particle pixels.
-#: The box walk skips two passes over the whole frame (1.7 x faster on a
-#: 4096 x 4096 px frame with 150 particles), the single pass wins when a noisy
-#: map has thousands of specks.
+#: The box walk skips two passes over the whole frame, the single pass wins
+#: when a noisy map has thousands of specks (``benchmarks/RESULTS.md``).
 BOX_WALK_MAX_COMPONENTS = 1024
 
 #: Masks of at least this many pixels whose particles occupy at most
 #: ``WINDOW_MAX_OCCUPIED`` of the ``WINDOW_BLOCK_PX`` blocks are labelled window
 #: by window: each group of touching occupied blocks is labelled on its own,
-#: so the labelling skips the empty background (4096 x 4096 px, 10 % particle
-#: pixels: 115 -> 41 ms for labels and boxes with 32 px blocks; 16 px blocks
-#: fit the particles closer, another 5-10 % off the whole segmentation). The
-#: particles are the same. Windows stop paying from about a third of the
-#: blocks occupied, so they run up to a quarter (256 to 4096 px frames of
-#: random disks, windowed/whole: 0.2-0.9 up to a quarter, 0.7-1.4 at
-#: 0.27-0.39, 1.1-1.6 at a half), and not on frames under 256 x 256 px.
+#: so the labelling skips the empty background; the particles are the same.
+#: Windows stop paying from about a third of the blocks occupied, so they run
+#: up to a quarter, and not on frames under 256 x 256 px (measured in
+#: ``benchmarks/RESULTS.md``, "Windowed labelling from 512 px frames").
 WINDOW_MIN_PIXELS = 256 * 256
 WINDOW_BLOCK_PX = 16  # a multiple of 8: blocks are tested 8 pixels per 64-bit word
 WINDOW_MAX_OCCUPIED = 0.25
