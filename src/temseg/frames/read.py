@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from temseg.frames.frame import Frame, FrameError, IncompleteFrameError
+from temseg.frames.units import explicit_pixel_nm
 
 __all__ = [
     "FORMATS",
@@ -169,7 +170,7 @@ def read_frames(
     if not frames:
         raise FrameError(f"{path}: no 2-D image in this {_NAMES[family]} file (nothing to segment)")
     sidecar = _read_sidecar(path)
-    explicit = _explicit_pixel_nm(sidecar, sidecar_path(path))
+    explicit = explicit_pixel_nm(sidecar, sidecar_path(path))
     read_ms = (time.perf_counter() - start) * 1e3 / len(frames)
     out = []
     for index, frame in enumerate(frames):
@@ -256,7 +257,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         metadata = tiff.collect_metadata(path, tif, tiff.metadata_page(path, tif))
     pixel = metadata.pop("_pixel_nm_yx", None)
     sidecar = _read_sidecar(path)
-    explicit = _explicit_pixel_nm(sidecar, sidecar_path(path))
+    explicit = explicit_pixel_nm(sidecar, sidecar_path(path))
     metadata.update(sidecar)
     metadata.pop("pixel_nm", None)
     if explicit is not None:
@@ -297,19 +298,6 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     return data
 
 
-def _explicit_pixel_nm(data: dict[str, Any], origin: Path) -> float | None:
-    value = data.get("pixel_nm")
-    if value is None:
-        return None
-    try:
-        pixel_nm = float(value)
-    except (TypeError, ValueError):
-        pixel_nm = math.nan
-    if isinstance(value, bool) or not math.isfinite(pixel_nm) or pixel_nm <= 0:
-        raise FrameError(f"{origin}: pixel_nm must be a positive number of nm, got {value!r}")
-    return pixel_nm
-
-
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     """Metadata of an image file from its sidecar alone (for files other than TIFF).
 
@@ -318,7 +306,7 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     metadata = _read_sidecar(path)
-    pixel_nm = _explicit_pixel_nm(metadata, sidecar_path(path))
+    pixel_nm = explicit_pixel_nm(metadata, sidecar_path(path))
     if pixel_nm is not None:
         metadata.update(pixel_nm=pixel_nm, pixel_nm_source="sidecar")
     if metadata.get("material") is not None:

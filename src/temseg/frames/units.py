@@ -10,6 +10,11 @@ empty unit of an uncalibrated image) give None: the pixel size stays unknown.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from temseg.frames.frame import FrameError
 
 # nm per unit of length, keyed by the normalised lower-case unit name.
 NM_PER_UNIT: dict[str, float] = {
@@ -90,3 +95,21 @@ def pixel_yx(
         return None
     y_nm, x_nm = to_nm(y, unit_y), to_nm(x, unit_x)
     return None if y_nm is None or x_nm is None else (y_nm, x_nm)
+
+
+def explicit_pixel_nm(data: Mapping[str, Any], origin: str | Path) -> float | None:
+    """The ``pixel_nm`` a user wrote (a sidecar or a TIFF's description JSON), in nm per pixel.
+
+    ``None`` when absent; anything but a positive finite number raises
+    :class:`~temseg.frames.frame.FrameError` naming ``origin``.
+    """
+    value = data.get("pixel_nm")
+    if value is None:
+        return None
+    try:
+        pixel_nm = float(value)
+    except (TypeError, ValueError):
+        pixel_nm = math.nan
+    if isinstance(value, bool) or not math.isfinite(pixel_nm) or pixel_nm <= 0:
+        raise FrameError(f"{origin}: pixel_nm must be a positive number of nm, got {value!r}")
+    return pixel_nm

@@ -39,7 +39,7 @@ import tifffile
 
 from temseg.frames.formats.common import check_extent, check_size
 from temseg.frames.frame import Frame, FrameError
-from temseg.frames.units import nm_per_unit, pixel_yx
+from temseg.frames.units import explicit_pixel_nm, nm_per_unit, pixel_yx
 
 _NM_PER_RESUNIT = {
     tifffile.RESUNIT.INCH: 2.54e7,
@@ -184,7 +184,7 @@ def collect_metadata(
     metadata["format"] = "tiff"
     metadata.update(_vendor_metadata(tif, page))
     candidates = (
-        ("description", lambda: _explicit_pixel_nm(description, path)),
+        ("description", lambda: _described_pixel_nm(description, path)),
         ("fei", lambda: _fei_pixel_nm(tif)),
         ("sis", lambda: _sis_pixel_nm(page)),
         ("gatan", lambda: _gatan_pixel_nm(page)),
@@ -212,17 +212,9 @@ def _description_json(page: tifffile.TiffPage) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _explicit_pixel_nm(data: dict[str, Any], path: Path) -> tuple[float, float] | None:
-    value = data.get("pixel_nm")
-    if value is None:
-        return None
-    try:
-        pixel_nm = float(value)
-    except (TypeError, ValueError):
-        pixel_nm = math.nan
-    if isinstance(value, bool) or not math.isfinite(pixel_nm) or pixel_nm <= 0:
-        raise FrameError(f"{path}: pixel_nm must be a positive number of nm, got {value!r}")
-    return (pixel_nm, pixel_nm)
+def _described_pixel_nm(description: dict[str, Any], path: Path) -> tuple[float, float] | None:
+    pixel_nm = explicit_pixel_nm(description, path)
+    return None if pixel_nm is None else (pixel_nm, pixel_nm)
 
 
 def _vendor_metadata(tif: tifffile.TiffFile, page: tifffile.TiffPage) -> dict[str, Any]:
