@@ -62,7 +62,7 @@ INSERT INTO calibrations (material, model_id, threshold, precision, recall, dice
 
 @pytest.fixture
 def engine(tmp_path: Path):
-    eng = store.connect(tmp_path / "db" / "temseg.db")
+    eng = store.connect(tmp_path / "temseg.db")
     yield eng
     eng.dispose()
 
@@ -75,7 +75,7 @@ def _particles():
 
 
 def test_connect_creates_schema_with_wal_and_busy_timeout(tmp_path: Path) -> None:
-    path = tmp_path / "new" / "dir" / "t.db"
+    path = tmp_path / "t.db"
     eng = store.connect(f"sqlite:///{path}", busy_timeout_ms=1234)
     try:
         assert path.is_file()

@@ -282,6 +282,7 @@ def daemon(
     """Watch a folder and segment each new frame until SIGTERM/SIGINT (systemd: Type=notify)."""
     from temseg.config import ConfigError, load_settings
     from temseg.daemon import configure_logging, serve
+    from temseg.daemon.lifecycle import raise_file_limit
 
     overrides = {
         "watch": watch,
@@ -308,6 +309,7 @@ def daemon(
     except (ConfigError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    raise_file_limit()
     try:
         serve(settings)
     except ConfigError as exc:
@@ -386,7 +388,7 @@ def subscribe(
     import re
     from pathlib import Path
 
-    from temseg.config import ConfigError, load_settings
+    from temseg.config import ConfigError, endpoint_problem, load_settings
     from temseg.stream import Subscriber
 
     if (curve_server_key is None) != (curve_client_key is None):
@@ -400,6 +402,10 @@ def subscribe(
             raise typer.Exit(2) from exc
         # The daemon may bind every interface; connect to this machine then.
         connect = re.sub(r"^tcp://(\*|0\.0\.0\.0):", "tcp://127.0.0.1:", publish)
+    problem = endpoint_problem(connect)
+    if problem is not None:
+        typer.echo(f"error: --connect: {problem}", err=True)
+        raise typer.Exit(2)
     logging.basicConfig(format="temseg subscribe: %(message)s", level=logging.WARNING)
     try:
         subscriber = Subscriber(
@@ -412,6 +418,12 @@ def subscribe(
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    encrypted = "with CURVE" if curve_server_key is not None else "without encryption"
+    typer.echo(
+        f"temseg subscribe: connecting to {connect} ({encrypted}), topics {', '.join(topic)}; "
+        "waiting for messages" + ("" if timeout is None else f" (at most {timeout:g} s)") + "...",
+        err=True,
+    )
     received = 0
     with subscriber:
         try:
@@ -422,7 +434,13 @@ def subscribe(
                     return
         except KeyboardInterrupt:
             return
-    typer.echo(f"no message for {timeout} s after {received} message(s)", err=True)
+    hint = ""
+    if received == 0 and curve_server_key is None:
+        hint = (
+            "; is a daemon publishing there? If it runs with curve_keys, this plaintext "
+            "client receives nothing: pass --curve-server-key and --curve-client-key"
+        )
+    typer.echo(f"no message for {timeout:g} s after {received} message(s){hint}", err=True)
     raise typer.Exit(1)
 
 
@@ -556,6 +574,7 @@ def train(
     from pathlib import Path
 
     from temseg.model.bundle import BundleError
+    from temseg.store import DatabaseError
     from temseg.trainer.data import DataError
     from temseg.trainer.loop import EpochStats, TrainConfig
     from temseg.trainer.loop import train as run_training
@@ -590,7 +609,7 @@ def train(
     )
     try:
         result = run_training(config)
-    except (DataError, BundleError, ValueError) as exc:
+    except (DataError, BundleError, DatabaseError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     if int(os.environ.get("RANK", "0")) == 0:
@@ -616,7 +635,11 @@ def _models_db(db: str | None) -> str:
 def models_list(
     db: str | None = typer.Option(None, "--db", help="Database URL (default: settings)."),
 ) -> None:
-    """Show registered models: id, name, created, active, per-material Dice."""
+    """Show registered models: id, name, created, active, per-material Dice.
+
+    The model shipped with temseg is always listed (registered on first use).
+    """
+    from temseg.daemon.models import register_bundled
     from temseg.store import connect, list_models
 
     try:
@@ -624,6 +647,7 @@ def models_list(
     except FileNotFoundError as exc:
         typer.echo(f"error: no database: {exc}", err=True)
         raise typer.Exit(1) from exc
+    register_bundled(engine)
     records = list_models(engine)
     engine.dispose()
     if not records:
@@ -646,7 +670,11 @@ def models_promote(
     model_id: str = typer.Argument(..., help="Id of a registered model."),
     db: str | None = typer.Option(None, "--db", help="Database URL (default: settings)."),
 ) -> None:
-    """Make a registered model the active one (its bundle must still load)."""
+    """Make a registered model the active one (its bundle must still load).
+
+    The model shipped with temseg is registered too, so it can be promoted back.
+    """
+    from temseg.daemon.models import register_bundled
     from temseg.model.bundle import BundleError, load_bundle
     from temseg.store import active_model, connect, list_models, promote_model
 
@@ -656,6 +684,7 @@ def models_promote(
         typer.echo(f"error: no database: {exc}", err=True)
         raise typer.Exit(1) from exc
     try:
+        register_bundled(engine)
         records = {r.model_id: r for r in list_models(engine)}
         current = active_model(engine)
         keeping = f"active model stays {current.model_id if current else 'none'}"
@@ -702,6 +731,7 @@ def calibrate(
     from temseg.calibrate.run import calibrate as run_calibration
     from temseg.engine import EngineError
     from temseg.model.bundle import BundleError
+    from temseg.store import DatabaseError
 
     folders = [*(data or []), *(extra_data or [])]
     if not folders:
@@ -718,7 +748,7 @@ def calibrate(
             backend=backend,
             on_warning=lambda text: typer.echo(f"warning: {text}", err=True),
         )
-    except (CalibrationError, BundleError, EngineError, ValueError) as exc:
+    except (CalibrationError, BundleError, DatabaseError, EngineError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     c = result.choice

@@ -111,7 +111,6 @@ def test_zeromq_io_threads_keep_normal_priority_when_host_threads_idle(make_daem
     assert os.SCHED_IDLE not in zeromq, policies
 
 
-
 FLOOD_SCRIPT = """
 import os, sys, zmq
 context = zmq.Context()

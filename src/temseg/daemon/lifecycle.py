@@ -176,3 +176,25 @@ def configure_logging(level: str = "INFO", environ: Mapping[str, str] | None = N
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
     logging.basicConfig(level=numeric, format=fmt, force=True)
+
+
+def raise_file_limit(wanted: int = 65536) -> int:
+    """Raise the soft limit on open descriptors towards ``wanted`` (at most the hard
+    limit); return the soft limit now in force.
+
+    Every subscriber connection holds a descriptor: with the usual soft limit
+    of 1024, about a thousand idle connections to the publishing port left
+    none for reading frames. The unit sets ``LimitNOFILE=``; this covers a
+    daemon started by hand.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft

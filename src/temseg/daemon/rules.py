@@ -76,10 +76,43 @@ def relative_posix(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
+MASK_SUFFIX = ".mask.tif"
+
+
 def mask_path(masks_root: Path, relative_path: str) -> Path:
     """Where the mask of the frame at ``relative_path`` goes: the same relative path under
-    ``masks_root``, with the suffix ``.tif``."""
-    return (masks_root / relative_path).with_suffix(".tif")
+    ``masks_root`` with :data:`MASK_SUFFIX` appended (``scan.tif`` -> ``scan.tif.mask.tif``).
+
+    Appending keeps the mapping one-to-one: ``scan.tif`` and ``scan.tiff`` in one
+    folder get two masks, where replacing the suffix gave both ``scan.tif``.
+    """
+    return masks_root / (relative_path + MASK_SUFFIX)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as text that is safe in a log line, a database row and a stream message.
+
+    Control characters (a newline would start a forged log line) and the
+    backslash become ``\\xNN`` escapes; bytes of a file name that are not
+    UTF-8 (kept by Python as lone surrogates, which SQLite and the stream's
+    JSON refuse to encode) become ``\\xNN`` as well. A valid UTF-8 name without
+    control characters or backslashes comes back unchanged, so the same file
+    always gives the same text.
+    """
+    raw = str(path).encode("utf-8", "surrogateescape")
+    text = raw.decode("utf-8", "backslashreplace")
+    if text.isprintable() and "\\" not in text:
+        return text
+    # Escape the backslashes that were in the name, not those backslashreplace added.
+    parts = raw.split(b"\\")
+    pieces = (
+        _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", p.decode("utf-8", "backslashreplace"))
+        for p in parts
+    )
+    return "\\x5c".join(pieces)
 
 
 def _inside(path: Path, folder: Path) -> bool:

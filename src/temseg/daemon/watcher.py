@@ -15,6 +15,12 @@ File names are matched against ``patterns`` (shell globs, case-insensitive).
 Symbolic links are ignored unless ``follow_symlinks``; even then, a link
 resolving outside the watched folder is ignored. Nothing in the folder is
 ever written: files are only stat()ed here.
+
+Folder trees are walked without recursion and only ``max_depth`` folders
+deep (frames further down are ignored, logged once per folder at WARNING),
+so a hostile ``mkdir -p`` of a thousand levels neither crashes the watcher
+nor keeps the daemon from starting; a folder that cannot be read is logged
+at WARNING and skipped.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, AnyStr
 
+import watchdog.observers.inotify as _inotify
 from watchdog.events import (
     DirCreatedEvent,
     FileClosedEvent,
@@ -41,9 +49,89 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from temseg.daemon.rules import shown_path
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PATTERNS = ("*.tif", "*.tiff")
+
+DEFAULT_MAX_DEPTH = 32
+"""Folders below the watched folder in which frames are looked for."""
+
+WALK_DEPTH_LIMIT = 256
+"""Deepest level any walk of the watched tree descends to, watchdog's included."""
+
+_warned_folders: set[str] = set()  # too-deep folders already logged (bounded below)
+
+
+def _warn_once(folder: str | bytes, text: str) -> None:
+    key = os.fsdecode(folder)
+    if key in _warned_folders or len(_warned_folders) >= 1000:
+        return
+    _warned_folders.add(key)
+    logger.warning(text, shown_path(key))
+
+
+def walk(
+    top: AnyStr,
+    *,
+    followlinks: bool = False,
+    max_depth: int = WALK_DEPTH_LIMIT,
+) -> Iterator[tuple[AnyStr, list[AnyStr], list[AnyStr]]]:
+    """:func:`os.walk` (top-down) without recursion, at most ``max_depth`` levels below ``top``.
+
+    On Python 3.11 ``os.walk`` recurses once per level, so a tree deeper than
+    the recursion limit raised RecursionError. Folders that cannot be listed
+    are logged at WARNING and skipped; callers may prune ``dirnames`` in place.
+    """
+    stack: list[tuple[AnyStr, int]] = [(top, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            logger.warning("cannot list folder=%s: %s", shown_path(os.fsdecode(folder)), exc)
+            continue
+        dirnames: list[AnyStr] = []
+        filenames: list[AnyStr] = []
+        links: set[AnyStr] = set()
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+                if is_dir and entry.is_symlink():
+                    links.add(entry.name)
+            except OSError:
+                is_dir = False
+            (dirnames if is_dir else filenames).append(entry.name)
+        yield folder, dirnames, filenames
+        below = [d for d in dirnames if followlinks or d not in links]
+        if below and depth >= max_depth:
+            _warn_once(
+                folder,
+                f"not looking below folder=%s: more than {max_depth} folder levels deep",
+            )
+            continue
+        for name in reversed(below):
+            stack.append((os.path.join(folder, name), depth + 1))
+
+
+class _BoundedWalkOs:
+    """The ``os`` module as watchdog's inotify emitter sees it: ``walk`` is :func:`walk`.
+
+    The emitter walks every new folder with ``os.walk``; on Python 3.11 a
+    tree deeper than the recursion limit killed its thread (the watcher
+    stopped for good) and, at every later start, the daemon itself.
+    """
+
+    walk = staticmethod(walk)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+if getattr(_inotify, "os", None) is os:
+    _inotify.os = _BoundedWalkOs()  # type: ignore[assignment]
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
@@ -73,11 +161,17 @@ def scan_backlog(
     patterns: Sequence[str] = DEFAULT_PATTERNS,
     recursive: bool = True,
     follow_symlinks: bool = False,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> list[Path]:
-    """Frame files already in ``root`` (resolved), oldest modification time first."""
+    """Frame files already in ``root`` (resolved), oldest modification time first.
+
+    Only ``max_depth`` folder levels below ``root`` are looked at.
+    """
     root = root.resolve()
     found: list[tuple[int, str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+    for dirpath, dirnames, filenames in walk(
+        str(root), followlinks=follow_symlinks, max_depth=max_depth
+    ):
         if not recursive:
             dirnames.clear()
         if follow_symlinks:  # never descend into a linked folder outside the root
@@ -203,6 +297,7 @@ class FrameWatcher:
         poll_interval_s: float = 1.0,
         stable_s: float = 1.0,
         follow_symlinks: bool = False,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
@@ -211,6 +306,9 @@ class FrameWatcher:
         self.recursive = recursive
         self.polling = polling
         self.follow_symlinks = follow_symlinks
+        self.max_depth = max_depth
+        self._stopping = False
+        self._reported_dead = False
         self._on_frame = on_frame
         self._tracker = _StabilityTracker(stable_s, self._report)
         self._observer: BaseObserver = (
@@ -244,17 +342,39 @@ class FrameWatcher:
 
     def stop(self) -> None:
         """Stop watching; files not yet stable are forgotten (the next backlog scan finds them)."""
+        self._stopping = True
         self._tracker.stop()
         self._observer.stop()
         if self._observer.is_alive():
             self._observer.join(timeout=5)
 
     def is_alive(self) -> bool:
-        """True while the observer and the stability checker run."""
-        return self._observer.is_alive() and self._tracker.is_alive()
+        """True while the observer, its emitters and the stability checker run.
+
+        The first time a thread is found dead an ERROR is logged: a watcher
+        that stopped must not go unnoticed.
+        """
+        threads = [self._observer, self._tracker._thread, *self._observer.emitters]
+        dead = [t.name for t in threads if not t.is_alive()]
+        if dead and not self._stopping and not self._reported_dead:
+            self._reported_dead = True
+            logger.error(
+                "watcher stopped: thread(s) %s of folder=%s ended; new frames are not seen "
+                "until the daemon restarts",
+                ", ".join(dead),
+                shown_path(self.root),
+            )
+        return not dead
 
     def _candidate(self, path: Path, *, complete: bool) -> None:
         if not matches(path.name, self.patterns):
+            return
+        if self._depth(path.parent) > self.max_depth:
+            _warn_once(
+                str(path.parent),
+                f"ignoring frames in folder=%s: more than max_depth={self.max_depth} "
+                "folder levels below the watched folder",
+            )
             return
         if complete:
             self._report(path)
@@ -266,16 +386,28 @@ class FrameWatcher:
         treat those already there as appearing now (reported once stable)."""
         if not self.recursive or self.polling:
             return  # polling snapshots see them; non-recursive ignores sub-folders
-        for dirpath, _dirnames, filenames in os.walk(folder, followlinks=self.follow_symlinks):
+        left = self.max_depth - self._depth(folder)
+        if left < 0:
+            return
+        for dirpath, _dirnames, filenames in walk(
+            str(folder), followlinks=self.follow_symlinks, max_depth=left
+        ):
             for name in filenames:
                 self._candidate(Path(dirpath, name), complete=False)
+
+    def _depth(self, path: Path) -> int:
+        """Folder levels between the watched folder and ``path`` (a folder)."""
+        try:
+            return len(path.relative_to(self.root).parts)
+        except ValueError:
+            return 0
 
     def _report(self, path: Path) -> None:
         if not admissible(path, self.root, self.follow_symlinks):
             if path.is_symlink():
-                logger.info("ignoring symbolic link path=%s", path)
+                logger.info("ignoring symbolic link path=%s", shown_path(path))
             return
         try:
             self._on_frame(path)
         except Exception:  # the watcher threads must survive whatever the callback does
-            logger.exception("frame callback failed path=%s", path)
+            logger.exception("frame callback failed path=%s", shown_path(path))

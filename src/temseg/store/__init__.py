@@ -9,10 +9,13 @@ Connect::
 
     connect(url, *, create=True, busy_timeout_ms=5000) -> Engine
         url: "sqlite:///path.db", a bare file path, or any SQLAlchemy URL.
-        Creates the parent folder and the schema, sets WAL + busy_timeout,
-        upgrades an older schema, raises SchemaError on a newer/unknown one.
+        Creates the schema (the file's folder must exist), sets WAL +
+        busy_timeout, upgrades an older schema, raises SchemaError on a
+        newer/unknown one and DatabaseError (naming file and cause) when the
+        file cannot be created or opened.
         create=False: FileNotFoundError instead of creating a missing file.
-    SCHEMA_VERSION: int ; SchemaError(RuntimeError)
+    database_error(url, exc) -> DatabaseError  # the same message for a later failure
+    SCHEMA_VERSION: int ; SchemaError(RuntimeError) ; DatabaseError(RuntimeError)
 
 Frames (idempotent on (source_path, sha256))::
 
@@ -64,18 +67,26 @@ from temseg.store.models import (
     promote_model,
     register_model,
 )
-from temseg.store.schema import SCHEMA_VERSION, SchemaError, connect
+from temseg.store.schema import (
+    SCHEMA_VERSION,
+    DatabaseError,
+    SchemaError,
+    connect,
+    database_error,
+)
 from temseg.store.summary import status_summary
 
 __all__ = [
     "SCHEMA_VERSION",
     "CalibrationRecord",
+    "DatabaseError",
     "FrameRecord",
     "ModelRecord",
     "SchemaError",
     "active_model",
     "active_model_id",
     "connect",
+    "database_error",
     "get_frame",
     "is_recorded",
     "latest_calibration",

@@ -28,6 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from temseg.store.tables import Base, SchemaInfo
@@ -42,6 +43,33 @@ _WRITE_OPTION = "temseg_write"
 
 class SchemaError(RuntimeError):
     """The database holds a schema this version of temseg cannot use safely."""
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be opened or written; the message names it and why."""
+
+
+def database_error(url: str | os.PathLike[str], exc: BaseException) -> DatabaseError:
+    """A :class:`DatabaseError` for ``exc`` raised on ``url``, naming the file and the cause.
+
+    SQLite says only "unable to open database file" or "attempt to write a
+    readonly database"; the file system says which folder or file is at fault.
+    """
+    full_url = make_url(sqlite_url(url))
+    database = full_url.database or ""
+    cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    if full_url.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return DatabaseError(f"database {full_url.render_as_string()}: {cause}")
+    path = Path(database)
+    if not path.parent.is_dir():
+        cause = f"folder {path.parent} does not exist"
+    elif path.is_dir():
+        cause = "it is a folder, not a file"
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        cause = f"folder {path.parent} is not writable by this user ({cause})"
+    elif path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        cause = f"the file is not readable and writable by this user ({cause})"
+    return DatabaseError(f"cannot use database {path}: {cause}")
 
 
 def _upgrade_1_to_2(conn: Connection) -> None:
@@ -82,7 +110,9 @@ def connect(
     A new database gets the current schema; an older temseg schema is upgraded
     in one transaction; a newer or unknown one raises :class:`SchemaError`.
     ``create=False`` raises :class:`FileNotFoundError` instead of creating a
-    missing SQLite file (for read-only tools such as ``temseg status``).
+    missing SQLite file (for read-only tools such as ``temseg status``). A
+    SQLite file whose folder does not exist, or that cannot be opened,
+    raises :class:`DatabaseError` naming the file and the cause.
     """
     full_url = make_url(sqlite_url(url))
     is_sqlite = full_url.get_backend_name() == "sqlite"
@@ -92,12 +122,19 @@ def connect(
         if not path.exists():
             if not create:
                 raise FileNotFoundError(f"no temseg database at {path}")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.is_dir():
+                raise DatabaseError(
+                    f"cannot create database {path}: folder {path.parent} does not exist "
+                    "(create it first, or choose another --db)"
+                )
     engine = create_engine(full_url)
     if is_sqlite:
         _configure_sqlite(engine, busy_timeout_ms)
     try:
         _ensure_schema(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        raise database_error(url, exc) from exc
     except BaseException:
         engine.dispose()
         raise

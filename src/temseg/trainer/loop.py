@@ -42,7 +42,13 @@ from temseg.trainer.data import (
     split_frames,
     to_model_grid,
 )
-from temseg.trainer.export import CURVE_NAME, plot_training_curve, register_bundle, write_bundle
+from temseg.trainer.export import (
+    CURVE_NAME,
+    check_database,
+    plot_training_curve,
+    register_bundle,
+    write_bundle,
+)
 
 UNKNOWN_MATERIAL = "unknown"
 
@@ -270,6 +276,8 @@ def train(config: TrainConfig) -> TrainResult:
 def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: float) -> TrainResult:
     if config.epochs < 1 or config.batch < 1:
         raise ValueError("epochs and batch must be at least 1")
+    if config.db is not None and ranks.rank == 0:
+        check_database(config.db)  # before hours of training, not after
     torch.manual_seed(config.seed)
     init = load_bundle(config.init) if config.init is not None else None
     if init is not None:
