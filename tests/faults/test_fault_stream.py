@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -85,30 +88,25 @@ def test_subscriber_that_never_reads_does_not_block_the_pipeline(
     assert stats.done == n + n_probes
 
 
-def _thread_policies() -> dict[str, list[int]]:
-    """Scheduling policy of every thread of this process, by thread name (Linux)."""
-    policies: dict[str, list[int]] = {}
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            policies.setdefault(name, []).append(os.sched_getscheduler(int(task.name)))
-        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
-            continue
-    return policies
-
-
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="needs Linux's SCHED_IDLE")
-def test_zeromq_io_threads_keep_normal_priority_when_host_threads_idle(make_daemon) -> None:
-    # ZeroMQ's I/O thread moves every message to the subscribers' sockets. Created by
-    # a host thread under SCHED_IDLE it would inherit that policy and, on a busy machine,
-    # stall the stream for every subscriber while the engine runs.
-    daemon = make_daemon(host_priority="idle")
-    assert daemon.host_threads_idle and daemon.bound_url is not None
-    policies = _thread_policies()
-    assert os.SCHED_IDLE in [p for ps in policies.values() for p in ps], policies
-    zeromq = [p for name, ps in policies.items() if name.startswith("ZMQbg") for p in ps]
-    assert zeromq, f"no ZeroMQ background thread found: {sorted(policies)}"
-    assert os.SCHED_IDLE not in zeromq, policies
+def test_stream_threads_keep_normal_priority_when_host_threads_idle(tmp_path: Path) -> None:
+    # ZeroMQ's I/O thread moves every message to the subscribers' sockets and pyzmq's
+    # collector thread frees the buffers of zero-copy sends. Started by the recorder under
+    # SCHED_IDLE they would inherit that policy and, on a busy machine, stall the stream
+    # for every subscriber while the engine runs. A fresh process, so that no thread of
+    # an earlier test is already there.
+    probe = Path(__file__).with_name("thread_policies_probe.py")
+    run = subprocess.run(
+        [sys.executable, str(probe), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    policies = json.loads(run.stdout.splitlines()[-1])
+    assert os.SCHED_IDLE in policies["host"], policies  # the premise: host threads are idle
+    assert policies["zeromq"] and policies["collector"], policies
+    assert os.SCHED_IDLE not in policies["zeromq"] + policies["collector"], policies
 
 
 FLOOD_SCRIPT = """
@@ -134,9 +132,6 @@ def test_oversized_subscriptions_are_refused_not_stored() -> None:
     """A peer subscribing to 400 random 16 KiB prefixes grew the publisher by
     hundreds of MiB (libzmq keeps every prefix); now such a peer is disconnected,
     memory stays flat and a well-behaved subscriber still gets masks."""
-    import subprocess
-    import sys
-
     import numpy as np
 
     from temseg.stream import Publisher

@@ -768,8 +768,9 @@ class Daemon:
             return
         self.bound_url = publisher.bound_url
         self._publisher_ready.set()
-        # Only now: ZeroMQ's I/O and CURVE threads, started with the publisher, inherit
-        # this thread's policy and must keep normal priority to serve every subscriber.
+        # Only now: ZeroMQ's I/O and CURVE threads and pyzmq's collector, started with the
+        # publisher, inherit this thread's policy and must keep normal priority to serve
+        # every subscriber.
         if self.host_threads_idle:
             run_when_cores_are_idle()
         try:

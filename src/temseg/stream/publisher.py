@@ -35,6 +35,18 @@ sends more, instead of keeping its prefix in the socket's subscription table."""
 logger = logging.getLogger(__name__)
 
 
+def _start_zero_copy_collector() -> None:
+    """Start pyzmq's collector thread, which frees the buffers of zero-copy sends.
+
+    pyzmq starts it (and a context with ZeroMQ threads of its own) at the first
+    zero-copy send, from the sending thread, whose scheduling policy it inherits.
+    Starting it here, from the thread that creates the publisher, lets that thread
+    lower its own priority afterwards without starving the stream. A zero-copy
+    frame starts the collector exactly as a send would (thread-safe in pyzmq).
+    """
+    zmq.Frame(bytes(zmq.COPY_THRESHOLD), copy=False)
+
+
 class Publisher:
     """One PUB socket bound to ``url``; thread-confined (use it from one thread).
 
@@ -88,6 +100,7 @@ class Publisher:
         self._auth: ThreadAuthenticator | None = None
         self._socket: zmq.Socket[Any] = self._context.socket(zmq.XPUB if nodrop else zmq.PUB)
         self._closed = False
+        _start_zero_copy_collector()
         try:
             self._socket.setsockopt(zmq.LINGER, linger_ms)
             self._socket.setsockopt(zmq.SNDHWM, send_hwm)
