@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +118,7 @@ def read_frame(path: str | Path, *, max_pixels: int = 2**28, data: bytes | None 
     except (FrameError, OSError):
         raise
     except Exception as exc:  # tifffile raises many types for corrupt headers and tags
-        raise FrameError(f"{path}: corrupt TIFF ({type(exc).__name__}: {exc})") from exc
+        raise FrameError(f"{path}: corrupt TIFF ({type(exc).__name__}: {_why(exc)})") from exc
     if image.size != shape[0] * shape[1]:
         raise FrameError(f"{path}: expected a 2-D grayscale image, got shape {image.shape}")
     image = image.reshape(shape)
@@ -145,7 +146,7 @@ def _decode(
         try:
             image = _pixels(page, data)
         except Exception as exc:  # tifffile/codecs raise many types for broken data
-            raise FrameError(f"{path}: pixel data cannot be decoded ({exc})") from exc
+            raise FrameError(f"{path}: pixel data cannot be decoded ({_why(exc)})") from exc
         metadata = _collect_metadata(path, tif, page)
         return image, metadata, (int(page.imagelength), int(page.imagewidth))
 
@@ -184,6 +185,20 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.stem + SIDECAR_SUFFIX)
 
 
+_BYTES_REPR = re.compile(r"b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\"")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def _why(exc: BaseException, limit: int = 160) -> str:
+    """The reason in ``exc`` without any of the file's bytes: tifffile quotes the
+    header it found (``header=b'root'``), which for a file that is not a frame is
+    someone else's data. Quoted bytes become ``b'...'``; the text is printable
+    ASCII and at most ``limit`` characters."""
+    text = _BYTES_REPR.sub("b'...'", str(exc))
+    text = _UNPRINTABLE.sub("?", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _open_tiff(path: Path, data: bytes | None = None) -> tifffile.TiffFile:
     if data is None:
         if not path.exists():
@@ -197,16 +212,16 @@ def _open_tiff(path: Path, data: bytes | None = None) -> tifffile.TiffFile:
             return tifffile.TiffFile(io.BytesIO(data), name=path.name)
         return tifffile.TiffFile(path, mode="r")
     except tifffile.TiffFileError as exc:
-        raise FrameError(f"{path}: not a readable TIFF file ({exc})") from exc
+        raise FrameError(f"{path}: not a readable TIFF file ({_why(exc)})") from exc
     except (OSError, ValueError, IndexError, KeyError, EOFError) as exc:
-        raise FrameError(f"{path}: cannot open TIFF ({exc})") from exc
+        raise FrameError(f"{path}: cannot open TIFF ({_why(exc)})") from exc
 
 
 def _first_page(path: Path, tif: tifffile.TiffFile) -> tifffile.TiffPage:
     try:
         page = tif.pages.first
     except (IndexError, ValueError, tifffile.TiffFileError) as exc:
-        raise FrameError(f"{path}: TIFF has no readable image ({exc})") from exc
+        raise FrameError(f"{path}: TIFF has no readable image ({_why(exc)})") from exc
     assert isinstance(page, tifffile.TiffPage)
     return page
 
