@@ -137,10 +137,14 @@ class WatchdogPinger:
 
 
 def install_stop_signals(stop_event: threading.Event) -> Callable[[], None]:
-    """Make SIGTERM and SIGINT set ``stop_event``; return a function restoring the old handlers.
+    """Make SIGTERM, SIGINT and SIGHUP set ``stop_event``; return a function restoring the
+    old handlers.
 
     Must be called from the main thread. A second signal while stopping is
     logged and otherwise ignored so the frame in flight still gets recorded.
+    SIGHUP (a closed terminal, or ``kill -HUP``) used to end the process at
+    once, unlogged; it now drains like SIGTERM. Settings are read at start:
+    to apply changed ones, restart the daemon.
     """
     previous: dict[int, object] = {}
 
@@ -152,7 +156,7 @@ def install_stop_signals(stop_event: threading.Event) -> Callable[[], None]:
             logger.info("%s received: stopping", name)
         stop_event.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         previous[sig] = signal.signal(sig, handler)
 
     def restore() -> None:
