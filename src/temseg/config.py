@@ -76,6 +76,11 @@ class Settings:
     host_priority: str = "auto"  # auto | normal | idle: readers, segmenters, recorder (see docs)
     segmenter_processes: bool = False  # measure particles in worker processes (see docs)
     log_level: str = "INFO"
+    max_file_bytes: int = 2 * 1024**3  # larger frame files get a failed row, unread
+    max_pixels: int = 2**28  # per frame, checked on the file's grid and on the model's
+    max_decoded_bytes: int = 4 * 1024**3  # decoded pixels held by all readers at once
+    read_timeout_s: float = 60.0  # one file's read; a slower one gets a failed row
+    max_depth: int = 32  # folder levels below 'watch' where frames are looked for
 
 
 def endpoint_problem(url: str) -> str | None:

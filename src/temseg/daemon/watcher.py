@@ -28,6 +28,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -58,7 +59,7 @@ DEFAULT_PATTERNS = ("*.tif", "*.tiff")
 DEFAULT_MAX_DEPTH = 32
 """Folders below the watched folder in which frames are looked for."""
 
-WALK_DEPTH_LIMIT = 256
+WALK_DEPTH_LIMIT = 64
 """Deepest level any walk of the watched tree descends to, watchdog's included."""
 
 _warned_folders: set[str] = set()  # too-deep folders already logged (bounded below)
@@ -191,6 +192,14 @@ def scan_backlog(
     return [p for _, _, p in found]
 
 
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        info = folder.stat()
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
+
+
 class _StabilityTracker:
     """Paths waiting for size and mtime to stay unchanged for ``stable_s`` seconds."""
 
@@ -298,6 +307,7 @@ class FrameWatcher:
         stable_s: float = 1.0,
         follow_symlinks: bool = False,
         max_depth: int = DEFAULT_MAX_DEPTH,
+        guard_interval_s: float = 0.5,
     ) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
@@ -314,10 +324,21 @@ class FrameWatcher:
         self._observer: BaseObserver = (
             PollingObserver(timeout=poll_interval_s) if polling else Observer()
         )
+        self._schedule()
+        self._root_identity = _identity(self.root)
+        self._waiting_for_root = False
+        self._rescan = False
+        self._guard_stop = threading.Event()
+        self._guard_interval_s = guard_interval_s
+        self._guard = threading.Thread(
+            target=self._guard_run, name="temseg-watch-guard", daemon=True
+        )
+
+    def _schedule(self) -> None:
         self._observer.schedule(
             _Handler(self),
             str(self.root),
-            recursive=recursive,
+            recursive=self.recursive,
             event_filter=[
                 DirCreatedEvent,
                 FileClosedEvent,
@@ -326,13 +347,69 @@ class FrameWatcher:
                 FileMovedEvent,
                 FileOpenedEvent,
             ],
-            follow_symlink=follow_symlinks,
+            follow_symlink=self.follow_symlinks,
         )
+
+    def _guard_run(self) -> None:
+        """Re-arm the watch when the watched folder is deleted and made again.
+
+        The observer stops watching a folder that is deleted; a folder made
+        again under the same name is a new folder with no watch. Until it
+        exists again the watcher counts as alive (it waits, logged once); then
+        the watch is set up again and the frames already in the new folder
+        are reported like those of any new folder.
+        """
+        while not self._guard_stop.wait(self._guard_interval_s):
+            try:
+                self._check_root()
+            except Exception:  # the guard must keep guarding
+                logger.exception("watch guard failed folder=%s", shown_path(self.root))
+
+    def _check_root(self) -> None:
+        identity = _identity(self.root)
+        if identity is None:
+            if not self._waiting_for_root:
+                self._waiting_for_root = True
+                logger.warning(
+                    "watched folder=%s was deleted: waiting for it to be created again",
+                    shown_path(self.root),
+                )
+            return
+        if self._rescan:
+            # The new watch starts on the observer's thread: a file made between the
+            # scan below and that start would raise no event. Scan once more; a file
+            # reported twice is skipped downstream (same path and bytes).
+            self._rescan = False
+            self._report_existing()
+        emitters = list(self._observer.emitters)
+        lost = not emitters or not all(e.is_alive() for e in emitters)
+        if not (self._waiting_for_root or lost or identity != self._root_identity):
+            return
+        self._observer.unschedule_all()
+        self._schedule()
+        self._root_identity = identity
+        self._waiting_for_root = False
+        self._reported_dead = False
+        logger.warning(
+            "watching folder=%s again (it was deleted and made again, or its watch ended)",
+            shown_path(self.root),
+        )
+        self._report_existing()
+        self._rescan = True
+
+    def _report_existing(self) -> None:
+        """Report the frames in the watched folder, once stable (after a re-arm)."""
+        for dirpath, _dirnames, filenames in walk(
+            str(self.root), followlinks=self.follow_symlinks, max_depth=self.max_depth
+        ):
+            for name in filenames:
+                self._candidate(Path(dirpath, name), complete=False)
 
     def start(self) -> None:
         """Start watching (events from now on; see :func:`scan_backlog` for older files)."""
         self._tracker.start()
         self._observer.start()
+        self._guard.start()
         logger.info(
             "watching folder=%s mode=%s patterns=%s",
             self.root,
@@ -343,18 +420,22 @@ class FrameWatcher:
     def stop(self) -> None:
         """Stop watching; files not yet stable are forgotten (the next backlog scan finds them)."""
         self._stopping = True
+        self._guard_stop.set()
+        if self._guard.is_alive():
+            self._guard.join(timeout=5)
         self._tracker.stop()
         self._observer.stop()
         if self._observer.is_alive():
             self._observer.join(timeout=5)
 
     def is_alive(self) -> bool:
-        """True while the observer, its emitters and the stability checker run.
+        """True while the observer, the guard and the stability checker run.
 
         The first time a thread is found dead an ERROR is logged: a watcher
         that stopped must not go unnoticed.
         """
-        threads = [self._observer, self._tracker._thread, *self._observer.emitters]
+        # The emitters are not counted: the guard sets up a new one when one ends.
+        threads = [self._observer, self._tracker._thread, self._guard]
         dead = [t.name for t in threads if not t.is_alive()]
         if dead and not self._stopping and not self._reported_dead:
             self._reported_dead = True
