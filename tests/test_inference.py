@@ -237,3 +237,22 @@ def test_float16_copy_rounds_as_numpy_does_bit_for_bit() -> None:
     np.testing.assert_array_equal(half.view(np.uint16), expected.view(np.uint16))
     strided = to_float16(probability[:, ::2])  # not contiguous
     np.testing.assert_array_equal(strided, probability[:, ::2].astype(np.float16))
+
+
+def test_max_pixels_is_checked_on_the_model_grid_before_resampling() -> None:
+    """A 64 x 64 frame claiming pixels 1,000 times larger than the model's would be
+    upsampled to 64,000 x 64,000 pixels (16 GB of float32); it is refused at once."""
+    import time
+
+    from temseg.inference import GridTooLarge, prepare_input
+    from temseg.model.bundle import load_bundle
+
+    bundle = load_bundle(None)
+    assert bundle.pixel_nm is not None
+    image = np.ones((64, 64), np.uint16)
+    start = time.perf_counter()
+    with pytest.raises(GridTooLarge, match="64000 x 64000 pixels, above max_pixels"):
+        prepare_input(image, bundle, bundle.pixel_nm * 1000, max_pixels=2**28)
+    assert time.perf_counter() - start < 5
+    same = prepare_input(image, bundle, bundle.pixel_nm, max_pixels=64 * 64)
+    assert same.grid_shape == (64, 64)

@@ -62,12 +62,17 @@ def input_key(bundle: ModelBundle) -> tuple[Any, ...]:
     return (bundle.normalisation, bundle.pixel_nm, bundle.config.size_multiple)
 
 
+class GridTooLarge(ValueError):
+    """A frame's grid at the model's pixel size exceeds ``max_pixels``."""
+
+
 def prepare_input(
     image: np.ndarray,
     bundle: ModelBundle,
     pixel_nm: float | None,
     *,
     allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+    max_pixels: int | None = None,
 ) -> ModelInput:
     """Normalise ``image`` as ``bundle`` was trained, resample it to its pixel size, pad it.
 
@@ -75,11 +80,24 @@ def prepare_input(
     leaves the grid as it is. ``allocate(shape)`` gives the float32 array the
     result goes into (see :func:`temseg.engine.input_allocator`); a frame
     that needs neither resampling nor padding is normalised straight into it.
+    ``max_pixels`` bounds the model's grid (checked before anything is
+    allocated): a small frame claiming a tiny ``pixel_nm`` would otherwise be
+    upsampled to an arbitrarily large grid; above it, :class:`GridTooLarge`.
     """
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
     multiple = bundle.config.size_multiple
     grid = model_grid_shape(image.shape, pixel_nm, bundle.pixel_nm)
+    if max_pixels is not None and grid[0] * grid[1] > max_pixels:
+        how = (
+            f"resampled from {pixel_nm:g} to the model's {bundle.pixel_nm:g} nm/pixel, "
+            if grid != image.shape and pixel_nm is not None and bundle.pixel_nm is not None
+            else ""
+        )
+        raise GridTooLarge(
+            f"{how}the {image.shape[0]} x {image.shape[1]} pixel frame becomes "
+            f"{grid[0]} x {grid[1]} pixels, above max_pixels ({max_pixels})"
+        )
     if (
         allocate is not None
         and grid == image.shape
