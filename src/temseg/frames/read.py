@@ -179,6 +179,26 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         return _collect_metadata(path, tif, _first_page(path, tif))
 
 
+def decoded_bytes(path: str | Path, data: bytes | None = None) -> int:
+    """Bytes the first plane of a TIFF takes once decoded, from its header alone.
+
+    A few kilobytes of deflate can decode to gigabytes; readers reserve this
+    many bytes before decoding (see ``max_decoded_bytes`` in the daemon).
+    Unreadable headers raise :class:`FrameError`, as :func:`read_frame` would.
+    """
+    path = Path(path)
+    try:
+        with _open_tiff(path, data) as tif:
+            page = _first_page(path, tif)
+            height, width = int(page.imagelength), int(page.imagewidth)
+            samples = int(getattr(page, "samplesperpixel", 1) or 1)
+            return height * width * samples * int(np.dtype(page.dtype or np.uint8).itemsize)
+    except FrameError:
+        raise
+    except Exception as exc:  # corrupt tags, as in read_frame
+        raise FrameError(f"{path}: corrupt TIFF ({type(exc).__name__}: {_why(exc)})") from exc
+
+
 def sidecar_path(path: str | Path) -> Path:
     """The sidecar file of a frame: ``NAME.json`` in the frame's own folder."""
     path = Path(path)
