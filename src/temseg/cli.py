@@ -547,7 +547,11 @@ def train(
     materials: str | None = typer.Option(
         None, "--materials", help="Comma-separated materials to train on (default: all)."
     ),
-    preset: str = typer.Option("groschner2021", "--preset", help="groschner2021 | wide."),
+    preset: str = typer.Option(
+        "groschner2021",
+        "--preset",
+        help="groschner2021 | wide | pynanofind | hrtem-generalization.",
+    ),
     epochs: int = typer.Option(50, "--epochs", min=1),
     patch: int = typer.Option(512, "--patch", help="Training patch size (pixels)."),
     batch: int = typer.Option(8, "--batch", min=1),
@@ -705,6 +709,61 @@ def models_promote(
     finally:
         engine.dispose()
     typer.echo(f"model {model_id} ({records[model_id].name}) is now active")
+
+
+@models_app.command("import")
+def models_import(
+    file: str = typer.Argument(..., help="A published network file (only read)."),
+    fmt: str = typer.Option(
+        ..., "--format", help="pynanofind (Keras .h5 weights) | hrtem-generalization (torch.save)."
+    ),
+    out: str = typer.Option(..., "--out", help="Folder for the new bundle."),
+    db: str | None = typer.Option(None, "--db", help="Register the bundle in this database."),
+    name: str | None = typer.Option(None, "--name", help="Model name (default: the file's stem)."),
+    pixel_nm: float | None = typer.Option(
+        None, "--pixel-nm", help="Training pixel size, nm per pixel (default: from the file name)."
+    ),
+    materials: list[str] = typer.Option(
+        None, "--material", help="Training material, repeatable (default: from the file name)."
+    ),
+) -> None:
+    """Write a published network as a temseg bundle (safetensors + JSON + ONNX); print its id.
+
+    No pickled code is run: PyTorch files are read through an allow-list of
+    tensor and layer types, anything else is refused. See docs/models.md.
+    """
+    from temseg.model.zoo import FORMATS, ImportFailed, import_model
+
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"choose from {', '.join(FORMATS)}", param_hint="--format")
+    if pixel_nm is not None and pixel_nm <= 0:
+        raise typer.BadParameter("must be positive (nm per pixel)", param_hint="--pixel-nm")
+    try:
+        bundle = import_model(
+            file,
+            fmt,
+            out,
+            name=name,
+            pixel_nm=pixel_nm,
+            materials=list(materials) if materials else None,
+        )
+    except ImportFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if db is not None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from temseg.trainer.export import register_bundle
+
+        try:
+            register_bundle(db, bundle)
+        except (SQLAlchemyError, OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0]
+            typer.echo(
+                f"error: bundle {bundle.path} written but not registered: {reason}", err=True
+            )
+            raise typer.Exit(1) from exc
+    typer.echo(bundle.model_id)
 
 
 @app.command()

@@ -47,8 +47,11 @@ def receive_frames(
 def test_subscriber_that_never_reads_does_not_block_the_pipeline(
     make_daemon, acq: Path, db_path: Path
 ) -> None:
-    n = scaled(80, 400)
-    daemon = make_daemon(send_hwm=4, send_probability=True)
+    # The daemon's own queue per subscriber (send_hwm 100): the stalled subscriber must
+    # overflow it, so the burst is twice as long; a reading subscriber is never 100
+    # messages behind, even on a machine busy with other work.
+    n = scaled(200, 400)
+    daemon = make_daemon(send_probability=True)
     assert daemon.bound_url is not None
     context = zmq.Context()
     stalled = context.socket(zmq.SUB)
@@ -65,7 +68,7 @@ def test_subscriber_that_never_reads_does_not_block_the_pipeline(
         receiver.start()
         for i in range(n):
             write_renamed(acq / f"frame_{i:04d}.tif", tiff_bytes(i, SIZE))
-        assert wait_for(lambda: count_rows(db_path) >= n + n_probes, scaled(60, 300))
+        assert wait_for(lambda: count_rows(db_path) >= n + n_probes, scaled(150, 300))
         assert daemon.wait_idle(30) and daemon.healthy()
         receiver.join(timeout=60)
 

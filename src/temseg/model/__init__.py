@@ -7,11 +7,12 @@ from temseg.model.bundle import (
     load_bundle,
     save_bundle,
 )
-from temseg.model.unet import UNet, UNetConfig, build_unet
+from temseg.model.unet import Network, UNet, UNetConfig, build_unet
 
 __all__ = [
     "BUNDLE_FORMAT",
     "ModelBundle",
+    "Network",
     "UNet",
     "UNetConfig",
     "build_unet",

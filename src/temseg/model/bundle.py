@@ -6,8 +6,11 @@ safetensors file, so identical weights always get the same id.
 
 ``model.json`` keys (``format`` = "temseg.model/1"):
 
-- ``architecture``: :meth:`UNetConfig.to_dict`
-- ``normalisation``: ``{"method": "max" | "minmax" | "zscore"}``
+- ``architecture``: :meth:`UNetConfig.to_dict`; its ``kind`` ("unet" when absent)
+  picks the architecture (:func:`temseg.model.unet.build_unet`)
+- ``normalisation``: ``{"method": "max" | "minmax" | "zscore" | "pynanofind"}``
+  (:func:`temseg.frames.normalise.normalise`; "max" when absent)
+- ``source``: for imported networks, the original file and its format (optional)
 - ``pixel_nm``: training pixel size in nm per pixel (``null`` if unknown)
 - ``materials``: materials seen in training
 - ``default_threshold`` and ``thresholds`` (per material, optional)
@@ -30,7 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from temseg import __version__
-from temseg.model.unet import UNet, UNetConfig
+from temseg.model.unet import Network, UNetConfig, build_unet
 
 BUNDLE_FORMAT = "temseg.model/1"
 WEIGHTS_NAME = "model.safetensors"
@@ -46,7 +49,7 @@ class BundleError(ValueError):
 class ModelBundle:
     """A loaded model: the network (eval mode, CPU) and its metadata."""
 
-    model: UNet
+    model: Network
     metadata: dict[str, Any]
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -96,7 +99,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_bundle(model: UNet, metadata: dict[str, Any], out_dir: str | Path) -> Path:
+def save_bundle(model: Network, metadata: dict[str, Any], out_dir: str | Path) -> Path:
     """Write ``model`` and ``metadata`` as a bundle into ``out_dir``; return the directory.
 
     ``architecture``, ``format``, ``model_id``, ``created_at`` and
@@ -145,10 +148,10 @@ def load_bundle(path: str | Path | None = None) -> ModelBundle:
         raise BundleError(f"{meta_file}: not a {BUNDLE_FORMAT} bundle")
     try:
         config = UNetConfig.from_dict(metadata["architecture"])
-        model = UNet(config)
+        model = build_unet(config)
         state = load_file(str(weights_file))
         model.load_state_dict(state, strict=True)
-    except (KeyError, TypeError, RuntimeError, SafetensorError, OSError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError, OSError) as exc:
         raise BundleError(f"{root}: weights do not load: {exc}") from exc
     actual_id = _file_sha256(weights_file)[:16]
     if metadata.get("model_id") != actual_id:
@@ -158,7 +161,7 @@ def load_bundle(path: str | Path | None = None) -> ModelBundle:
     return ModelBundle(model=model, metadata=metadata, path=root.resolve())
 
 
-def torch_state_equal(a: UNet, b: UNet) -> bool:
+def torch_state_equal(a: Network, b: Network) -> bool:
     """True when two networks hold identical parameters and buffers."""
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

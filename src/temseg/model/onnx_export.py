@@ -25,7 +25,7 @@ import torch
 from google.protobuf.message import DecodeError
 
 from temseg.model.bundle import ModelBundle
-from temseg.model.unet import ProbabilityModel, UNet
+from temseg.model.unet import Network, ProbabilityModel
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
@@ -39,19 +39,19 @@ GRAPH_VERSION = "2"
 _DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
 
 
-def _unet_of(source: ModelBundle | UNet | ProbabilityModel) -> UNet:
+def _unet_of(source: ModelBundle | Network | ProbabilityModel) -> Network:
     if isinstance(source, ModelBundle):
         return source.model
     if isinstance(source, ProbabilityModel):
         return source.unet
-    if isinstance(source, UNet):
+    if isinstance(source, Network):
         return source
     raise TypeError(
-        f"expected a ModelBundle, UNet or ProbabilityModel, got {type(source).__name__}"
+        f"expected a ModelBundle, Network or ProbabilityModel, got {type(source).__name__}"
     )
 
 
-def model_fingerprint(source: ModelBundle | UNet | ProbabilityModel) -> str:
+def model_fingerprint(source: ModelBundle | Network | ProbabilityModel) -> str:
     """Identity of a network's weights: the bundle's ``model_id`` when it has one.
 
     Otherwise the first 16 hex digits of a SHA-256 over parameter names,
@@ -68,7 +68,7 @@ def model_fingerprint(source: ModelBundle | UNet | ProbabilityModel) -> str:
 
 
 def export_onnx(
-    bundle_or_model: ModelBundle | UNet | ProbabilityModel,
+    bundle_or_model: ModelBundle | Network | ProbabilityModel,
     path: str | Path,
     *,
     opset: int = DEFAULT_OPSET,
@@ -137,7 +137,10 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
 
 
 def onnx_matches(
-    path: str | Path, bundle_or_model: ModelBundle | UNet | ProbabilityModel, *, fp16: bool = False
+    path: str | Path,
+    bundle_or_model: ModelBundle | Network | ProbabilityModel,
+    *,
+    fp16: bool = False,
 ) -> bool:
     """True when ``path`` is a readable, current ONNX export of these weights at this precision."""
     try:

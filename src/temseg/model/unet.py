@@ -4,22 +4,36 @@ The paper's network ("groschner2021") has encoder filters 4-8-16-32, a centre
 block of 32 filters, batch normalisation after every 3x3 convolution and a
 2-class softmax output. Input height and width must be multiples of
 ``2 ** depth`` pixels, where ``depth = len(filters)``.
+
+Other architectures are kinds of :class:`UNetConfig` (``kind``) built by
+:func:`build_unet`: "pynanofind" (:mod:`temseg.model.pynanofind`, the
+published Keras network of the paper) and "residual"
+(:mod:`temseg.model.residual_unet`, the HRTEM-Generalization network). Every
+kind is a :class:`Network`: ``forward`` gives two-class logits whose softmax
+of class 1 is the particle probability, ``probability`` gives that
+probability directly.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+Kind = Literal["unet", "pynanofind", "residual"]
+KINDS: tuple[Kind, ...] = ("unet", "pynanofind", "residual")
+
 PRESETS: dict[str, dict[str, Any]] = {
     "groschner2021": {"filters": (4, 8, 16, 32), "centre": 32},
     "wide": {"filters": (8, 16, 32, 64), "centre": 64},
+    # The published networks (see docs/models.md); only their layout, no weights.
+    "pynanofind": {"kind": "pynanofind", "filters": (4, 8, 16, 32), "centre": 32},
+    "hrtem-generalization": {"kind": "residual", "filters": (4, 8, 16, 32), "centre": 64},
 }
 
 
@@ -34,6 +48,7 @@ class UNetConfig:
     n_classes: int = 2
     preset: str | None = "groschner2021"
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: Kind = "unet"
 
     @property
     def depth(self) -> int:
@@ -48,7 +63,6 @@ class UNetConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["filters"] = list(self.filters)
-        data["kind"] = "unet"
         return data
 
     @classmethod
@@ -56,6 +70,10 @@ class UNetConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         if "filters" in known:
             known["filters"] = tuple(int(f) for f in known["filters"])
+        if known.get("kind", "unet") not in KINDS:
+            raise ValueError(
+                f"unknown architecture kind {known['kind']!r}; known: {', '.join(KINDS)}"
+            )
         return cls(**known)
 
     @classmethod
@@ -75,7 +93,39 @@ def _conv_block(c_in: int, c_out: int, batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class UNet(nn.Module):
+class Network(nn.Module):
+    """What every architecture offers the engines, the trainer and the ONNX export.
+
+    ``config`` describes it; ``forward`` maps an (N, in_channels, H, W) batch
+    to (N, 2, H, W) logits whose softmax of class 1 is the particle
+    probability (the trainer's loss takes these); :meth:`probability` gives
+    that probability, shape (N, 1, H, W), the graph inference runs. H and W
+    are multiples of ``config.size_multiple``.
+    """
+
+    config: UNetConfig
+
+    def probability(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def folded_head_probability(features: torch.Tensor, head: nn.Conv2d) -> torch.Tensor:
+    """Softmax of class 1 of ``head(features)`` for a two-class 1x1 ``head``.
+
+    Softmax of the last of two classes equals the sigmoid of the logit
+    difference, so the head is folded into one output channel (weights
+    ``w[1] - w[0]``): one 1x1 convolution and an element-wise sigmoid instead
+    of a 2-channel convolution and a channel softmax, which on CPU took a
+    quarter of the network's time at 512 x 512.
+    """
+    bias = head.bias
+    if head.out_channels == 2 and bias is not None:
+        weight = head.weight[1:] - head.weight[:1]
+        return torch.sigmoid(functional.conv2d(features, weight, bias[1:] - bias[:1]))
+    return torch.softmax(head(features), dim=1)[:, -1:]
+
+
+class UNet(Network):
     """U-Net returning per-class logits of shape (N, n_classes, H, W)."""
 
     def __init__(self, config: UNetConfig) -> None:
@@ -114,30 +164,17 @@ class UNet(nn.Module):
         return x
 
     def probability(self, x: torch.Tensor) -> torch.Tensor:
-        """Particle probability (softmax of the last class), shape (N, 1, H, W).
-
-        With two classes, softmax of the last class equals the sigmoid of the
-        logit difference, so the head is folded into one output channel
-        (weights ``w[1] - w[0]``): one 1x1 convolution and an element-wise
-        sigmoid instead of a 2-channel convolution and a channel softmax,
-        which on CPU took a quarter of the network's time at 512 x 512.
-        """
-        features = self.features(x)
-        head_bias = self.head.bias
-        if self.config.n_classes == 2 and head_bias is not None:
-            weight = self.head.weight[1:] - self.head.weight[:1]
-            bias = head_bias[1:] - head_bias[:1]
-            return torch.sigmoid(functional.conv2d(features, weight, bias))
-        return torch.softmax(self.head(features), dim=1)[:, -1:]
+        """Particle probability (softmax of the last class), shape (N, 1, H, W)."""
+        return folded_head_probability(self.features(x), self.head)
 
 
 class ProbabilityModel(nn.Module):
-    """Wraps a :class:`UNet` so that ``forward`` returns the particle probability.
+    """Wraps a :class:`Network` so that ``forward`` returns the particle probability.
 
     This is the graph every inference engine runs and the one exported to ONNX.
     """
 
-    def __init__(self, unet: UNet) -> None:
+    def __init__(self, unet: Network) -> None:
         super().__init__()
         self.unet = unet
 
@@ -145,22 +182,36 @@ class ProbabilityModel(nn.Module):
         return self.unet.probability(x)
 
 
-def build_unet(config: UNetConfig | str = "groschner2021") -> UNet:
-    """Build a freshly initialised U-Net from a config or a preset name."""
+def build_unet(config: UNetConfig | str = "groschner2021") -> Network:
+    """Build a freshly initialised network from a config or a preset name.
+
+    The config's ``kind`` picks the architecture: "unet" (:class:`UNet`),
+    "pynanofind" or "residual".
+    """
     if isinstance(config, str):
         config = UNetConfig.from_preset(config)
+    if config.kind == "pynanofind":
+        from temseg.model.pynanofind import PyNanoFindUNet
+
+        return PyNanoFindUNet(config)
+    if config.kind == "residual":
+        from temseg.model.residual_unet import ResidualUNet
+
+        return ResidualUNet(config)
     return UNet(config)
 
 
-def fold_batch_norm(unet: UNet) -> UNet:
+def fold_batch_norm(unet: Network) -> Network:
     """An inference copy of ``unet`` with each batch norm folded into its convolution.
 
-    The copy is in eval mode and computes the same function as ``unet.eval()``
-    (up to float rounding) with one convolution where there were a
-    convolution and a batch norm; ``unet`` itself is not modified.
+    Every :class:`~torch.nn.Sequential` in the network is searched for a
+    convolution directly followed by a batch norm (architectures keep such
+    pairs in one). The copy is in eval mode and computes the same function as
+    ``unet.eval()`` (up to float rounding) with one convolution where there
+    were a convolution and a batch norm; ``unet`` itself is not modified.
     """
     folded = copy.deepcopy(unet).eval()
-    for block in (*folded.down, folded.centre, *folded.decode):
+    for block in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
         layers = list(block)
         fused: list[nn.Module] = []
         i = 0

@@ -8,12 +8,12 @@ from typing import Any
 
 from temseg.model.bundle import ONNX_NAME, ModelBundle, load_bundle, save_bundle
 from temseg.model.onnx_export import export_onnx
-from temseg.model.unet import UNet
+from temseg.model.unet import Network
 
 CURVE_NAME = "training_curve.png"
 
 
-def write_bundle(model: UNet, metadata: Mapping[str, Any], out_dir: str | Path) -> ModelBundle:
+def write_bundle(model: Network, metadata: Mapping[str, Any], out_dir: str | Path) -> ModelBundle:
     """Save ``model`` as a bundle with its ``model.onnx`` and return the loaded bundle."""
     path = save_bundle(model, dict(metadata), out_dir)
     bundle = load_bundle(path)

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from temseg.frames.tiling import pad_to_multiple
 from temseg.model.bundle import ModelBundle, load_bundle
-from temseg.model.unet import UNet, build_unet
+from temseg.model.unet import Network, build_unet
 from temseg.trainer.augment import AugmentConfig
 from temseg.trainer.data import (
     DataError,
@@ -101,7 +101,7 @@ class TrainConfig:
     name: str | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     on_epoch: Callable[[EpochStats], None] | None = None
-    on_step: Callable[[int, float, UNet], None] | None = None
+    on_step: Callable[[int, float, Network], None] | None = None
 
 
 @dataclass
@@ -195,7 +195,7 @@ def _material(frame: LabelledFrame) -> str:
 
 
 def _evaluate(
-    model: UNet,
+    model: Network,
     frames: Sequence[LabelledFrame],
     materials: list[str],
     device: torch.device,
@@ -415,7 +415,7 @@ def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: floa
 
 def _write_outputs(
     config: TrainConfig,
-    model: UNet,
+    model: Network,
     history: list[EpochStats],
     metrics: dict[str, dict[str, float]],
     seconds: float,
