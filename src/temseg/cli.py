@@ -753,10 +753,14 @@ def models_import(
     if db is not None:
         from sqlalchemy.exc import SQLAlchemyError
 
+        from temseg.store import DatabaseError
         from temseg.trainer.export import register_bundle
 
         try:
             register_bundle(db, bundle)
+        except DatabaseError as exc:  # says where the bundle is, and why
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
         except (SQLAlchemyError, OSError, ValueError) as exc:
             reason = str(exc).splitlines()[0]
             typer.echo(
