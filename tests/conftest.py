@@ -29,7 +29,8 @@ def acq(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
-    """Where a test's SQLite database goes (its folder does not exist yet)."""
+    """Where a test's SQLite database goes (its folder exists, the file does not yet)."""
+    (tmp_path / "state").mkdir()
     return tmp_path / "state" / "temseg.db"
 
 

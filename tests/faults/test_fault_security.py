@@ -81,6 +81,7 @@ def test_curve_daemon_serves_allowed_clients_only(acq: Path, tmp_path: Path) -> 
     (keys.authorized / "mallory.key").unlink()  # access revoked
     url = f"tcp://127.0.0.1:{free_port()}"
     db = tmp_path / "state" / "temseg.db"
+    db.parent.mkdir()
     daemon = DaemonProcess(
         "--watch", str(acq),
         "--db", str(db),

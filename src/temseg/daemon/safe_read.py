@@ -17,7 +17,9 @@ file. :func:`read_listed` therefore opens the file itself under the rules:
 Refusals are :class:`~temseg.frames.FrameError` (the file's verdict: a
 ``failed`` row). Errors that say nothing about the file (no descriptor
 left, no memory, interrupted) are :class:`TransientReadError`: the caller
-tries again later and records nothing. No message quotes the file's bytes.
+tries again later and records nothing. No message quotes the file's bytes;
+messages name the path as it is (escape it with
+:func:`~temseg.daemon.rules.shown_path` before logging or recording it).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import stat
 import time
 from pathlib import Path
 
-from temseg.daemon.rules import shown_path
 from temseg.frames import FrameError
 
 TRANSIENT_ERRNOS = frozenset(
@@ -46,12 +47,12 @@ class TransientReadError(OSError):
 
 
 def _refuse(path: Path, why: str) -> FrameError:
-    return FrameError(f"{shown_path(path)}: {why}")
+    return FrameError(f"{path}: {why}")
 
 
 def _failure(path: Path, exc: OSError) -> OSError | FrameError:
     if exc.errno in TRANSIENT_ERRNOS:
-        return TransientReadError(exc.errno, f"{shown_path(path)}: {exc.strerror}")
+        return TransientReadError(exc.errno, f"{path}: {exc.strerror}")
     if exc.errno == errno.ELOOP:
         return _refuse(path, "is or lies below a symbolic link: not read")
     if exc.errno == errno.ENOTDIR:

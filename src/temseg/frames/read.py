@@ -179,17 +179,21 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         return _collect_metadata(path, tif, _first_page(path, tif))
 
 
-def decoded_bytes(path: str | Path, data: bytes | None = None) -> int:
+def decoded_bytes(
+    path: str | Path, data: bytes | None = None, *, max_pixels: int = 2**28
+) -> int:
     """Bytes the first plane of a TIFF takes once decoded, from its header alone.
 
     A few kilobytes of deflate can decode to gigabytes; readers reserve this
     many bytes before decoding (see ``max_decoded_bytes`` in the daemon).
-    Unreadable headers raise :class:`FrameError`, as :func:`read_frame` would.
+    Unreadable headers, and images above ``max_pixels``, raise
+    :class:`FrameError` as :func:`read_frame` would.
     """
     path = Path(path)
     try:
         with _open_tiff(path, data) as tif:
             page = _first_page(path, tif)
+            _check_page(path, tif, page, max_pixels)
             height, width = int(page.imagelength), int(page.imagewidth)
             samples = int(getattr(page, "samplesperpixel", 1) or 1)
             return height * width * samples * int(np.dtype(page.dtype or np.uint8).itemsize)
