@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import temseg.daemon.models
-import temseg.daemon.pipeline
+import temseg.daemon.service
 from temseg.bench.daemon_stage import bench_daemon
 from temseg.bench.stages import write_frames
 from temseg.inference import GPU_TILE
@@ -44,6 +44,10 @@ class StandInEngine:
 
     backend = "stand-in"
     name = "stand-in"
+    device = "cpu"
+    precision = "fp32"
+    compiled = True  # one frame per call, as a compiled GPU engine takes them
+    batches = False
 
     def __init__(self, probability: np.ndarray, delay_s: float) -> None:
         self._batch = np.ascontiguousarray(probability, dtype=np.float32)[None]
@@ -79,7 +83,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.switch_interval_ms is not None:
-        temseg.daemon.pipeline.GIL_SWITCH_INTERVAL_S = args.switch_interval_ms / 1e3
+        temseg.daemon.service.GIL_SWITCH_INTERVAL_S = args.switch_interval_ms / 1e3
 
     bundle = load_bundle(None)
     pixel_nm = bundle.pixel_nm or DEFAULT_PIXEL_NM
@@ -109,7 +113,7 @@ def main() -> None:
             segmenter_processes=args.segmenter_processes,
             on_status=lambda text: print(f"ceiling: {text}", file=sys.stderr, flush=True),
         )
-    switch_ms = temseg.daemon.pipeline.GIL_SWITCH_INTERVAL_S * 1e3
+    switch_ms = temseg.daemon.service.GIL_SWITCH_INTERVAL_S * 1e3
     print(
         f"{args.size} x {args.size} px, {args.frames} frames, stand-in engine "
         f"{args.engine_ms:g} ms per frame, GIL switch interval {switch_ms:g} ms, particles "

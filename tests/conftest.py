@@ -1,4 +1,5 @@
-"""Shared test set-up: private caches, an acquisition folder, a database path, daemons."""
+"""Shared test set-up: private caches, an acquisition folder, a database path, daemons,
+a PostgreSQL server (see ``pgkit``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pgkit
 import pytest
 
 from temseg.config import Settings
@@ -32,6 +34,33 @@ def db_path(tmp_path: Path) -> Path:
     """Where a test's SQLite database goes (its folder exists, the file does not yet)."""
     (tmp_path / "state").mkdir()
     return tmp_path / "state" / "temseg.db"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pgkit.PgServer]:
+    """A PostgreSQL server for the whole session (skips, saying why, when none can run)."""
+    try:
+        server = pgkit.start_server()
+    except pgkit.Unavailable as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    pgkit.stop_server(server)
+
+
+@pytest.fixture
+def pg_url(pg_server: pgkit.PgServer) -> Iterator[str]:
+    """URL of a new, empty PostgreSQL database (dropped after the test)."""
+    yield from pgkit.database(pg_server)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty database URL on each kind of server: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        (tmp_path / "state").mkdir()
+        return f"sqlite:///{tmp_path / 'state' / 'temseg.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
 
 
 @pytest.fixture

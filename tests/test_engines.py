@@ -163,6 +163,12 @@ def test_onnxruntime_cpu_matches_torch_fp32(
     engine = load_engine(bundle, "onnxruntime", "cpu", threads=1, cache_dir=tmp_path)
     try:
         assert (engine.backend, engine.name) == ("onnxruntime", "onnxruntime-cpu")
+        assert (engine.device, engine.precision, engine.compiled, engine.batches) == (
+            "cpu",
+            "fp32",
+            False,
+            False,  # on a CPU, one frame per call
+        )
         assert isinstance(engine, Engine)
         assert_same_masks(engine, frames, reference, atol=1e-4)
     finally:
@@ -189,6 +195,12 @@ def test_torch_cpu_engine_is_fp32_with_the_requested_threads(
         engine = load_engine(bundle, "torch", "cpu", threads=1)
         assert torch.get_num_threads() == 1
         assert (engine.backend, engine.name) == ("torch", "torch-cpu-fp32")
+        assert (engine.device, engine.precision, engine.compiled, engine.batches) == (
+            "cpu",
+            "fp32",
+            False,
+            False,
+        )
         assert_same_masks(engine, frames, reference, atol=1e-6)
     finally:
         torch.set_num_threads(before)
@@ -353,6 +365,8 @@ def test_torch_cuda_fp16_channels_last_agrees_with_fp32(
     )
     try:
         assert engine.name == name and engine.precision == "fp16"
+        assert engine.device.startswith("cuda") and engine.compiled is (compile_mode is not None)
+        assert engine.batches is (compile_mode is None)  # compiled: one frame per call
         model = engine._model
         assert model is not None
         weight = next(p for p in model.parameters() if p.dim() == 4)
@@ -415,6 +429,8 @@ def test_torch_cuda_fp32_and_auto_device(
     engine = load_engine(bundle, "torch", "auto", precision="fp32")
     try:
         assert engine.name == "torch-cuda-fp32"
+        assert engine.device.startswith("cuda") and engine.precision == "fp32"
+        assert engine.batches and not engine.compiled
         assert_same_masks(engine, frames, reference, atol=1e-2)  # convolutions may use TF32
     finally:
         engine.close()
@@ -432,6 +448,7 @@ def test_onnxruntime_cuda_if_installed(
     engine = load_engine(bundle, "onnxruntime", "cuda", cache_dir=tmp_path)
     try:
         assert engine.name == "onnxruntime-cuda"
+        assert engine.device == "cuda" and engine.batches and engine.precision == "fp32"
         assert_same_masks(engine, frames, reference, atol=1e-2)
     finally:
         engine.close()
@@ -456,6 +473,8 @@ def test_tensorrt_engine_builds_caches_and_agrees(
     engine = TensorRTEngine(bundle, max_size=256, batch=2, precision=precision, cache_dir=tmp_path)
     try:
         assert engine.name == f"tensorrt-{precision}" and engine.plan_path == plan
+        assert engine.device.startswith("cuda") and engine.precision == precision
+        assert engine.batches and not engine.compiled
         assert_same_masks(engine, frames, reference, atol=2e-2)
         with pytest.raises(EngineError, match="temseg compile"):
             engine.predict(np.zeros((1, 1, 512, 512), np.float32))

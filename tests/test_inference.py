@@ -38,6 +38,10 @@ class RecordingEngine:
         self.inner = inner
         self.backend = inner.backend
         self.name = inner.name
+        self.device = inner.device
+        self.precision = inner.precision
+        self.compiled = inner.compiled
+        self.batches = inner.batches
         self.shapes: list[tuple[int, ...]] = []
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

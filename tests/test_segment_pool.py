@@ -44,7 +44,7 @@ def test_workers_measure_what_the_daemon_would(pool: SegmentPool, shape: tuple[i
 
 
 def test_workers_import_neither_torch_nor_the_daemons_io(pool: SegmentPool) -> None:
-    import temseg.daemon.pipeline  # noqa: F401  (the parent has everything)
+    import temseg.daemon.service  # noqa: F401  (the parent has everything)
 
     assert "torch" in sys.modules
     assert pool._executor.submit(heavy_modules_loaded).result() == []

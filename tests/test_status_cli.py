@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -11,6 +12,12 @@ from typer.testing import CliRunner
 
 from temseg import store
 from temseg.cli import app
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -45,7 +52,8 @@ def test_status_text(db: Path) -> None:
     result = CliRunner().invoke(app, ["status", "--db", str(db), "--minutes", "5"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("database  sqlite:///") and "(schema 2)" in lines[0]
+    assert lines[0].startswith("database  sqlite:///")
+    assert f"(schema {store.SCHEMA_VERSION})" in lines[0]
     assert lines[1] == "model     unet-1234"
     assert lines[2] == "frames    4: 3 done, 1 failed"
     assert lines[3].split() == ["Au", "2", "done"]
@@ -85,3 +93,45 @@ def test_status_empty_database(tmp_path: Path) -> None:
     assert "frames    0: none" in result.stdout
     assert "model     none active" in result.stdout
     assert result.stdout.splitlines()[-1].endswith("0 frames, 0.00 frames/min, mean latency -")
+
+
+def test_status_groups_by_instrument_on_a_shared_server(pg_url: str) -> None:
+    engine = store.connect(pg_url)
+    try:
+        for i, (instrument, status) in enumerate(
+            [("titan", "done"), ("titan", "done"), ("talos", "done"), ("talos", "failed")]
+        ):
+            store.record_frame(
+                engine,
+                source_path=f"/acq/{instrument}/{i}.tif",
+                sha256=f"{i:064x}",
+                size_bytes=1,
+                status=status,
+                model_id="m1",
+                instrument=instrument,
+            )
+    finally:
+        engine.dispose()
+    result = CliRunner().invoke(app, ["status", "--db", pg_url, "--by", "instrument"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("database  postgresql+psycopg://")
+    assert lines[2] == "frames    4: 3 done, 1 failed (by instrument)"
+    assert lines[3].split() == ["talos", "1", "done,", "1", "failed"]
+    assert lines[4].split() == ["titan", "2", "done"]
+    as_json = CliRunner().invoke(app, ["status", "--db", pg_url, "--json"])
+    assert json.loads(as_json.stdout)["by_instrument"] == {
+        "talos": {"done": 1, "failed": 1},
+        "titan": {"done": 2},
+    }
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["models", "list"], ["models", "promote", "m1"], ["reprocess", "."]]
+)
+def test_an_unreachable_server_is_one_error_line(command: list[str]) -> None:
+    url = f"postgresql+psycopg://temseg@127.0.0.1:{free_port()}/temseg?connect_timeout=5"
+    result = CliRunner().invoke(app, [*command, "--db", url])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
+    assert "127.0.0.1" in result.output and "Traceback" not in result.output

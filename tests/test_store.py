@@ -1,13 +1,17 @@
-"""The results database on a real SQLite file."""
+"""The results database on a real SQLite file and a real PostgreSQL server."""
 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pgkit
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -15,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from temseg import store
 from temseg.segment import find_particles
 from temseg.store import schema
+from temseg.store.tables import FrameRow
 
 SHA = "ab" * 32
 
@@ -60,9 +65,13 @@ INSERT INTO calibrations (material, model_id, threshold, precision, recall, dice
 """
 
 
+V2_DUMP = Path(__file__).parent / "data" / "temseg_schema_v2.sql"
+
+
 @pytest.fixture
-def engine(tmp_path: Path):
-    eng = store.connect(tmp_path / "temseg.db")
+def engine(db_url: str):
+    """An engine on a new database: SQLite file, then PostgreSQL (``db_url``)."""
+    eng = store.connect(db_url)
     yield eng
     eng.dispose()
 
@@ -121,7 +130,9 @@ def test_record_frame_is_idempotent_and_keeps_particles(engine) -> None:
     )
     assert store.is_recorded(engine, "/acq/a.tif", SHA)
     assert not store.is_recorded(engine, "/acq/a.tif", "00" * 32)
-    again = store.record_frame(engine, **fields, material="CdSe", particles=particles[:1])
+    again = store.record_frame(
+        engine, **fields, model_id="m1", material="CdSe", particles=particles[:1]
+    )
     assert again == frame_id
 
     record = store.get_frame(engine, frame_id)
@@ -131,6 +142,7 @@ def test_record_frame_is_idempotent_and_keeps_particles(engine) -> None:
     assert record.received_at == received
     assert record.processed_at.tzinfo is not None
     assert (record.seq, record.latency_ms, record.backend) == (7, 42.0, "torch")
+    assert record.instrument is None
     assert store.recorded_paths(engine) == {("/acq/a.tif", SHA)}
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM frames")).scalar() == 1
@@ -222,7 +234,7 @@ def test_models_promote_keeps_exactly_one_active(engine) -> None:
 
     # The database itself refuses a second active row.
     with pytest.raises(IntegrityError), engine.begin() as conn:
-        conn.execute(text("UPDATE models SET active = 1"))
+        conn.execute(text("UPDATE models SET active = :on"), {"on": True})
 
 
 def test_latest_calibration(engine) -> None:
@@ -295,6 +307,7 @@ def test_status_summary_counts_and_window(engine) -> None:
     assert summary["total"] == 4
     assert summary["by_status"] == {"done": 3, "failed": 1}
     assert summary["by_material"] == {"Au": {"done": 2, "failed": 1}, "CdSe": {"done": 1}}
+    assert summary["by_instrument"] == {"?": {"done": 3, "failed": 1}}
     assert summary["last_frame"]["source_path"] == "/acq/3.tif"
     assert summary["window_frames"] == 4
     assert summary["frames_per_minute"] == pytest.approx(0.8)
@@ -310,7 +323,7 @@ def test_upgrade_from_version_1(tmp_path: Path) -> None:
     eng = store.connect(path)
     try:
         with eng.connect() as conn:
-            assert conn.execute(text("SELECT version FROM schema_info")).scalar() == 2
+            assert conn.execute(text("SELECT version FROM schema_info")).scalar() == 3
             columns = {c["name"] for c in inspect(conn).get_columns("frames")}
         assert {"latency_ms", "backend"} <= columns
         # Old rows survive and new columns work.
@@ -357,9 +370,8 @@ def test_refuses_newer_and_unknown_schemas(tmp_path: Path) -> None:
         store.connect(zero)
 
 
-def test_concurrent_writers_and_readers(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
-    engines = [store.connect(path) for _ in range(2)]
+def test_concurrent_writers_and_readers(db_url: str) -> None:
+    engines = [store.connect(db_url) for _ in range(2)]
     errors: list[BaseException] = []
     ids: dict[int, int] = {}
 
@@ -392,3 +404,213 @@ def test_concurrent_writers_and_readers(tmp_path: Path) -> None:
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_a_file_has_one_result_per_model(engine) -> None:
+    fields = dict(sha256=SHA, size_bytes=10, status="done", particles=_particles())
+    live = store.record_frame(
+        engine, source_path="/acq/a.tif", model_id="m1", instrument="titan", **fields
+    )
+    assert store.record_frame(engine, source_path="/acq/a.tif", model_id="m1", **fields) == live
+    # Another model: a second result for the same file.
+    second = store.record_frame(engine, source_path="/acq/a.tif", model_id="m2", **fields)
+    assert second != live
+    # The same content copied elsewhere is a row of its own, as before version 3 ...
+    copy = store.record_frame(engine, source_path="/archive/a.tif", model_id="m1", **fields)
+    assert copy not in (live, second)
+    # ... and whether a model has work left on it is asked by content.
+    assert store.result_id(engine, SHA, "m1") == live
+    assert store.result_id(engine, SHA, "m2") == second
+    assert store.result_id(engine, SHA, "m3") is None
+    assert store.recorded_contents(engine, "m2") == {SHA}
+    assert store.recorded_contents(engine, "m3") == set()
+    assert store.get_frame(engine, live).instrument == "titan"  # type: ignore[union-attr]
+    # Failures before any model ran are kept once per file.
+    failed = dict(sha256="ee" * 32, size_bytes=1, status="failed", error="bad")
+    one = store.record_frame(engine, source_path="/acq/x.tif", **failed)
+    assert store.record_frame(engine, source_path="/acq/x.tif", **failed) == one
+    assert store.record_frame(engine, source_path="/acq/y.tif", **failed) != one
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM frames")).scalar() == 5
+        assert conn.execute(text("SELECT count(*) FROM particles")).scalar() == 3 * 2
+    summary = store.status_summary(engine)
+    assert summary["by_instrument"] == {"?": {"done": 2, "failed": 2}, "titan": {"done": 1}}
+    assert summary["by_model"] == {"?": {"failed": 2}, "m1": {"done": 2}, "m2": {"done": 1}}
+
+
+def test_the_database_refuses_a_second_row_for_a_result(engine) -> None:
+    """Writers that bypass record_frame's check still cannot duplicate a result."""
+    fields = dict(sha256=SHA, size_bytes=1, status="done", processed_at=datetime.now(UTC))
+    table = FrameRow.__table__
+    with engine.begin() as conn:
+        conn.execute(table.insert(), {"source_path": "/a", "model_id": "m1", **fields})
+        conn.execute(table.insert(), {"source_path": "/a", "model_id": "m2", **fields})
+        conn.execute(table.insert(), {"source_path": "/a", "model_id": None, **fields})
+    for model_id in ("m1", None):
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(table.insert(), {"source_path": "/a", "model_id": model_id, **fields})
+
+
+def _schema_shape(engine) -> dict[str, object]:
+    """Columns (name, nullability) and index definitions of every table."""
+    with engine.connect() as conn:
+        found = inspect(conn)
+        return {
+            table: (
+                [(c["name"], c["nullable"]) for c in found.get_columns(table)],
+                sorted(
+                    (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                    for i in found.get_indexes(table)
+                ),
+                sorted(u["name"] or "" for u in found.get_unique_constraints(table)),
+            )
+            for table in sorted(found.get_table_names())
+        }
+
+
+def test_upgrade_from_version_2_keeps_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(V2_DUMP.read_text())
+        before = conn.execute("SELECT * FROM frames ORDER BY id").fetchall()
+        particles_before = conn.execute("SELECT * FROM particles ORDER BY id").fetchall()
+    assert len(before) == 3 and len(particles_before) == 3
+    eng = store.connect(path)
+    fresh = store.connect(tmp_path / "fresh.db")
+    try:
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT version FROM schema_info")).scalar() == 3
+            after = conn.execute(text("SELECT * FROM frames ORDER BY id")).all()
+            particles_after = conn.execute(text("SELECT * FROM particles ORDER BY id")).all()
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        # Every row and id kept, the new column empty; particles still belong to their frames.
+        assert [tuple(r)[:-1] for r in after] == before
+        assert {r.instrument for r in after} == {None}
+        assert [tuple(r) for r in particles_after] == particles_before
+        assert _schema_shape(eng) == _schema_shape(fresh)
+        first = store.get_frame(eng, 1)
+        assert first is not None and first.n_particles == len(first.particles) == 2
+        # Old rows keep their keys; the file can now have a second model's result.
+        assert store.result_id(eng, "aa" * 32, "m2") == 1
+        same = dict(source_path="/acq/copy/a.tif", sha256="aa" * 32, size_bytes=1000)
+        assert store.record_frame(eng, **same, status="done", model_id="m2") == 2
+        new = store.record_frame(eng, **same, status="done", model_id="m3", instrument="titan")
+        assert new == 4
+        failed = dict(source_path="/acq/Au/broken.tif", sha256="bb" * 32, size_bytes=10)
+        assert store.record_frame(eng, **failed, status="failed", error="again") == 3
+        assert store.active_model_id(eng) == "m2"
+        assert store.latest_threshold(eng, "Au", "m2") == 0.45
+    finally:
+        eng.dispose()
+        fresh.dispose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_postgresql_url_without_driver_uses_psycopg(pg_url: str) -> None:
+    plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    eng = store.connect(plain)
+    try:
+        assert eng.url.drivername == "postgresql+psycopg"
+        assert eng.pool._pre_ping  # type: ignore[attr-defined]
+    finally:
+        eng.dispose()
+
+
+def test_connect_without_create_refuses_empty_server_database(pg_url: str) -> None:
+    with pytest.raises(FileNotFoundError, match="no temseg database"):
+        store.connect(pg_url, create=False)
+    store.connect(pg_url).dispose()
+    store.connect(pg_url, create=False).dispose()
+
+
+def test_processes_starting_together_create_the_schema_once(pg_url: str) -> None:
+    # Separate processes, released at once on an empty database: without the
+    # advisory lock two of them create the same tables and one fails.
+    code = (
+        "import sys, time; from temseg import store\n"
+        "while time.time() < float(sys.argv[2]): pass\n"
+        "store.connect(sys.argv[1]).dispose(); print('ok')\n"
+    )
+    start_at = time.time() + 3.0
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, pg_url, str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-800:] for _, err in outcomes]
+    eng = store.connect(pg_url, create=False)
+    try:
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT version FROM schema_info")).scalars().all() == [3]
+    finally:
+        eng.dispose()
+
+
+def _record_until_done(engine, i: int, model_id: str) -> int:
+    """Record frame ``i``, retrying on OperationalError as the daemon does (bounded)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return store.record_frame(
+                engine,
+                source_path=f"/acq/{i:04d}.tif",
+                sha256=f"{i:064x}",
+                size_bytes=1,
+                status="done",
+                model_id=model_id,
+                particles=_particles(),
+            )
+        except OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_server_restart_during_a_burst_loses_and_duplicates_nothing(
+    pg_server: pgkit.PgServer, pg_url: str
+) -> None:
+    if pg_server.data is None:
+        pytest.skip("an external server (TEMSEG_TEST_POSTGRES_URL) is not restarted by tests")
+    n = 300
+    engine = store.connect(pg_url)
+    errors: list[BaseException] = []
+    progress = threading.Event()
+    done_ids: dict[int, int] = {}
+
+    def burst(k: int) -> None:
+        try:
+            for i in range(k, n, 2):
+                done_ids[i] = _record_until_done(engine, i, "m1")
+                if len(done_ids) > n // 4:
+                    progress.set()
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=burst, args=(k,)) for k in range(2)]
+    try:
+        for writer in writers:
+            writer.start()
+        assert progress.wait(60)
+        pg_server.restart("immediate")  # connections cut mid-transaction, as in a crash
+        for writer in writers:
+            writer.join(120)
+        assert errors == []
+        assert len(done_ids) == n and len(set(done_ids.values())) == n
+        # Recording everything once more writes nothing new.
+        assert [_record_until_done(engine, i, "m1") for i in range(n)] == [
+            done_ids[i] for i in range(n)
+        ]
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT sha256, count(*) FROM frames GROUP BY sha256")).all()
+            n_particles = conn.execute(text("SELECT count(*) FROM particles")).scalar()
+        assert len(rows) == n and {count for _, count in rows} == {1}
+        assert n_particles == 2 * n
+    finally:
+        engine.dispose()

@@ -5,6 +5,9 @@ Each command parses flags and calls into the package; no logic lives here.
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import typer
 
 from temseg import __version__
@@ -237,6 +240,9 @@ def segment(
 def daemon(
     watch: str | None = typer.Option(None, "--watch", help="Acquisition folder to watch."),
     db: str | None = typer.Option(None, "--db", help="Database URL or SQLite file."),
+    instrument: str | None = typer.Option(
+        None, "--instrument", help="Microscope name recorded with every frame."
+    ),
     publish: str | None = typer.Option(
         None, "--publish", help="ZeroMQ endpoint to bind, e.g. tcp://127.0.0.1:5557."
     ),
@@ -287,6 +293,7 @@ def daemon(
     overrides = {
         "watch": watch,
         "db": db,
+        "instrument": instrument,
         "publish": publish,
         "material": material,
         "model": model,
@@ -311,7 +318,7 @@ def daemon(
         raise typer.Exit(2) from exc
     raise_file_limit()
     try:
-        serve(settings)
+        stats = serve(settings)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -322,6 +329,8 @@ def daemon(
         log.critical("daemon failed: %s", exc)
         log.debug("traceback of the failure", exc_info=True)
         raise typer.Exit(1) from exc
+    if stats.abandoned:  # stopping gave up on a locked database: said so in the log
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -449,9 +458,13 @@ def status(
     db: str | None = typer.Option(None, "--db", help="Database URL or file (default: settings)."),
     minutes: float = typer.Option(10.0, "--minutes", min=0.01, help="Throughput window."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object instead of text."),
+    by: str = typer.Option(
+        "material", "--by", help="Group the counts by material, instrument or model."
+    ),
     config: str | None = typer.Option(None, "--config", help="Settings file (TOML)."),
 ) -> None:
-    """Frames recorded per status and material, the last frame, recent throughput."""
+    """Frames recorded per status and material (or instrument, model), the last frame,
+    recent throughput."""
     import json
 
     from sqlalchemy.exc import OperationalError
@@ -459,6 +472,9 @@ def status(
     from temseg.config import ConfigError, load_settings
     from temseg.store import SchemaError, connect, status_summary
 
+    if by not in ("material", "instrument", "model"):
+        typer.echo(f"error: --by must be material, instrument or model, not {by!r}", err=True)
+        raise typer.Exit(2)
     try:
         url = load_settings(config, overrides={"db": db}).db
     except ConfigError as exc:
@@ -470,8 +486,11 @@ def status(
             summary = status_summary(engine, window_minutes=minutes)
         finally:
             engine.dispose()
-    except (FileNotFoundError, SchemaError, OperationalError) as exc:
+    except (FileNotFoundError, SchemaError) as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {url}: {_first_line(exc.orig)}", err=True)
         raise typer.Exit(1) from exc
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -482,9 +501,10 @@ def status(
 
     typer.echo(f"database  {summary['database']} (schema {summary['schema_version']})")
     typer.echo(f"model     {summary['active_model'] or 'none active'}")
-    typer.echo(f"frames    {summary['total']}: {counts(summary['by_status'])}")
-    for material, by_status in summary["by_material"].items():
-        typer.echo(f"  {material:8}{counts(by_status)}")
+    grouping = "" if by == "material" else f" (by {by})"
+    typer.echo(f"frames    {summary['total']}: {counts(summary['by_status'])}{grouping}")
+    for group, by_status in summary[f"by_{by}"].items():
+        typer.echo(f"  {group:8}{' ' if len(group) >= 8 else ''}{counts(by_status)}")
     last = summary["last_frame"]
     if last is not None:
         detail = f"{last['n_particles']} particles" if last["status"] == "done" else last["error"]
@@ -497,6 +517,132 @@ def status(
         f"{summary['frames_per_minute']:.2f} frames/min, mean latency "
         + ("-" if mean is None else f"{mean:.0f} ms")
     )
+
+
+@app.command()
+def reprocess(
+    paths: list[str] = typer.Argument(..., help="Frame files and folders of the archive."),
+    db: str | None = typer.Option(None, "--db", help="Database URL or file (default: settings)."),
+    model: str = typer.Option(
+        "auto", "--model", help="ID | DIR | active | bundled (default: active, else bundled)."
+    ),
+    material: str | None = typer.Option(
+        None, "--material", help="Material when neither metadata nor folder rules say."
+    ),
+    scheduler: str = typer.Option(
+        "local", "--scheduler", help="local, or tcp://HOST:PORT of a running Dask scheduler."
+    ),
+    workers: int = typer.Option(1, "--workers", min=1, help="Workers of the local cluster."),
+    instrument: str | None = typer.Option(
+        None, "--instrument", help="Microscope name to record (default: settings)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=0, help="CPU threads per worker (0: cores / workers)."
+    ),
+    config: str | None = typer.Option(None, "--config", help="Settings file (TOML)."),
+) -> None:
+    """Segment an archive with a model on Dask; each frame's result is recorded once per
+    model, so a rerun (also after Ctrl-C) does only what is left."""
+    from sqlalchemy.exc import OperationalError
+
+    from temseg.config import ConfigError, load_settings
+    from temseg.reprocess import ReprocessError, Summary
+    from temseg.reprocess import reprocess as run
+    from temseg.store import SchemaError, connect
+
+    try:
+        settings = load_settings(
+            config,
+            overrides={
+                "db": db,
+                "material": material,
+                "instrument": instrument,
+                "threads": threads,
+            },
+        )
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        engine = connect(settings.db)
+    except (FileNotFoundError, SchemaError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {settings.db}: {_first_line(exc.orig)}", err=True)
+        raise typer.Exit(1) from exc
+    bar: Any = None
+
+    def progress(summary: Summary) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = typer.progressbar(length=summary.found, label="reprocess", file=sys.stderr)
+            bar.__enter__()
+        bar.update(summary.handled - bar.pos)
+
+    try:
+        summary = run(
+            paths,
+            engine,
+            model=model,
+            settings=settings,
+            scheduler=scheduler,
+            workers=workers,
+            instrument=settings.instrument,
+            progress=progress,
+        )
+    except ReprocessError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {settings.db}: {_first_line(exc.orig)}", err=True)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        typer.echo("interrupted before reprocessing started; nothing recorded", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+        engine.dispose()
+    for error in summary.errors[:10]:
+        typer.echo(f"  {error}", err=True)
+    if len(summary.errors) > 10:
+        typer.echo(f"  ... and {len(summary.errors) - 10} more", err=True)
+    typer.echo(
+        f"model {summary.model_id}: {summary.found} frames found, {summary.done} done, "
+        f"{summary.failed} failed, {summary.skipped} already recorded, {summary.repeats} "
+        f"repeated content, {summary.unreadable} unreadable; {summary.segmented} segmented "
+        f"in {summary.segment_s:.1f} s ({summary.frames_per_s:.2f} frames/s) on "
+        f"{summary.workers} worker(s), {summary.elapsed_s:.1f} s in all"
+    )
+    if summary.interrupted:
+        typer.echo("interrupted: what was recorded stays; run the same command to resume", err=True)
+        raise typer.Exit(130)
+
+
+def _open_db(url: str, *, create: bool = False) -> Any:
+    """The database at ``url``; a missing, unusable or unreachable one is one error line."""
+    from sqlalchemy.exc import OperationalError
+
+    from temseg.store import DatabaseError, SchemaError, connect
+
+    try:
+        return connect(url, create=create)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: no database: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except (SchemaError, DatabaseError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except OperationalError as exc:
+        typer.echo(f"error: {url}: {_first_line(exc.orig)}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _first_line(error: object) -> str:
+    """A driver's error message, first line only (PostgreSQL's run over several)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 keys_app = typer.Typer(help="CURVE keys for an encrypted, authenticated mask stream.")
@@ -644,13 +790,9 @@ def models_list(
     The model shipped with temseg is always listed (registered on first use).
     """
     from temseg.daemon.models import register_bundled
-    from temseg.store import connect, list_models
+    from temseg.store import list_models
 
-    try:
-        engine = connect(_models_db(db), create=False)
-    except FileNotFoundError as exc:
-        typer.echo(f"error: no database: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    engine = _open_db(_models_db(db))
     register_bundled(engine)
     records = list_models(engine)
     engine.dispose()
@@ -680,13 +822,9 @@ def models_promote(
     """
     from temseg.daemon.models import register_bundled
     from temseg.model.bundle import BundleError, load_bundle
-    from temseg.store import active_model, connect, list_models, promote_model
+    from temseg.store import active_model, list_models, promote_model
 
-    try:
-        engine = connect(_models_db(db), create=False)
-    except FileNotFoundError as exc:
-        typer.echo(f"error: no database: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    engine = _open_db(_models_db(db))
     try:
         register_bundled(engine)
         records = {r.model_id: r for r in list_models(engine)}

@@ -23,7 +23,9 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_origin, get_type_hints
+
+from temseg.options import Backend, HostPriority, MaskEncoding, check_choice
 
 ENV_PREFIX = "TEMSEG_"
 DEFAULT_CONFIG_PATH = Path("/etc/temseg/temseg.toml")
@@ -46,10 +48,11 @@ class Settings:
 
     watch: Path | None = None
     db: str = "sqlite:///temseg.db"
+    instrument: str | None = None  # microscope name recorded with every frame (one per daemon)
     publish: str = "tcp://127.0.0.1:5557"
     material: str = "Au"
     model: str | None = None  # bundle directory; None = active model in db, else the bundled one
-    backend: str = "auto"  # auto | torch | onnxruntime | tensorrt
+    backend: Backend = "auto"
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU inference threads; 0 = all cores
     polling: bool = False
@@ -62,7 +65,7 @@ class Settings:
     folder_rules: dict[str, str] = field(default_factory=dict)
     send_hwm: int = 100
     send_probability: bool = False
-    mask_encoding: str = "raw"  # raw | packbits
+    mask_encoding: MaskEncoding = "raw"
     curve_keys: Path | None = None
     engine_cache: Path | None = None
     tile: int = 0  # pixels; larger frames are tiled; 0 = 2048 on CPU, 4096 on a GPU
@@ -73,14 +76,32 @@ class Settings:
     warmup_shapes: list[str] = field(default_factory=list)  # "HxW" frame shapes run before READY
     readers: int = 0  # threads that hash and decode frames; 0 = from the number of cores
     segmenters: int = 0  # threads that threshold, measure particles, write masks; 0 = from cores
-    host_priority: str = "auto"  # auto | normal | idle: readers, segmenters, recorder (see docs)
+    host_priority: HostPriority = "auto"  # readers, segmenters, recorder (see docs/daemon.md)
     segmenter_processes: bool = False  # measure particles in worker processes (see docs)
+    #: Seconds ``stop()`` keeps retrying a locked database before it gives up: the frames
+    #: not recorded by then stay unrecorded (the next start's backlog finds them) and the
+    #: daemon exits non-zero. Keep it below systemd's ``TimeoutStopSec``.
+    stop_timeout_s: float = 60.0
     log_level: str = "INFO"
     max_file_bytes: int = 2 * 1024**3  # larger frame files get a failed row, unread
     max_pixels: int = 2**28  # per frame, checked on the file's grid and on the model's
     max_decoded_bytes: int = 4 * 1024**3  # decoded pixels held by all readers at once
     read_timeout_s: float = 60.0  # one file's read; a slower one gets a failed row
     max_depth: int = 32  # folder levels below 'watch' where frames are looked for
+
+    def __post_init__(self) -> None:
+        check_options(self)
+
+
+def check_options(settings: Settings) -> None:
+    """Raise :class:`ConfigError` for a string option outside its ``Literal`` type's values.
+
+    The one check of the string options: called when a :class:`Settings` is made and
+    for every value read from a file, the environment or a flag.
+    """
+    for name, kind in get_type_hints(Settings).items():
+        if get_origin(kind) is Literal:
+            check_choice(name, getattr(settings, name), kind, ConfigError)
 
 
 def endpoint_problem(url: str) -> str | None:
@@ -106,6 +127,8 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
     text = str(kind)
     if raw is None:
         return None
+    if get_origin(kind) is Literal:  # checked by check_options
+        return str(raw)
     try:
         if "dict" in text:
             if not isinstance(raw, Mapping):
@@ -151,6 +174,10 @@ def _apply(settings: Settings, values: Mapping[str, Any], origin: str) -> None:
             setattr(settings, name, _coerce(name, raw, hints[name]))
         except ConfigError as exc:
             raise ConfigError(f"{origin}: {exc}") from None
+    try:
+        check_options(settings)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
 
 
 def _warn_unknown_variables(env: Mapping[str, str]) -> None:

@@ -31,6 +31,7 @@ from temseg.bench.stats import (
 from temseg.config import Settings
 from temseg.daemon import Daemon
 from temseg.frames import read_frame
+from temseg.options import Backend, HostPriority
 from temseg.stream import StreamMessage, Subscriber
 
 WARMUP_TRIES = 3
@@ -111,14 +112,14 @@ def bench_daemon(
     workdir: Path,
     *,
     model: Path,
-    backend: str,
+    backend: Backend,
     device: str,
     threads: int,
     paced: int,
     batch_size: int | None = None,
     compile: bool = False,
     tile: int | None = None,
-    host_priority: str | None = None,
+    host_priority: HostPriority | None = None,
     segmenter_processes: bool = False,
     timeout_s: float = 120.0,
     on_status: Callable[[str], object] | None = None,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from temseg.bench.daemon_stage import bench_daemon
 from temseg.bench.stages import (
@@ -29,6 +29,7 @@ from temseg.engine import check_backend, load_engine
 from temseg.engine.base import resolve_device, resolve_threads
 from temseg.inference import default_tile
 from temseg.model.bundle import BundleError, ModelBundle, load_bundle, save_bundle
+from temseg.options import Backend
 from temseg.synth import DEFAULT_PIXEL_NM
 
 STAGE_TAGS = {
@@ -227,8 +228,8 @@ def run_bench(
             report.backend = engine.name
             report.frames_per_call = frames_per_call(engine, batch)
             tiled = max(inputs[0].shape) > tile
-            compiled = engine.name.endswith("-compiled")  # a batch would be another compilation
-            if batch > 1 and not tiled and not compiled:
+            # A compiled engine would compile the batch shape anew.
+            if batch > 1 and not tiled and not engine.compiled:
                 report.stages["engine_batched"] = bench_engine_batched(
                     inputs, engine, bundle, resolved, batch
                 )
@@ -245,7 +246,7 @@ def run_bench(
             paths,
             work / "daemon",
             model=bundle.path,
-            backend=backend,
+            backend=cast(Backend, backend),  # checked by check_backend above
             device=resolved,
             threads=threads,
             paced=min(frames, DEFAULT_PACED) if paced is None else paced,

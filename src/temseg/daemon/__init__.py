@@ -1,19 +1,10 @@
 """The segmentation service: watch a folder, segment each new frame, publish and record it.
 
-Programmatic use (tests, demo, benchmarks)::
-
-    daemon = Daemon(settings)          # validates settings (ConfigError)
-    daemon.start()                     # model loaded and warmed, socket bound, watching
-    daemon.bound_url                   # e.g. "tcp://127.0.0.1:40123" for publish=...:0
-    daemon.wait_idle(timeout_s)        # no accepted frame pending
-    stats = daemon.stop()              # finishes frames in flight -> DaemonStats
-
-    run_daemon(settings, stop_event=event, ready=None) -> DaemonStats  # blocking
-    serve(settings) -> DaemonStats     # foreground, SIGTERM/SIGINT stop it
-
-The names below are imported on first use, so that a segmentation worker
-process (:mod:`temseg.daemon.segment_pool`) imports this package without
-PyTorch, SQLAlchemy or ZeroMQ.
+How it is built (the stages, the event stream, the threads) and how to run
+and observe it: ``docs/daemon.md``. The names in ``__all__`` are imported on
+first use, so that a segmentation worker process
+(:mod:`temseg.daemon.segment_pool`) imports this package without PyTorch,
+SQLAlchemy or ZeroMQ.
 """
 
 from __future__ import annotations
@@ -22,15 +13,19 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from temseg.daemon.events import EventStream, FrameEvent
     from temseg.daemon.lifecycle import Notifier, configure_logging, install_stop_signals
-    from temseg.daemon.pipeline import Daemon, DaemonStats, run_daemon, serve
+    from temseg.daemon.observers import DaemonStats
+    from temseg.daemon.service import Daemon, run_daemon, serve
     from temseg.daemon.watcher import FrameWatcher, scan_backlog
 
 _HOME = {
-    "Daemon": "pipeline",
-    "DaemonStats": "pipeline",
-    "run_daemon": "pipeline",
-    "serve": "pipeline",
+    "Daemon": "service",
+    "run_daemon": "service",
+    "serve": "service",
+    "DaemonStats": "observers",
+    "EventStream": "events",
+    "FrameEvent": "events",
     "FrameWatcher": "watcher",
     "scan_backlog": "watcher",
     "Notifier": "lifecycle",
@@ -41,6 +36,8 @@ _HOME = {
 __all__ = [
     "Daemon",
     "DaemonStats",
+    "EventStream",
+    "FrameEvent",
     "FrameWatcher",
     "Notifier",
     "configure_logging",

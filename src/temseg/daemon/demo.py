@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from temseg.config import Settings
-from temseg.daemon.pipeline import Daemon
+from temseg.daemon.service import Daemon
 from temseg.frames.write import write_frame_tiff
 from temseg.stream import Subscriber
 from temseg.synth import simulate_frame

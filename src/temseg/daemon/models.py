@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine as DbEngine
+from sqlalchemy import Engine as Database
 
 from temseg.engine import Engine, load_engine, warmup
 from temseg.frames.tiling import engine_shape
@@ -76,7 +76,7 @@ class EngineOptions:
     warmup_shapes: tuple[tuple[int, int], ...] = ()  # frame (height, width), pixels
 
 
-def register_bundled(db: DbEngine) -> str:
+def register_bundled(db: Database) -> str:
     """Register the bundle shipped with temseg (if not yet) and return its model id.
 
     It is then listed and can be promoted like any trained model, e.g. back
@@ -95,14 +95,13 @@ def register_bundled(db: DbEngine) -> str:
 def frames_per_call(engine: Engine, batch_size: int) -> int:
     """How many frames the daemon passes to ``engine`` in one call.
 
-    Up to ``batch_size`` on a GPU (TensorRT, or a CUDA engine); one on CPU,
-    where a batch costs more CPU time per frame than single frames and,
-    at 2048 px, far more memory (see ``benchmarks/RESULTS.md``); one with a
-    compiled engine, which would compile every batch size separately.
+    Up to ``batch_size`` with an engine that batches (:attr:`Engine.batches
+    <temseg.engine.Engine.batches>`: a GPU engine, not compiled); one on CPU,
+    where a batch costs more CPU time per frame than single frames and far
+    more memory (``benchmarks/RESULTS.md``), and one with a compiled engine,
+    which would compile every batch size separately.
     """
-    on_gpu = engine.backend == "tensorrt" or "cuda" in engine.name
-    compiled = engine.name.endswith("-compiled")
-    return batch_size if on_gpu and not compiled else 1
+    return batch_size if engine.batches else 1
 
 
 def load_served(
@@ -147,8 +146,8 @@ def warm_up(
     per shape (``torch.compile``) do it now instead of on the first frame;
     frames of other shapes still compile on their first frame. Shapes are
     not bucketed further: padding a frame beyond the model's size multiple
-    changed up to 0.3 % of the mask pixels near the bottom and right edges
-    of small frames, and a camera delivers few distinct shapes.
+    changes mask pixels near its bottom and right edges, and a camera
+    delivers few distinct shapes.
     """
     multiple = bundle.config.size_multiple
 
@@ -169,7 +168,7 @@ class ModelServer:
 
     def __init__(
         self,
-        db: DbEngine,
+        db: Database,
         *,
         pinned: str | None = None,
         options: EngineOptions | None = None,

@@ -1,13 +1,13 @@
 """Particle measurement in worker processes, so that it holds no lock the daemon needs.
 
-Measuring a 4096 x 4096 px mask's particles takes 55-65 ms of one core, of
-which 5-8 ms hold Python's GIL (the per-particle Python and numpy calls,
-``benchmarks/RESULTS.md``); in threads, that share of every frame waits for
-and blocks the daemon's other threads. A :class:`SegmentPool` runs
+Part of measuring a mask's particles holds Python's GIL (the per-particle
+Python and numpy calls; the share per frame is in ``benchmarks/RESULTS.md``);
+in threads, that share of every frame waits for and blocks the daemon's
+other threads. A :class:`SegmentPool` runs
 :func:`temseg.segment.measure_packed` in worker processes instead: the
 segmenter thread thresholds the map (numpy, GIL released), packs the mask
-8 pixels per byte (2 MiB at 4096 px, 1-3 ms), waits for a worker and gets
-the particles back. The workers import numpy and SciPy only.
+8 pixels per byte, waits for a worker and gets the particles back. The
+workers import numpy and SciPy only.
 
 Workers are started fresh (``spawn``), never by forking the daemon, whose
 CUDA context and threads must not be copied, and not from a fork server

@@ -16,11 +16,12 @@ import numpy as np
 
 from temseg.engine.base import Engine, EngineError, resolve_device
 from temseg.model.bundle import ModelBundle
+from temseg.options import Backend, Precision, choices
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-CPU_DEFAULT_BACKEND = "onnxruntime"
+BACKENDS = choices(Backend)
+CPU_DEFAULT_BACKEND: Backend = "onnxruntime"
 
 
 def tensorrt_importable() -> bool:
@@ -51,7 +52,7 @@ def check_backend(backend: str, device: str) -> None:
         cuda_device(device)
 
 
-def choose_backend(device: str, *, tensorrt_available: bool) -> str:
+def choose_backend(device: str, *, tensorrt_available: bool) -> Backend:
     """The concrete backend ``auto`` means on a resolved ``device`` ("cpu" or "cuda[:N]")."""
     if device.startswith("cuda"):
         return "tensorrt" if tensorrt_available else "torch"
@@ -66,7 +67,7 @@ def load_engine(
     *,
     compile: bool = False,
     compile_mode: str = "max-autotune-no-cudagraphs",
-    precision: str | None = None,
+    precision: Precision | None = None,
     cache_dir: str | Path | None = None,
     max_size: int = 4096,
     batch: int = 4,
@@ -143,7 +144,7 @@ def input_allocator(engine: Engine) -> Callable[[tuple[int, ...]], np.ndarray] |
     for the PyTorch CUDA and TensorRT engines, None (ordinary memory is as
     good) for the others.
     """
-    if engine.backend == "tensorrt" or engine.name.startswith("torch-cuda"):
+    if engine.backend in ("tensorrt", "torch") and engine.device.startswith("cuda"):
         from temseg.engine.cuda_io import pinned_empty
 
         return pinned_empty

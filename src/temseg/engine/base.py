@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from temseg.options import Precision
+
 
 class EngineError(RuntimeError):
     """A backend is unavailable or failed to load/run a model."""
@@ -17,11 +19,22 @@ class Engine(Protocol):
     """Runs a model bundle's probability graph.
 
     ``backend`` is "torch", "onnxruntime" or "tensorrt"; ``name`` describes
-    the concrete set-up, e.g. "torch-cuda-fp16-compiled" or "onnxruntime-cpu".
+    the concrete set-up for people, e.g. "torch-cuda-fp16-compiled" or
+    "onnxruntime-cpu" (logs, stream headers). Code decides on the capabilities
+    below, never on the name.
     """
 
     backend: str
     name: str
+    #: Where it computes, as a torch device string: "cpu", "cuda", "cuda:1".
+    device: str
+    precision: Precision
+    #: Compiled for each input shape it sees (``torch.compile``): a new batch size or
+    #: frame shape costs a compilation.
+    compiled: bool
+    #: Several frames in one call cost less per frame than one at a time (a GPU engine
+    #: that is not compiled); on a CPU a batch costs more per frame and far more memory.
+    batches: bool
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Particle probability for a normalised batch.

@@ -11,6 +11,7 @@ from temseg.engine.base import EngineError, as_batch, resolve_threads
 from temseg.engine.cache import ensure_onnx
 from temseg.model.bundle import ModelBundle
 from temseg.model.onnx_export import INPUT_NAME
+from temseg.options import Precision
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -60,6 +61,8 @@ class OnnxRuntimeEngine:
     """
 
     backend = "onnxruntime"
+    precision: Precision = "fp32"
+    compiled = False
 
     def __init__(
         self,
@@ -85,9 +88,10 @@ class OnnxRuntimeEngine:
             )
         except Exception as exc:  # onnxruntime raises its own exception classes
             raise EngineError(f"ONNX Runtime cannot load {self.onnx_path}: {exc}") from exc
-        self.name = (
-            "onnxruntime-cuda" if providers[0] == "CUDAExecutionProvider" else "onnxruntime-cpu"
-        )
+        on_cuda = providers[0] == "CUDAExecutionProvider"
+        self.name = "onnxruntime-cuda" if on_cuda else "onnxruntime-cpu"
+        self.device = device if on_cuda else "cpu"
+        self.batches = on_cuda
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Particle probability, float32 (N, H, W), for a float32 (N, 1, H, W) batch."""

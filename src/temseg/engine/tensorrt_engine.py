@@ -39,6 +39,7 @@ from temseg.engine.base import EngineError, as_batch, resolve_device
 from temseg.engine.cache import ensure_onnx, file_sha256, resolve_cache_dir
 from temseg.model.bundle import ModelBundle
 from temseg.model.onnx_export import INPUT_NAME, OUTPUT_NAME
+from temseg.options import Precision
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +389,8 @@ class TensorRTEngine:
     """
 
     backend = "tensorrt"
+    compiled = False  # its optimisation profile covers every shape and batch up to its bounds
+    batches = True
 
     def __init__(
         self,
@@ -414,6 +417,8 @@ class TensorRTEngine:
         self.profile = plan.profile
         self.plan_path = plan.plan_path
         self.name = f"tensorrt-{precision}"
+        self.device = str(self._device)
+        self.precision: Precision = "fp16" if precision == "fp16" else "fp32"
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         if sorted(names) != sorted([INPUT_NAME, OUTPUT_NAME]):
             raise EngineError(f"{plan.plan_path}: unexpected engine tensors {names}")

@@ -25,6 +25,7 @@ from temseg.engine.base import EngineError, as_batch, resolve_device, resolve_th
 from temseg.engine.cuda_io import pinned_source
 from temseg.model.bundle import ModelBundle
 from temseg.model.unet import ProbabilityModel, fold_batch_norm
+from temseg.options import Precision
 
 COMPILE_MODES = ("max-autotune-no-cudagraphs", "reduce-overhead")
 PRECISIONS = ("fp32", "fp16")
@@ -80,8 +81,11 @@ class TorchEngine:
             raise EngineError(
                 f"unknown compile mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}"
             )
-        self.precision = precision
+        self.precision: Precision = "fp16" if precision == "fp16" else "fp32"
         self.compile_mode = compile_mode if compile else None
+        self.device = str(self._device)
+        self.compiled = compile
+        self.batches = on_cuda and not compile
         self.name = engine_name(self._device.type, precision, compile)
         self._dtype = torch.float16 if precision == "fp16" else torch.float32
         model = ProbabilityModel(fold_batch_norm(bundle.model)).eval()

@@ -179,9 +179,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         return _collect_metadata(path, tif, _first_page(path, tif))
 
 
-def decoded_bytes(
-    path: str | Path, data: bytes | None = None, *, max_pixels: int = 2**28
-) -> int:
+def decoded_bytes(path: str | Path, data: bytes | None = None, *, max_pixels: int = 2**28) -> int:
     """Bytes the first plane of a TIFF takes once decoded, from its header alone.
 
     A few kilobytes of deflate can decode to gigabytes; readers reserve this

@@ -115,3 +115,14 @@ def latest_threshold(engine: Engine, material: str, model_id: str) -> float | No
     with engine.connect() as conn:
         found = conn.scalar(_LATEST_THRESHOLD, {"material": material, "model_id": model_id})
     return None if found is None else float(found)
+
+
+def latest_thresholds(engine: Engine, model_id: str) -> dict[str, float]:
+    """Material -> threshold of the latest calibration of ``model_id`` for each material."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(CalibrationRow.material, CalibrationRow.threshold)
+            .where(CalibrationRow.model_id == model_id)
+            .order_by(CalibrationRow.created_at, CalibrationRow.id)
+        ).all()
+    return {material: float(threshold) for material, threshold in rows}  # the newest wins

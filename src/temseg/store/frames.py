@@ -1,4 +1,12 @@
-"""Record processed frames and their particles; idempotent on (source_path, sha256)."""
+"""Record frames' results and their particles: a row is a frame's result for a model.
+
+Rows are unique per (source_path, sha256, model_id), in the database itself; the
+daemon's live results and ``temseg reprocess``'s share them. Whether a model
+still has work on some content is asked by (sha256, model_id)
+(:func:`result_id`, :func:`recorded_contents`), wherever the file lies now. A
+failure before any model ran (``model_id`` ``None``) is unique per
+(source_path, sha256).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +28,33 @@ _FRAMES: Table = FrameRow.metadata.tables[FrameRow.__tablename__]
 _PARTICLES: Table = ParticleRow.metadata.tables[ParticleRow.__tablename__]
 # Core statements built once: the daemon runs them for every frame, and building a
 # statement (and its cache key) cost more than running it.
-_FRAME_ID = select(_FRAMES.c.id).where(
-    _FRAMES.c.source_path == bindparam("path"), _FRAMES.c.sha256 == bindparam("sha")
+_FRAME_ID = (
+    select(_FRAMES.c.id)
+    .where(_FRAMES.c.source_path == bindparam("path"), _FRAMES.c.sha256 == bindparam("sha"))
+    .limit(1)
 )
+_RESULT_ID = (
+    select(_FRAMES.c.id)
+    .where(_FRAMES.c.sha256 == bindparam("sha"), _FRAMES.c.model_id == bindparam("model"))
+    .order_by(_FRAMES.c.id)
+    .limit(1)
+)
+_ROW_ID = select(_FRAMES.c.id).where(
+    _FRAMES.c.source_path == bindparam("path"),
+    _FRAMES.c.sha256 == bindparam("sha"),
+    _FRAMES.c.model_id == bindparam("model"),
+)
+_MODELLESS_ID = (
+    select(_FRAMES.c.id)
+    .where(
+        _FRAMES.c.source_path == bindparam("path"),
+        _FRAMES.c.sha256 == bindparam("sha"),
+        _FRAMES.c.model_id.is_(None),
+    )
+    .order_by(_FRAMES.c.id)
+    .limit(1)
+)
+_RESULTS_OF_MODEL = select(_FRAMES.c.sha256).where(_FRAMES.c.model_id == bindparam("model"))
 _INSERT_FRAME = insert(_FRAMES)
 _INSERT_PARTICLES = insert(_PARTICLES)
 #: The particle columns a frame's record fills, in the order of :func:`_particle_values`.
@@ -68,12 +100,26 @@ class FrameRecord:
     processed_at: datetime
     latency_ms: float | None
     backend: str | None
+    instrument: str | None
     particles: tuple[Particle, ...]
 
 
 def is_recorded(engine: Engine, source_path: str, sha256: str) -> bool:
-    """Whether a frame with this path and content hash is already recorded."""
+    """Whether a frame with this path and content hash is already recorded (by any model)."""
     return _find_id(engine, source_path, sha256) is not None
+
+
+def result_id(engine: Engine, sha256: str, model_id: str) -> int | None:
+    """The id of a result of model ``model_id`` for content ``sha256`` (under any path;
+    the first recorded), or ``None``."""
+    with engine.connect() as conn:
+        return conn.scalar(_RESULT_ID, {"sha": sha256, "model": model_id})
+
+
+def recorded_contents(engine: Engine, model_id: str) -> set[str]:
+    """The SHA-256 of every content with a result of model ``model_id`` (done or failed)."""
+    with engine.connect() as conn:
+        return set(conn.scalars(_RESULTS_OF_MODEL, {"model": model_id}))
 
 
 def _find_id(engine: Engine, source_path: str, sha256: str) -> int | None:
@@ -104,14 +150,17 @@ def record_frame(
     received_at: datetime | None = None,
     latency_ms: float | None = None,
     backend: str | None = None,
+    instrument: str | None = None,
     particles: Sequence[Particle] = (),
 ) -> int:
-    """Record one frame with its particles and return its id.
+    """Record a frame's result with its particles and return its id.
 
-    Idempotent: if (``source_path``, ``sha256``) is already recorded, nothing
-    is written and the existing id is returned. ``status`` is ``"done"`` or
-    ``"failed"``; ``received_at`` must be timezone-aware; ``processed_at`` is
-    set to now (UTC).
+    Idempotent: if (``source_path``, ``sha256``, ``model_id``) is already
+    recorded, nothing is written and the existing id is returned, also when
+    another process records it at the same moment (the database's unique index
+    decides). ``status`` is ``"done"`` or ``"failed"``; ``received_at`` must be
+    timezone-aware; ``processed_at`` is set to now (UTC); ``instrument`` names the
+    microscope.
     """
     if status not in FRAME_STATUSES:
         raise ValueError(f"status must be one of {FRAME_STATUSES}, got {status!r}")
@@ -137,11 +186,17 @@ def record_frame(
         "processed_at": utc_now(),
         "latency_ms": _opt_float(latency_ms),
         "backend": backend,
+        "instrument": instrument,
     }
+    params: dict[str, str] = {"path": source_path, "sha": sha256}
+    if model_id is None:
+        lookup = _MODELLESS_ID
+    else:
+        lookup, params["model"] = _ROW_ID, model_id
     try:
         # Core, not the ORM: its unit of work doubled the cost of a frame's record.
         with write_connection(engine) as conn:
-            existing = conn.scalar(_FRAME_ID, {"path": source_path, "sha": sha256})
+            existing = conn.scalar(lookup, params)
             if existing is not None:
                 return int(existing)
             key = conn.execute(_INSERT_FRAME, values).inserted_primary_key
@@ -151,11 +206,12 @@ def record_frame(
                 _insert_particles(conn, frame_id, particles)
             return frame_id
     except IntegrityError:
-        # Another writer recorded the same frame between our check and insert.
-        found = _find_id(engine, source_path, sha256)
+        # Another writer recorded the same row between our check and insert.
+        with engine.connect() as conn:
+            found = conn.scalar(lookup, params)
         if found is None:
             raise
-        return found
+        return int(found)
 
 
 def recorded_paths(engine: Engine) -> set[tuple[str, str]]:
@@ -199,6 +255,7 @@ def _frame_record(row: FrameRow) -> FrameRecord:
         processed_at=row.processed_at,
         latency_ms=row.latency_ms,
         backend=row.backend,
+        instrument=row.instrument,
         particles=tuple(_particle(p) for p in row.particles),
     )
 

@@ -6,10 +6,20 @@ once), ``foreign_keys=ON`` and explicit transactions: write transactions start
 with ``BEGIN IMMEDIATE`` so two writers queue on the lock instead of failing
 on a read-to-write upgrade. A lock still held after ``busy_timeout`` surfaces
 as :class:`sqlalchemy.exc.OperationalError`; callers decide whether to retry.
+
+PostgreSQL (``postgresql+psycopg://``; a plain ``postgresql://`` URL gets the
+psycopg 3 driver too) is shared by several daemons: its pool pings a
+connection before handing it out, so one cut by a server restart is replaced
+instead of failing the next statement, and schema creation and upgrades run
+under a transaction-scoped advisory lock, so processes starting together on an
+empty database create it once. A statement cut off mid-transaction still raises
+:class:`sqlalchemy.exc.OperationalError` (retried by callers as for a locked
+SQLite file; the writes are idempotent).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,13 +37,13 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from temseg.store.tables import Base, SchemaInfo
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version written into new databases; older ones are upgraded to it."""
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
@@ -55,11 +65,11 @@ def database_error(url: str | os.PathLike[str], exc: BaseException) -> DatabaseE
     SQLite says only "unable to open database file" or "attempt to write a
     readonly database"; the file system says which folder or file is at fault.
     """
-    full_url = make_url(sqlite_url(url))
+    full_url = database_url(url)
     database = full_url.database or ""
     cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
     if full_url.get_backend_name() != "sqlite" or database in ("", ":memory:"):
-        return DatabaseError(f"database {full_url.render_as_string()}: {cause}")
+        return DatabaseError(f"database {full_url.render_as_string(hide_password=True)}: {cause}")
     path = Path(database)
     if not path.parent.is_dir():
         cause = f"folder {path.parent} does not exist"
@@ -70,6 +80,20 @@ def database_error(url: str | os.PathLike[str], exc: BaseException) -> DatabaseE
     elif path.exists() and not os.access(path, os.R_OK | os.W_OK):
         cause = f"the file is not readable and writable by this user ({cause})"
     return DatabaseError(f"cannot use database {path}: {cause}")
+
+
+class DriverError(SchemaError):
+    """The database driver for a URL is not installed (the message names the extra)."""
+
+
+def _advisory_key(name: str) -> int:
+    """A signed 64-bit key for PostgreSQL's advisory locks, derived from ``name``."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+_SCHEMA_LOCK = _advisory_key("temseg schema")
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 def _upgrade_1_to_2(conn: Connection) -> None:
@@ -86,8 +110,67 @@ def _upgrade_1_to_2(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_frames_processed_at ON frames (processed_at)"))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _upgrade_1_to_2}
-"""``MIGRATIONS[v]`` upgrades a version ``v`` database to version ``v + 1``."""
+# Version 3 columns of ``frames`` in table order: version 2's plus ``instrument``.
+_FRAMES_V3_COLUMNS = (
+    "id, source_path, sha256, size_bytes, material, status, error, model_id, threshold, "
+    "n_particles, area_fraction, mask_path, height, width, pixel_nm, seq, received_at, "
+    "processed_at, latency_ms, backend"
+)
+_FRAMES_V3_SQLITE = """
+CREATE TABLE frames_v3 (
+    id INTEGER NOT NULL, source_path TEXT NOT NULL, sha256 VARCHAR(64) NOT NULL,
+    size_bytes INTEGER NOT NULL, material VARCHAR(64), status VARCHAR(16) NOT NULL, error TEXT,
+    model_id VARCHAR(128), threshold FLOAT, n_particles INTEGER, area_fraction FLOAT,
+    mask_path TEXT, height INTEGER, width INTEGER, pixel_nm FLOAT, seq INTEGER,
+    received_at DATETIME, processed_at DATETIME NOT NULL, latency_ms FLOAT,
+    backend VARCHAR(32), instrument VARCHAR(64),
+    PRIMARY KEY (id),
+    CONSTRAINT ck_frames_status CHECK (status IN ('done', 'failed'))
+)
+"""
+
+
+def _upgrade_2_to_3(conn: Connection) -> None:
+    """Version 3 makes a row a frame's result for a model: unique per (source_path,
+    sha256, model_id) instead of (source_path, sha256), so a file may have results
+    of several models (model-less failures stay unique per (source_path, sha256));
+    lookups by (sha256, model_id) get an index; every row can name its
+    ``instrument``. Every version 2 row satisfies the new keys.
+
+    SQLite cannot drop a table constraint, so there the table is rebuilt (the
+    caller runs SQLite upgrades with foreign keys off, as SQLite documents for
+    this, and checks them before committing); ids, and so particles, are kept.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(_FRAMES_V3_SQLITE)
+        conn.exec_driver_sql(
+            f"INSERT INTO frames_v3 ({_FRAMES_V3_COLUMNS}) SELECT {_FRAMES_V3_COLUMNS} FROM frames"
+        )
+        conn.exec_driver_sql("DROP TABLE frames")
+        conn.exec_driver_sql("ALTER TABLE frames_v3 RENAME TO frames")
+        conn.exec_driver_sql("CREATE INDEX ix_frames_processed_at ON frames (processed_at)")
+    else:
+        conn.execute(text("ALTER TABLE frames DROP CONSTRAINT uq_frames_source_sha256"))
+        conn.execute(text("ALTER TABLE frames ADD COLUMN instrument VARCHAR(64)"))
+    conn.execute(
+        text("CREATE UNIQUE INDEX uq_frames_result ON frames (source_path, sha256, model_id)")
+    )
+    conn.execute(
+        text(
+            "CREATE UNIQUE INDEX uq_frames_modelless ON frames (source_path, sha256) "
+            "WHERE model_id IS NULL"
+        )
+    )
+    conn.execute(text("CREATE INDEX ix_frames_sha256_model ON frames (sha256, model_id)"))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _upgrade_1_to_2, 2: _upgrade_2_to_3}
+"""``MIGRATIONS[v]`` upgrades a version ``v`` database to version ``v + 1``.
+
+A new version: bump :data:`SCHEMA_VERSION`, change the tables, and add a step
+here written in plain DDL of that version (never derived from the current
+tables, which will have moved on). Steps run in one transaction, in order.
+"""
 
 
 def sqlite_url(url: str | os.PathLike[str]) -> str:
@@ -96,6 +179,15 @@ def sqlite_url(url: str | os.PathLike[str]) -> str:
     if "://" in text_url:
         return text_url
     return f"sqlite:///{Path(text_url).expanduser().resolve()}"
+
+
+def database_url(url: str | os.PathLike[str]) -> URL:
+    """The SQLAlchemy URL temseg connects to: a bare path is a SQLite file, and a
+    ``postgresql://`` (or ``postgres://``) URL without a driver uses psycopg 3."""
+    full = make_url(sqlite_url(url))
+    if full.drivername in ("postgresql", "postgres"):
+        full = full.set(drivername="postgresql+psycopg")
+    return full
 
 
 def connect(
@@ -110,11 +202,12 @@ def connect(
     A new database gets the current schema; an older temseg schema is upgraded
     in one transaction; a newer or unknown one raises :class:`SchemaError`.
     ``create=False`` raises :class:`FileNotFoundError` instead of creating a
-    missing SQLite file (for read-only tools such as ``temseg status``). A
-    SQLite file whose folder does not exist, or that cannot be opened,
-    raises :class:`DatabaseError` naming the file and the cause.
+    missing SQLite file or the schema of an empty server database (for
+    read-only tools such as ``temseg status``). A SQLite file whose folder
+    does not exist, or that cannot be opened, raises :class:`DatabaseError`
+    naming the file and the cause.
     """
-    full_url = make_url(sqlite_url(url))
+    full_url = database_url(url)
     is_sqlite = full_url.get_backend_name() == "sqlite"
     database = full_url.database or ""
     if is_sqlite and database not in ("", ":memory:") and not database.startswith("file:"):
@@ -127,11 +220,20 @@ def connect(
                     f"cannot create database {path}: folder {path.parent} does not exist "
                     "(create it first, or choose another --db)"
                 )
-    engine = create_engine(full_url)
-    if is_sqlite:
-        _configure_sqlite(engine, busy_timeout_ms)
     try:
-        _ensure_schema(engine)
+        if is_sqlite:
+            engine = create_engine(full_url)
+            _configure_sqlite(engine, busy_timeout_ms)
+        else:
+            engine = create_engine(full_url, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        psycopg = full_url.drivername.endswith("psycopg")
+        extra = " (pip install 'temseg[postgres]')" if psycopg else ""
+        raise DriverError(
+            f"no driver for {full_url.render_as_string(hide_password=True)}: {exc}{extra}"
+        ) from exc
+    try:
+        _ensure_schema(engine, create=create)
     except OperationalError as exc:
         engine.dispose()
         raise database_error(url, exc) from exc
@@ -211,21 +313,44 @@ def _check_known(version: int) -> None:
         raise SchemaError(f"unknown database schema version {version}")
 
 
-def _ensure_schema(engine: Engine) -> None:
+def _ensure_schema(engine: Engine, *, create: bool = True) -> None:
     with engine.connect() as conn, conn.begin():
         version = schema_version(conn)
     if version == SCHEMA_VERSION:
         return
+    if version is None and not create:
+        url = engine.url.render_as_string(hide_password=True)
+        raise FileNotFoundError(f"no temseg database at {url} (it has no tables)")
     if version is not None:
         _check_known(version)
-    # Create or upgrade under the write lock; re-read in case another process got there first.
-    with engine.execution_options(**{_WRITE_OPTION: True}).connect() as conn, conn.begin():
-        version = schema_version(conn)
-        if version is None:
-            Base.metadata.create_all(conn)
-            conn.execute(insert(SchemaInfo).values(version=SCHEMA_VERSION))
-            return
-        _check_known(version)
-        for step in range(version, SCHEMA_VERSION):
-            MIGRATIONS[step](conn)
-        conn.execute(update(SchemaInfo).values(version=SCHEMA_VERSION))
+    # Create or upgrade under the write lock (SQLite) or the schema's advisory lock
+    # (PostgreSQL); re-read in case another process got there first.
+    with engine.execution_options(**{_WRITE_OPTION: True}).connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        driver: Any = conn.connection.driver_connection
+        if sqlite:  # outside a transaction, where SQLite honours it; restored below
+            driver.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(_LOCK, {"key": _SCHEMA_LOCK})
+                _create_or_upgrade(conn)
+        finally:
+            if sqlite:
+                driver.execute("PRAGMA foreign_keys = ON")
+
+
+def _create_or_upgrade(conn: Connection) -> None:
+    version = schema_version(conn)
+    if version is None:
+        Base.metadata.create_all(conn)
+        conn.execute(insert(SchemaInfo).values(version=SCHEMA_VERSION))
+        return
+    _check_known(version)
+    for step in range(version, SCHEMA_VERSION):
+        MIGRATIONS[step](conn)
+    if conn.dialect.name == "sqlite":
+        broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+        if broken:
+            raise SchemaError(f"upgrade would break {len(broken)} foreign key(s): {broken[:3]}")
+    conn.execute(update(SchemaInfo).values(version=SCHEMA_VERSION))

@@ -18,7 +18,10 @@ def status_summary(
 
     Keys: ``database``, ``schema_version``, ``active_model`` (id or None),
     ``total``, ``by_status`` {status: n}, ``by_material`` {material: {status: n}}
-    (frames without material under ``"?"``), ``last_frame`` (dict or None),
+    (frames without material under ``"?"``), ``by_instrument``
+    {instrument: {status: n}} (frames without instrument under ``"?"``),
+    ``by_model`` {model_id: {status: n}} (model-less failures under ``"?"``),
+    ``last_frame`` (dict or None, with its ``instrument`` and ``model_id``),
     ``window_minutes``, ``window_frames`` (frames processed in the last
     ``window_minutes`` before ``now``), ``frames_per_minute`` over that window
     and ``mean_latency_ms`` of its frames (None when none has a latency).
@@ -29,9 +32,13 @@ def status_summary(
     since = now - timedelta(minutes=window_minutes)
     with read_session(engine) as session:
         counts = session.execute(
-            select(FrameRow.material, FrameRow.status, func.count()).group_by(
-                FrameRow.material, FrameRow.status
-            )
+            select(
+                FrameRow.material,
+                FrameRow.instrument,
+                FrameRow.model_id,
+                FrameRow.status,
+                func.count(),
+            ).group_by(FrameRow.material, FrameRow.instrument, FrameRow.model_id, FrameRow.status)
         ).all()
         last = session.scalar(
             select(FrameRow).order_by(FrameRow.processed_at.desc(), FrameRow.id.desc()).limit(1)
@@ -49,24 +56,30 @@ def status_summary(
                 "source_path": last.source_path,
                 "status": last.status,
                 "material": last.material,
+                "instrument": last.instrument,
+                "model_id": last.model_id,
                 "n_particles": last.n_particles,
                 "latency_ms": last.latency_ms,
                 "error": last.error,
                 "processed_at": last.processed_at.isoformat(),
             }
     by_status: dict[str, int] = {}
-    by_material: dict[str, dict[str, int]] = {}
-    for material, status, n in counts:
+    grouped: dict[str, dict[str, dict[str, int]]] = {"material": {}, "instrument": {}, "model": {}}
+    for material, instrument, model_id, status, n in counts:
         by_status[status] = by_status.get(status, 0) + n
-        per = by_material.setdefault(material or "?", {})
-        per[status] = per.get(status, 0) + n
+        keys = (("material", material), ("instrument", instrument), ("model", model_id))
+        for kind, value in keys:
+            per = grouped[kind].setdefault(value or "?", {})
+            per[status] = per.get(status, 0) + n
     return {
         "database": engine.url.render_as_string(hide_password=True),
         "schema_version": SCHEMA_VERSION,
         "active_model": active,
         "total": sum(by_status.values()),
         "by_status": dict(sorted(by_status.items())),
-        "by_material": dict(sorted(by_material.items())),
+        "by_material": dict(sorted(grouped["material"].items())),
+        "by_instrument": dict(sorted(grouped["instrument"].items())),
+        "by_model": dict(sorted(grouped["model"].items())),
         "last_frame": last_frame,
         "window_minutes": window_minutes,
         "window_frames": int(window_frames),

@@ -22,7 +22,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -64,13 +64,30 @@ class SchemaInfo(Base):
 
 
 class FrameRow(Base):
-    """One processed (or failed) acquisition frame, unique per (source_path, sha256)."""
+    """A frame's result for a model: one row per (source_path, sha256, model_id),
+    whether the daemon recorded it live or ``temseg reprocess`` did later.
+
+    Work is skipped by (sha256, model_id): content a model already has a result
+    for, under any path, is not segmented by it again. ``instrument`` names the
+    microscope whose daemon recorded the row. A failure before any model ran
+    (unreadable file) has ``model_id`` ``None`` and is unique per
+    (source_path, sha256).
+    """
 
     __tablename__ = "frames"
     __table_args__ = (
-        UniqueConstraint("source_path", "sha256", name="uq_frames_source_sha256"),
         CheckConstraint("status IN ('done', 'failed')", name="ck_frames_status"),
         Index("ix_frames_processed_at", "processed_at"),
+        Index("uq_frames_result", "source_path", "sha256", "model_id", unique=True),
+        Index(
+            "uq_frames_modelless",
+            "source_path",
+            "sha256",
+            unique=True,
+            sqlite_where=text("model_id IS NULL"),
+            postgresql_where=text("model_id IS NULL"),
+        ),
+        Index("ix_frames_sha256_model", "sha256", "model_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -93,6 +110,7 @@ class FrameRow(Base):
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     backend: Mapped[str | None] = mapped_column(String(32))
+    instrument: Mapped[str | None] = mapped_column(String(64))
 
     particles: Mapped[list[ParticleRow]] = relationship(
         back_populates="frame", cascade="all, delete-orphan", order_by="ParticleRow.label"

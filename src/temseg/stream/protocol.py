@@ -21,11 +21,13 @@ from typing import Any
 import imagecodecs
 import numpy as np
 
+from temseg.options import MaskEncoding, choices
+
 SCHEMA_MASK = "temseg.mask/1"
 SCHEMA_ERROR = "temseg.error/1"
 MASK_TOPIC_PREFIX = "temseg.mask."
 ERROR_TOPIC = "temseg.error"
-ENCODINGS = ("raw", "packbits")
+ENCODINGS = choices(MaskEncoding)
 PROBABILITY_DTYPE = "float16"
 
 _PROBABILITY_WIRE = np.dtype("<f2")

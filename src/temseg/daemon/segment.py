@@ -1,0 +1,55 @@
+"""Stage *segment*: threshold and particles of an inferred frame, off the inference thread.
+
+Reads ``work.probability`` (model grid), ``frame_shape`` and ``threshold``;
+fills ``segmentation`` (mask, particles, area fraction), ``segment_s``
+(thresholding and particle measurement only), and what the publisher sends
+besides the mask: ``probability`` as the wire's float16 when
+``send_probability``, else None (its memory goes now), and
+``encoded_mask`` when the stream's encoding is PackBits. Both conversions
+happen here, frames in parallel, rather than on the one recorder thread
+(the figures: ``benchmarks/RESULTS.md``). A failure fails the frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from temseg.daemon.work import FrameWork
+from temseg.inference import to_float16, to_frame_grid
+from temseg.options import MaskEncoding
+from temseg.segment import Measure, segment_probability
+from temseg.stream.protocol import encode_mask
+
+logger = logging.getLogger("temseg.daemon")
+
+
+class SegmentStage:
+    """See the module docstring. ``measure`` measures a mask's particles: in this thread,
+    or in a worker process (:class:`~temseg.daemon.segment_pool.SegmentPool`)."""
+
+    def __init__(self, measure: Measure, *, send_probability: bool, encoding: MaskEncoding) -> None:
+        self._measure = measure
+        self._send_probability = send_probability
+        self._encoding = encoding
+
+    def __call__(self, work: FrameWork) -> None:
+        if work.probability is None or work.threshold is None or work.frame is None:
+            return
+        start = time.perf_counter()
+        segmented: float | None = None  # the timing covers thresholding and particles only
+        try:
+            work.probability = to_frame_grid(work.probability, work.frame_shape)
+            work.segmentation = segment_probability(
+                work.probability, work.threshold, work.frame.pixel_nm, measure=self._measure
+            )
+            segmented = time.perf_counter()
+            work.probability = to_float16(work.probability) if self._send_probability else None
+            if self._encoding == "packbits":
+                work.encoded_mask = encode_mask(work.segmentation.mask, "packbits")
+        except Exception as exc:
+            logger.exception("segmentation failed path=%s", work.path)
+            work.error = f"{work.path}: segmentation failed ({exc})"
+            work.probability = None
+        finally:
+            work.segment_s = (segmented or time.perf_counter()) - start

@@ -1,0 +1,344 @@
+"""The daemon as a service: start, health, stop with a deadline.
+
+:class:`Daemon` puts the pieces together: the database, the model server,
+the stages (:func:`~temseg.daemon.pipeline.build_stages`) on their threads
+(:class:`~temseg.daemon.pipeline.Pipeline`), the intake, the event stream
+and its observers, systemd's notifications.
+
+Stopping closes the intake, finishes every frame already accepted (at most
+``queue_size`` plus the readers' frames) and closes the socket and the
+database. Frames not accepted yet are found by the next start's backlog
+scan. A database that stays locked is retried; once ``stop_timeout_s``
+seconds of stopping have passed with it still locked, the daemon gives up:
+the frames not recorded by then stay unrecorded (the next start's backlog
+finds them), one ERROR line says so, and :func:`serve`'s caller exits
+non-zero (``stats.abandoned``).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+
+from temseg.config import Settings
+from temseg.daemon.database import Database
+from temseg.daemon.events import EventStream
+from temseg.daemon.faults import FaultPoints
+from temseg.daemon.intake import Intake
+from temseg.daemon.lifecycle import Notifier, WatchdogPinger, install_stop_signals
+from temseg.daemon.models import EngineOptions, ModelServer, ServedModel
+from temseg.daemon.observers import DaemonStats, LogObserver, StatsObserver, StatusObserver
+from temseg.daemon.pipeline import (
+    Pipeline,
+    build_stages,
+    host_threads_idle,
+    host_workers,
+    usable_cores,
+)
+from temseg.daemon.rules import check_daemon_settings, is_loopback_endpoint, parse_shape
+from temseg.daemon.segment_pool import SegmentPool
+from temseg.engine.base import resolve_device
+from temseg.inference import default_tile
+from temseg.segment import Measure, measure_particles
+from temseg.store import connect
+
+logger = logging.getLogger("temseg.daemon")
+
+#: The GIL switch interval while a daemon runs (Python's default is 5 ms). The inference
+#: thread gives the GIL back on every engine call and device sync and must take it again;
+#: beside a thread running Python, each re-take can wait up to the whole interval, so a
+#: shorter interval lets the engine start its next call sooner (``benchmarks/RESULTS.md``).
+GIL_SWITCH_INTERVAL_S = 0.001
+
+
+class Daemon:
+    """The segmentation service, runnable in-process: ``start()``, ``stop()``, ``wait_idle()``.
+
+    ``notifier`` sends sd_notify messages (a default :class:`Notifier` reads
+    ``NOTIFY_SOCKET``). After :meth:`start` returns the model is loaded and
+    warmed, the socket is bound (:attr:`bound_url`), the watcher runs and the
+    backlog is being processed. Every frame's progress is on :attr:`events`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        notifier: Notifier | None = None,
+        db_busy_timeout_ms: int = 5000,
+    ) -> None:
+        self.settings = settings
+        self._busy_timeout_ms = db_busy_timeout_ms
+        self.root = check_daemon_settings(settings)
+        self._faults = FaultPoints.from_env()
+        if settings.curve_keys is None and not is_loopback_endpoint(settings.publish):
+            logger.warning(
+                "publishing on %s WITHOUT CURVE: every host that can reach this port receives "
+                "the masks; set curve_keys (temseg keys generate) or bind 127.0.0.1",
+                settings.publish,
+            )
+        self.stats = DaemonStats()
+        self.notifier = notifier if notifier is not None else Notifier()
+        self.events = EventStream()
+        self.events.subscribe(StatsObserver(self.stats), inline=True)
+        self.events.subscribe(LogObserver(), inline=True)
+        self.events.subscribe(StatusObserver(self.notifier, self.stats), inline=True)
+        auto_readers, auto_segmenters = host_workers(usable_cores())
+        self.readers = settings.readers or auto_readers
+        self.segmenters = settings.segmenters or auto_segmenters
+        self.tile = settings.tile  # pixels; resolved for the device in start()
+        self.host_threads_idle = False  # readers, segmenters, recorder under SCHED_IDLE; start()
+        self._intake = Intake(
+            self.root, settings, slots=self.readers, emit=self.events.emit, stats=self.stats
+        )
+        self._abort = threading.Event()  # stopping gave up: abandon what is not recorded
+        self._deadline: float | None = None  # time.monotonic() when stopping gives up
+        self._pipeline: Pipeline | None = None
+        self._segment_pool: SegmentPool | None = None  # with segmenter_processes
+        self._pinger: WatchdogPinger | None = None
+        self._models: ModelServer | None = None
+        self._db: Database | None = None
+        self._stopped = False
+        self._shut = False
+        self._shut_lock = threading.Lock()
+        self._switch_interval: float | None = None  # the process's, while this daemon runs
+        self._gc_frozen = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Connect, load and warm the model, bind the socket, start watching; then READY=1."""
+        s = self.settings
+        self.notifier.status("loading model")
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # restored in _shutdown
+        self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
+        try:
+            device = resolve_device(s.device)
+            self.tile = s.tile or default_tile(device)
+            self.host_threads_idle = host_threads_idle(s.host_priority, device)
+            self._models = ModelServer(self._db, pinned=s.model, options=self._engine_options())
+            model = self._models.current
+            logger.info(
+                "model loaded model_id=%s source=%s backend=%s",
+                model.model_id,
+                model.source,
+                model.engine.name,
+            )
+            measure: Measure = measure_particles  # in the segmenter threads
+            if s.segmenter_processes:
+                self._segment_pool = SegmentPool(self.segmenters, idle=self.host_threads_idle)
+                self._segment_pool.start()
+                measure = self._segment_pool.measure
+            stages = build_stages(
+                s,
+                db=self._db,
+                models=self._models,
+                measure=measure,
+                tile=self.tile,
+                give_up=self._give_up,
+                on_model_swap=self._freeze_gc,
+                faults=self._faults,
+                stats=self.stats,
+            )
+            self._pipeline = Pipeline(
+                stages,
+                self._intake,
+                self.events,
+                readers=self.readers,
+                segmenters=self.segmenters,
+                queue_size=s.queue_size,
+                host_idle=self.host_threads_idle,
+                give_up=self._give_up,
+                abort=self._abort,
+                faults=self._faults,
+            )
+            self._pipeline.start()
+            self._intake.start(self._pipeline.accept)
+        except BaseException:
+            self._shutdown()
+            raise
+        self._freeze_gc()
+        self.notifier.ready(f"watching {self.root}, publishing on {self.bound_url}")
+        self._pinger = WatchdogPinger(self.notifier, self.healthy)
+        self._pinger.start()
+        logger.info(
+            "ready watch=%s publish=%s db=%s model_id=%s host_threads=%s readers=%d "
+            "segmenters=%d segment_workers=%d",
+            self.root,
+            self.bound_url,
+            s.db,
+            model.model_id,
+            "idle" if self.host_threads_idle else "normal",
+            self.readers,
+            self.segmenters,
+            0 if self._segment_pool is None else self._segment_pool.workers,
+        )
+
+    def _engine_options(self) -> EngineOptions:
+        s = self.settings
+        return EngineOptions(
+            backend=s.backend,
+            device=s.device,
+            threads=s.threads,
+            cache_dir=s.engine_cache,
+            tile=self.tile,
+            tile_overlap=s.tile_overlap,
+            batch=s.batch_size,
+            compile=s.compile,
+            warmup_shapes=tuple(parse_shape(shape) for shape in s.warmup_shapes),
+        )
+
+    def stop(self) -> DaemonStats:
+        """Close the intake, finish accepted frames, close socket and database. Idempotent.
+
+        Gives up on a database still locked ``stop_timeout_s`` seconds after
+        the call (see the module docstring); ``stats.abandoned`` counts the
+        frames left unrecorded.
+        """
+        if self._stopped:
+            return self.stats
+        self._stopped = True
+        self._deadline = time.monotonic() + self.settings.stop_timeout_s
+        self.notifier.stopping("finishing frames in flight")
+        logger.info("stopping: finishing %d accepted frame(s)", self.pending)
+        self._shutdown()
+        if self._pipeline is not None:
+            self.stats.max_queued = self._pipeline.queue.high_water
+        if self._abort.is_set():
+            logger.error(
+                "stop gave up: the database was still locked after stop_timeout_s=%g s; "
+                "%d accepted frame(s) not recorded, the next start's backlog scan finds them",
+                self.settings.stop_timeout_s,
+                self.stats.abandoned,
+            )
+        logger.info(
+            "stopped done=%d failed=%d skipped=%d published=%d abandoned=%d",
+            self.stats.done,
+            self.stats.failed,
+            self.stats.skipped,
+            self.stats.published,
+            self.stats.abandoned,
+        )
+        return self.stats
+
+    def _give_up(self) -> bool:
+        """True once stopping has waited ``stop_timeout_s`` for the database."""
+        if self._abort.is_set():
+            return True
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def _shutdown(self) -> None:
+        with self._shut_lock:
+            if self._shut:
+                return
+            self._shut = True
+        self._intake.close()
+        if self._pipeline is not None:
+            self._pipeline.drain()
+        self.events.close()
+        if self._segment_pool is not None:
+            self._segment_pool.close()
+        if self._pinger is not None:
+            self._pinger.stop()
+        if self._models is not None:
+            self._models.close()
+        if self._db is not None:
+            self._db.dispose()
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+        if self._gc_frozen:
+            gc.unfreeze()
+
+    def _freeze_gc(self) -> None:
+        """Collect once, then keep what exists now out of Python's cyclic garbage collections.
+
+        With PyTorch, SQLAlchemy and the model loaded, a full collection walks
+        hundreds of thousands of objects and holds the GIL long enough to
+        stall every thread of the pipeline, and frames allocate enough to
+        trigger one every few hundred frames (``benchmarks/RESULTS.md``).
+        Frozen, the collections walk only what frames allocated since. Undone
+        in :meth:`_shutdown`; redone after a model swap, so that the new
+        model's objects are left out too and the old one's can be collected
+        even if they form reference cycles.
+        """
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self._gc_frozen = True
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def bound_url(self) -> str | None:
+        """The publisher's endpoint once started (the port chosen for ``tcp://...:0``)."""
+        if self._pipeline is None:
+            return None
+        for sink in self._pipeline.stages.sinks:
+            url = getattr(sink, "bound_url", None)
+            if url is not None:
+                return str(url)
+        return None
+
+    def submit(self, path: Path) -> bool:
+        """Accept a complete frame file; waits while all readers are busy. False once stopping."""
+        return self._intake.submit(path)
+
+    def segment_worker_pids(self) -> list[int]:
+        """Process ids of the segmentation workers (``segmenter_processes``), else empty."""
+        return [] if self._segment_pool is None else self._segment_pool.pids()
+
+    def healthy(self) -> bool:
+        """True while the pipeline threads and the watcher run (gates the systemd watchdog ping)."""
+        running = self._pipeline is not None and self._pipeline.alive()
+        return running and self._intake.watching() and not self._intake.closing.is_set()
+
+    @property
+    def pending(self) -> int:
+        """Frames accepted and not yet recorded (or skipped)."""
+        return self._intake.pending
+
+    @property
+    def model(self) -> ServedModel | None:
+        """The model serving now."""
+        return None if self._models is None else self._models.current
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until the backlog is submitted and no accepted frame is pending (False: timeout)."""
+        return self._intake.wait_idle(timeout_s)
+
+
+def run_daemon(
+    settings: Settings,
+    *,
+    stop_event: threading.Event,
+    ready: threading.Event | None = None,
+    notifier: Notifier | None = None,
+) -> DaemonStats:
+    """Run the daemon until ``stop_event`` is set; ``ready`` is set once it serves frames."""
+    daemon = Daemon(settings, notifier=notifier)
+    daemon.start()
+    if ready is not None:
+        ready.set()
+    try:
+        stop_event.wait()
+    finally:
+        stats = daemon.stop()
+    return stats
+
+
+def serve(settings: Settings, *, notifier: Notifier | None = None) -> DaemonStats:
+    """Run in the foreground until SIGTERM or SIGINT (main thread only), then stop cleanly.
+
+    The caller exits non-zero when ``stats.abandoned`` frames were left unrecorded.
+    """
+    stop_event = threading.Event()
+    restore = install_stop_signals(stop_event)
+    try:
+        return run_daemon(settings, stop_event=stop_event, notifier=notifier)
+    finally:
+        restore()
