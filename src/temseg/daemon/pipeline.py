@@ -57,7 +57,7 @@ from temseg.daemon.models import ModelServer
 from temseg.daemon.observers import DaemonStats
 from temseg.daemon.prepare import PrepareStage
 from temseg.daemon.publish import PublishSink
-from temseg.daemon.read import ReadStage
+from temseg.daemon.read import ReadLimits, ReadStage
 from temseg.daemon.record import RecordSink
 from temseg.daemon.segment import SegmentStage
 from temseg.daemon.segment_pool import run_when_cores_are_idle
@@ -124,9 +124,23 @@ def build_stages(
     on_model_swap: Callable[[], None],
     faults: FaultPoints,
     stats: DaemonStats,
+    root: Path,
+    check_db: Callable[[], None] | None = None,
 ) -> Stages:
-    """The stages for ``settings``: the one place where they are listed."""
+    """The stages for ``settings``: the one place where they are listed.
+
+    ``root`` is the watched folder (resolved); ``check_db()`` raises when the
+    database file is no longer the one opened (see :mod:`temseg.daemon.db_guard`).
+    """
     s = settings
+    limits = ReadLimits(
+        root=root,
+        max_file_bytes=s.max_file_bytes,
+        read_timeout_s=s.read_timeout_s,
+        follow_symlinks=s.follow_symlinks,
+        max_pixels=s.max_pixels,
+        max_decoded_bytes=s.max_decoded_bytes,
+    )
     publish = PublishSink(
         s.publish,
         send_hwm=s.send_hwm,
@@ -137,8 +151,8 @@ def build_stages(
     )
     return Stages(
         read=[
-            ReadStage(db, give_up, s.folder_rules, s.material),
-            PrepareStage(lambda: models.current),
+            ReadStage(db, give_up, s.folder_rules, s.material, limits),
+            PrepareStage(lambda: models.current, s.max_pixels),
         ],
         infer=InferStage(
             models,
@@ -148,12 +162,13 @@ def build_stages(
             give_up=give_up,
             on_swap=on_model_swap,
             stats=stats,
+            max_pixels=s.max_pixels,
         ),
         segment=[
             SegmentStage(measure, send_probability=s.send_probability, encoding=s.mask_encoding),
             *([MaskSink(Path(s.masks))] if s.masks is not None else []),
         ],
-        sinks=[RecordSink(db, publish.next_seq, give_up, faults), publish],
+        sinks=[RecordSink(db, publish.next_seq, give_up, faults, check_db), publish],
     )
 
 

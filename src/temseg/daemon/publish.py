@@ -16,6 +16,7 @@ from typing import Any
 
 from temseg.daemon.events import EventKind
 from temseg.daemon.faults import FaultPoints
+from temseg.daemon.rules import shown_path
 from temseg.daemon.work import FrameWork
 from temseg.options import MaskEncoding
 
@@ -63,7 +64,9 @@ class PublishSink:
     def __call__(self, work: FrameWork) -> None:
         seg = work.segmentation
         if seg is None or work.error is not None:
-            self._publisher.publish_error(str(work.path), work.error or "unknown error")
+            self._publisher.publish_error(
+                work.source or shown_path(work.path), shown_path(work.error or "unknown error")
+            )
         else:
             # 0/1 by construction: as booleans the encoder needs no range check of its values.
             mask = work.encoded_mask or seg.mask.view(bool)
@@ -78,8 +81,8 @@ def header(work: FrameWork) -> dict[str, Any]:
     read_ms, infer_ms, segment_ms = work.read_s * 1e3, work.infer_s * 1e3, work.segment_s * 1e3
     return {
         "frame_id": work.frame_id,
-        "source": str(work.path),
-        "relative_path": work.relative,
+        "source": work.source or shown_path(work.path),
+        "relative_path": shown_path(work.relative),
         "sha256": work.sha256,
         "material": work.material,
         "model_id": model.model_id,

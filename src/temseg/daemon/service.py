@@ -26,6 +26,7 @@ from pathlib import Path
 
 from temseg.config import Settings
 from temseg.daemon.database import Database
+from temseg.daemon.db_guard import DatabaseGuard
 from temseg.daemon.events import EventStream
 from temseg.daemon.faults import FaultPoints
 from temseg.daemon.intake import Intake
@@ -53,6 +54,10 @@ logger = logging.getLogger("temseg.daemon")
 #: beside a thread running Python, each re-take can wait up to the whole interval, so a
 #: shorter interval lets the engine start its next call sooner (``benchmarks/RESULTS.md``).
 GIL_SWITCH_INTERVAL_S = 0.001
+
+
+class DatabaseGone(RuntimeError):
+    """The database file was deleted or replaced while the daemon ran."""
 
 
 class Daemon:
@@ -102,6 +107,8 @@ class Daemon:
         self._pinger: WatchdogPinger | None = None
         self._models: ModelServer | None = None
         self._db: Database | None = None
+        self._db_guard = DatabaseGuard(settings.db)
+        self.fatal: str | None = None  # why the daemon must stop; run_daemon raises it
         self._stopped = False
         self._shut = False
         self._shut_lock = threading.Lock()
@@ -118,6 +125,8 @@ class Daemon:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # restored in _shutdown
         self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
         try:
+            self._db_guard.acquire()  # a second daemon on this database stops here
+            self._db_guard.remember()
             device = resolve_device(s.device)
             self.tile = s.tile or default_tile(device)
             self.host_threads_idle = host_threads_idle(s.host_priority, device)
@@ -144,6 +153,8 @@ class Daemon:
                 on_model_swap=self._freeze_gc,
                 faults=self._faults,
                 stats=self.stats,
+                root=self.root,
+                check_db=self._check_db_or_raise,
             )
             self._pipeline = Pipeline(
                 stages,
@@ -163,14 +174,16 @@ class Daemon:
             self._shutdown()
             raise
         self._freeze_gc()
-        self.notifier.ready(f"watching {self.root}, publishing on {self.bound_url}")
+        curve = "on" if s.curve_keys is not None else "off"
+        self.notifier.ready(f"watching {self.root}, publishing on {self.bound_url} (CURVE {curve})")
         self._pinger = WatchdogPinger(self.notifier, self.healthy)
         self._pinger.start()
         logger.info(
-            "ready watch=%s publish=%s db=%s model_id=%s host_threads=%s readers=%d "
+            "ready watch=%s publish=%s curve=%s db=%s model_id=%s host_threads=%s readers=%d "
             "segmenters=%d segment_workers=%d",
             self.root,
             self.bound_url,
+            curve,
             s.db,
             model.model_id,
             "idle" if self.host_threads_idle else "normal",
@@ -209,7 +222,7 @@ class Daemon:
         self._shutdown()
         if self._pipeline is not None:
             self.stats.max_queued = self._pipeline.queue.high_water
-        if self._abort.is_set():
+        if self._abort.is_set() and self.fatal is None:
             logger.error(
                 "stop gave up: the database was still locked after stop_timeout_s=%g s; "
                 "%d accepted frame(s) not recorded, the next start's backlog scan finds them",
@@ -249,6 +262,7 @@ class Daemon:
             self._models.close()
         if self._db is not None:
             self._db.dispose()
+        self._db_guard.release()
         if self._switch_interval is not None:
             sys.setswitchinterval(self._switch_interval)
         if self._gc_frozen:
@@ -295,7 +309,29 @@ class Daemon:
     def healthy(self) -> bool:
         """True while the pipeline threads and the watcher run (gates the systemd watchdog ping)."""
         running = self._pipeline is not None and self._pipeline.alive()
-        return running and self._intake.watching() and not self._intake.closing.is_set()
+        watching = self._intake.watching() and not self._intake.closing.is_set()
+        return running and watching and self.fatal is None
+
+    def check_database(self) -> None:
+        """Stop for good (:meth:`_fail`) if the database file was deleted or replaced."""
+        problem = self._db_guard.problem()
+        if problem is not None:
+            self._fail(f"{problem}: stopping, nothing more is recorded or published")
+
+    def _check_db_or_raise(self) -> None:
+        self.check_database()
+        if self.fatal is not None:
+            raise DatabaseGone(self.fatal)
+
+    def _fail(self, reason: str) -> None:
+        """Give up for good: ``reason`` logged once at CRITICAL; frames not yet recorded
+        are abandoned (the next start's backlog finds them); run_daemon raises it."""
+        with self._shut_lock:
+            if self.fatal is not None:
+                return
+            self.fatal = reason
+        logger.critical("%s", reason)
+        self._abort.set()
 
     @property
     def pending(self) -> int:
@@ -325,9 +361,12 @@ def run_daemon(
     if ready is not None:
         ready.set()
     try:
-        stop_event.wait()
+        while not stop_event.wait(0.5) and daemon.fatal is None:
+            daemon.check_database()
     finally:
         stats = daemon.stop()
+    if daemon.fatal is not None:
+        raise DatabaseGone(daemon.fatal)
     return stats
 
 
