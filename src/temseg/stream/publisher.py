@@ -26,11 +26,13 @@ from temseg.stream.protocol import (
 
 DEFAULT_URL = "tcp://127.0.0.1:5557"
 
-MAX_SUBSCRIPTION_BYTES = 256
+MAX_SUBSCRIPTION_BYTES = 1024
 """Longest message a peer may send (``ZMQ_MAXMSGSIZE``). Subscribers only send
 (un)subscriptions: one flag byte plus a topic prefix, and topics are at most
 ``temseg.mask.`` plus a 64-character material. libzmq disconnects a peer that
-sends more, instead of keeping its prefix in the socket's subscription table."""
+sends more, instead of keeping its prefix in the socket's subscription table.
+The limit also applies to the handshake, whose CURVE INITIATE command takes
+a few hundred bytes: 256 refused every CURVE client."""
 
 logger = logging.getLogger(__name__)
 
