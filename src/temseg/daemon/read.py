@@ -98,7 +98,7 @@ class ReadStage:
             frame_material = self._decode(work, data)
         if frame_material and not valid_material(frame_material):
             work.error = (
-                f"{work.path}: material {frame_material[:80]!r} in the frame's metadata "
+                f"{work.path}: material '{frame_material[:80]}' in the frame's metadata "
                 f"is not a valid name ({MATERIAL_RULE})"
             )
             work.frame, frame_material = None, None
