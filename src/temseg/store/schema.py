@@ -236,6 +236,8 @@ def connect(
         _ensure_schema(engine, create=create)
     except OperationalError as exc:
         engine.dispose()
+        if not is_sqlite:
+            raise  # a server's own message names host and cause
         raise database_error(url, exc) from exc
     except BaseException:
         engine.dispose()
