@@ -247,3 +247,15 @@ def test_daemon_raises_its_soft_descriptor_limit() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) == 4096
+
+
+def test_a_daemon_whose_database_folder_is_missing_fails_cleanly(acq: Path, tmp_path: Path) -> None:
+    from temseg.config import Settings
+    from temseg.daemon import Daemon
+
+    before = sys.getswitchinterval()
+    daemon = Daemon(Settings(watch=acq, db=str(tmp_path / "missing" / "t.db"), threads=1))
+    with pytest.raises(DatabaseError, match="does not exist"):
+        daemon.start()
+    assert sys.getswitchinterval() == before  # the daemon's shortened interval was undone
+    assert not (tmp_path / "missing").exists()

@@ -123,8 +123,8 @@ class Daemon:
         self.notifier.status("loading model")
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # restored in _shutdown
-        self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
         try:
+            self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
             self._db_guard.acquire()  # a second daemon on this database stops here
             self._db_guard.remember()
             device = resolve_device(s.device)
