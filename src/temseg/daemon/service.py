@@ -55,6 +55,30 @@ logger = logging.getLogger("temseg.daemon")
 #: shorter interval lets the engine start its next call sooner (``benchmarks/RESULTS.md``).
 GIL_SWITCH_INTERVAL_S = 0.001
 
+_switch_lock = threading.Lock()
+_switch_users = 0  # daemons of this process running with the short interval
+_switch_saved = 0.005  # the process's own interval, restored when the last one stops
+
+
+def _shorten_switch_interval() -> None:
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        _switch_users += 1
+
+
+def _restore_switch_interval() -> None:
+    """Undo :func:`_shorten_switch_interval`; the last daemon of the process restores
+    the interval, whatever order daemons stop in (two daemons stopped in start order
+    left it shortened)."""
+    global _switch_users
+    with _switch_lock:
+        _switch_users -= 1
+        if _switch_users == 0:
+            sys.setswitchinterval(_switch_saved)
+
 
 class DatabaseGone(RuntimeError):
     """The database file was deleted or replaced while the daemon ran."""
@@ -112,7 +136,7 @@ class Daemon:
         self._stopped = False
         self._shut = False
         self._shut_lock = threading.Lock()
-        self._switch_interval: float | None = None  # the process's, while this daemon runs
+        self._switch_shortened = False  # see _shorten_switch_interval
         self._gc_frozen = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -121,8 +145,8 @@ class Daemon:
         """Connect, load and warm the model, bind the socket, start watching; then READY=1."""
         s = self.settings
         self.notifier.status("loading model")
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # restored in _shutdown
+        _shorten_switch_interval()
+        self._switch_shortened = True
         try:
             self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
             self._db_guard.acquire()  # a second daemon on this database stops here
@@ -263,8 +287,9 @@ class Daemon:
         if self._db is not None:
             self._db.dispose()
         self._db_guard.release()
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
+        if self._switch_shortened:
+            self._switch_shortened = False
+            _restore_switch_interval()
         if self._gc_frozen:
             gc.unfreeze()
 
