@@ -31,7 +31,8 @@ def acq(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
-    """Where a test's SQLite database goes (its folder does not exist yet)."""
+    """Where a test's SQLite database goes (its folder exists, the file does not yet)."""
+    (tmp_path / "state").mkdir()
     return tmp_path / "state" / "temseg.db"
 
 
@@ -56,6 +57,7 @@ def pg_url(pg_server: pgkit.PgServer) -> Iterator[str]:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A new, empty database URL on each kind of server: a SQLite file, a PostgreSQL database."""
     if request.param == "sqlite":
+        (tmp_path / "state").mkdir()
         return f"sqlite:///{tmp_path / 'state' / 'temseg.db'}"
     url: str = request.getfixturevalue("pg_url")
     return url

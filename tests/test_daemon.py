@@ -216,7 +216,7 @@ def test_frames_segmented_published_recorded_and_folder_untouched(
             record = get_frame(engine, row["id"])
         assert record is not None and len(record.particles) == header["n_particles"]
         written = Path(row["mask_path"])
-        assert written == masks / path.relative_to(acq)
+        assert written == masks / f"{path.relative_to(acq)}.mask.tif"
         np.testing.assert_array_equal(tifffile.imread(written), mask)
     assert row_for(db_path, old)["status"] == "done"  # the backlog
 

@@ -127,6 +127,32 @@ def test_stack_published_and_recorded_frame_by_frame(
         assert (row["pixel_nm_y"], row["pixel_nm_x"]) == pytest.approx((0.2, 0.1))
 
 
+def test_stack_under_a_small_decode_budget_gets_one_mask_per_frame(
+    make_daemon: Any, acq: Path, db_path: Path, tmp_path: Path
+) -> None:
+    """The decoded-bytes budget reads TIFF headers only: an MRC stack larger than the
+    whole budget is decoded (never failed for it), and each frame has its own mask."""
+    masks = tmp_path / "masks"
+    daemon = make_daemon(masks=masks, max_decoded_bytes=1024)
+    movie = acq / "movie.mrc"
+    data = mrc_bytes(3, seed=11)
+    assert len(data) > 1024
+    write_renamed(movie, data)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(rows_for(db_path, movie)) < 3:
+        time.sleep(0.1)
+    assert daemon.wait_idle(20)
+    rows = rows_for(db_path, movie)
+    assert [(r["frame_index"], r["status"]) for r in rows] == [
+        (0, "done"),
+        (1, "done"),
+        (2, "done"),
+    ]
+    expected = [masks / f"movie.mrc.{k}.mask.tif" for k in range(3)]
+    assert [Path(r["mask_path"]) for r in rows] == expected
+    assert all(p.is_file() for p in expected)
+
+
 def test_stack_interrupted_half_way_is_finished_after_a_restart(
     make_daemon: Any, acq: Path, db_path: Path
 ) -> None:
@@ -134,7 +160,7 @@ def test_stack_interrupted_half_way_is_finished_after_a_restart(
     data = mrc_bytes(3, seed=5)
     movie.write_bytes(data)
     digest = hashlib.sha256(data).hexdigest()
-    db_path.parent.mkdir(parents=True)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
     engine = connect(str(db_path))
     for index in (0, 1):  # what a daemon stopped after two frames left behind
         record_frame(

@@ -259,3 +259,22 @@ def test_frame_that_would_grow_past_the_limit_refused(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path, pixel_nm=0.05)
     with pytest.raises(ValueError, match=r"would make 51200 x 51200 px .*check the frame's pixel"):
         prepare_input(frame_image((128, 128)), bundle, 20.0)
+
+
+def test_max_pixels_is_checked_on_the_model_grid_before_resampling() -> None:
+    """A 64 x 64 frame claiming pixels 1,000 times larger than the model's would be
+    upsampled to 64,000 x 64,000 pixels (16 GB of float32); it is refused at once."""
+    import time
+
+    from temseg.inference import GridTooLarge, prepare_input
+    from temseg.model.bundle import load_bundle
+
+    bundle = load_bundle(None)
+    assert bundle.pixel_nm is not None
+    image = np.ones((64, 64), np.uint16)
+    start = time.perf_counter()
+    with pytest.raises(GridTooLarge, match=r"would make 64000 x 64000 px \(above max_pixels"):
+        prepare_input(image, bundle, bundle.pixel_nm * 1000, max_pixels=2**28)
+    assert time.perf_counter() - start < 5
+    same = prepare_input(image, bundle, bundle.pixel_nm, max_pixels=64 * 64)
+    assert same.grid_shape == (64, 64)

@@ -85,7 +85,7 @@ def _particles():
 
 
 def test_connect_creates_schema_with_wal_and_busy_timeout(tmp_path: Path) -> None:
-    path = tmp_path / "new" / "dir" / "t.db"
+    path = tmp_path / "t.db"
     eng = store.connect(f"sqlite:///{path}", busy_timeout_ms=1234)
     try:
         assert path.is_file()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -198,3 +201,139 @@ def test_seen_cache_forgets_oldest() -> None:
     assert seen.add("a") and seen.add("b") and not seen.add("a")
     assert seen.add("c")  # evicts "b", the least recently used
     assert seen.add("b") and not seen.add("c")
+
+
+@pytest.fixture
+def deep_tree(tmp_path: Path):
+    """Make ``mkdir -p`` of ``levels`` nested folders under a folder (Python's makedirs
+    recurses per level); removed with ``rm -rf`` afterwards, since shutil.rmtree, which
+    pytest cleans its temporary folders with, recurses per level too."""
+    made: list[Path] = []
+
+    def make(root: Path, levels: int) -> Path:
+        deepest = root.joinpath(*["d"] * levels)
+        subprocess.run(["mkdir", "-p", str(deepest)], check=True)
+        made.append(root / "d")
+        return deepest
+
+    yield make
+    for top in made:
+        subprocess.run(["rm", "-rf", str(top)], check=True)
+
+
+def test_a_1100_level_tree_before_start_neither_breaks_the_backlog_nor_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, deep_tree
+) -> None:
+    root = tmp_path / "acq"
+    root.mkdir()
+    deepest = deep_tree(root, 1100)
+    (root / "d" / "shallow.tif").write_bytes(b"x")
+    (deepest / "deep.tif").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="temseg.daemon.watcher"):
+        assert [p.name for p in scan_backlog(root, max_depth=8)] == ["shallow.tif"]
+    assert any("folder levels deep" in r.getMessage() for r in caplog.records)
+
+    rec = Recorder()
+    watcher = FrameWatcher(root, rec, stable_s=0.2)
+    watcher.start()  # watchdog walks the whole tree to add its watches
+    try:
+        (root / "new.tif").write_bytes(b"y")
+        assert rec.wait_for(1) == [("new.tif", 1)]
+        assert watcher.is_alive()
+    finally:
+        watcher.stop()
+
+
+def test_a_1100_level_tree_made_while_watching_keeps_the_watcher_alive(
+    tmp_path: Path, deep_tree
+) -> None:
+    root = tmp_path / "acq"
+    root.mkdir()
+    rec = Recorder()
+    watcher = FrameWatcher(root, rec, stable_s=0.2)
+    watcher.start()
+    try:
+        deepest = deep_tree(root, 1100)
+        (deepest / "deep.tif").write_bytes(b"x")
+        settle(1.0)
+        (root / "after.tif").write_bytes(b"yy")
+        events = rec.wait_for(1, timeout_s=60)  # behind 1,100 folder events on a busy machine
+        assert ("after.tif", 2) in events and all(name != "deep.tif" for name, _ in events)
+        assert watcher.is_alive()
+    finally:
+        watcher.stop()
+
+
+def test_a_dead_watcher_thread_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "acq"
+    root.mkdir()
+    watcher = FrameWatcher(root, Recorder(), stable_s=0.2)
+    watcher.start()
+    try:
+        watcher._tracker.stop()  # as if it had died of an exception
+        with caplog.at_level(logging.ERROR, logger="temseg.daemon.watcher"):
+            assert not watcher.is_alive()
+            assert not watcher.is_alive()
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and "watcher stopped" in errors[0]
+    finally:
+        watcher.stop()
+
+
+@pytest.mark.parametrize("mode", ["inotify", "polling"])
+def test_a_deleted_and_recreated_folder_is_watched_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: str
+) -> None:
+    root = tmp_path / "acq"
+    root.mkdir()
+    rec = Recorder()
+    watcher = FrameWatcher(
+        root, rec, polling=mode == "polling", poll_interval_s=0.1, stable_s=0.2,
+        guard_interval_s=0.1,
+    )  # fmt: skip
+    watcher.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="temseg.daemon.watcher"):
+            (root / "before.tif").write_bytes(b"1")
+            assert rec.wait_for(1) == [("before.tif", 1)]
+            shutil.rmtree(root)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and "was deleted" not in caplog.text:
+                time.sleep(0.05)
+            assert "was deleted" in caplog.text and watcher.is_alive()
+            root.mkdir()
+            (root / "early.tif").write_bytes(b"22")  # before the watch is back
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and "again" not in caplog.text:
+                time.sleep(0.05)
+            (root / "after.tif").write_bytes(b"333")
+            events = rec.wait_for(3)
+        # A file may be reported twice after a re-arm; the daemon skips the second.
+        assert sorted(set(events)) == [("after.tif", 3), ("before.tif", 1), ("early.tif", 2)]
+        assert watcher.is_alive()
+    finally:
+        watcher.stop()
+
+
+def test_mask_paths_are_unique_per_frame_path() -> None:
+    from temseg.daemon.rules import mask_path
+
+    names = ["scan.tif", "scan.tiff", "scan.TIF", "scan", "scan.tif.tif", "a/scan.tif"]
+    frames = [(n, None) for n in names] + [(n, k) for n in ("scan.tif", "scan.mrc") for k in (0, 1)]
+    masks = {mask_path(Path("/m"), n, k) for n, k in frames}
+    assert len(masks) == len(frames)  # also the frames of a stack, and a stack's vs a file's
+    assert all(str(m).endswith(".tif") and m.is_relative_to("/m") for m in masks)
+    assert mask_path(Path("/m"), "a/scan.mrc", 2) == Path("/m/a/scan.mrc.2.mask.tif")
+
+
+def test_shown_path_escapes_control_characters_and_non_utf8_bytes() -> None:
+    from temseg.daemon.rules import shown_path
+
+    assert shown_path("a/b é.tif") == "a/b é.tif"
+    forged = shown_path("x.tif\nCRITICAL temseg.daemon: FORGED")
+    assert "\n" not in forged and forged == "x.tif\\x0aCRITICAL temseg.daemon: FORGED"
+    undecodable = os.fsdecode(b"caf\xe9.tif")
+    assert shown_path(undecodable) == "caf\\xe9.tif"
+    shown_path(undecodable).encode("utf-8")  # SQLite and the stream's JSON can take it
+    # One-to-one: a name that spells the escape itself gives other text.
+    assert shown_path("caf\\xe9.tif") != shown_path(undecodable)

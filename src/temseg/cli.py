@@ -414,6 +414,7 @@ def daemon(
     """Watch a folder and segment each new frame until SIGTERM/SIGINT (systemd: Type=notify)."""
     from temseg.config import ConfigError, load_settings
     from temseg.daemon import configure_logging, serve
+    from temseg.daemon.lifecycle import raise_file_limit
 
     overrides = {
         "watch": watch,
@@ -444,6 +445,7 @@ def daemon(
     except (ConfigError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    raise_file_limit()
     try:
         stats = serve(settings)
     except ConfigError as exc:
@@ -543,7 +545,7 @@ def subscribe(
     import re
     from pathlib import Path
 
-    from temseg.config import ConfigError, load_settings
+    from temseg.config import ConfigError, endpoint_problem, load_settings
     from temseg.stream import Subscriber
 
     if (curve_server_key is None) != (curve_client_key is None):
@@ -557,6 +559,10 @@ def subscribe(
             raise typer.Exit(2) from exc
         # The daemon may bind every interface; connect to this machine then.
         connect = re.sub(r"^tcp://(\*|0\.0\.0\.0):", "tcp://127.0.0.1:", publish)
+    problem = endpoint_problem(connect)
+    if problem is not None:
+        typer.echo(f"error: --connect: {problem}", err=True)
+        raise typer.Exit(2)
     logging.basicConfig(format="temseg subscribe: %(message)s", level=logging.WARNING)
     try:
         subscriber = Subscriber(
@@ -569,6 +575,12 @@ def subscribe(
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    encrypted = "with CURVE" if curve_server_key is not None else "without encryption"
+    typer.echo(
+        f"temseg subscribe: connecting to {connect} ({encrypted}), topics {', '.join(topic)}; "
+        "waiting for messages" + ("" if timeout is None else f" (at most {timeout:g} s)") + "...",
+        err=True,
+    )
     received = 0
     with subscriber:
         try:
@@ -579,7 +591,13 @@ def subscribe(
                     return
         except KeyboardInterrupt:
             return
-    typer.echo(f"no message for {timeout} s after {received} message(s)", err=True)
+    hint = ""
+    if received == 0 and curve_server_key is None:
+        hint = (
+            "; is a daemon publishing there? If it runs with curve_keys, this plaintext "
+            "client receives nothing: pass --curve-server-key and --curve-client-key"
+        )
+    typer.echo(f"no message for {timeout:g} s after {received} message(s){hint}", err=True)
     raise typer.Exit(1)
 
 
@@ -822,14 +840,14 @@ def _open_db(url: str, *, create: bool = False) -> Any:
     """The database at ``url``; a missing, unusable or unreachable one is one error line."""
     from sqlalchemy.exc import OperationalError
 
-    from temseg.store import SchemaError, connect
+    from temseg.store import DatabaseError, SchemaError, connect
 
     try:
         return connect(url, create=create)
     except FileNotFoundError as exc:
         typer.echo(f"error: no database: {exc}", err=True)
         raise typer.Exit(1) from exc
-    except SchemaError as exc:
+    except (SchemaError, DatabaseError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     except OperationalError as exc:
@@ -955,6 +973,7 @@ def train(
     from pathlib import Path
 
     from temseg.model.bundle import BundleError
+    from temseg.store import DatabaseError
     from temseg.trainer.data import DataError
     from temseg.trainer.loop import TrainConfig
     from temseg.trainer.loop import train as run_training
@@ -997,7 +1016,7 @@ def train(
     try:
         with progress:
             result = run_training(config)
-    except (DataError, BundleError, ValueError) as exc:
+    except (DataError, BundleError, DatabaseError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     if rank0:
@@ -1022,10 +1041,15 @@ def _models_db(db: str | None) -> str:
 def models_list(
     db: str | None = typer.Option(None, "--db", help="Database URL (default: settings)."),
 ) -> None:
-    """Show registered models: id, name, created, active, per-material Dice."""
+    """Show registered models: id, name, created, active, per-material Dice.
+
+    The model shipped with temseg is always listed (registered on first use).
+    """
+    from temseg.daemon.models import register_bundled
     from temseg.store import list_models
 
     engine = _open_db(_models_db(db))
+    register_bundled(engine)
     records = list_models(engine)
     engine.dispose()
     if not records:
@@ -1048,12 +1072,17 @@ def models_promote(
     model_id: str = typer.Argument(..., help="Id of a registered model."),
     db: str | None = typer.Option(None, "--db", help="Database URL (default: settings)."),
 ) -> None:
-    """Make a registered model the active one (its bundle must still load)."""
+    """Make a registered model the active one (its bundle must still load).
+
+    The model shipped with temseg is registered too, so it can be promoted back.
+    """
+    from temseg.daemon.models import register_bundled
     from temseg.model.bundle import BundleError, load_bundle
     from temseg.store import active_model, list_models, promote_model
 
     engine = _open_db(_models_db(db))
     try:
+        register_bundled(engine)
         records = {r.model_id: r for r in list_models(engine)}
         current = active_model(engine)
         keeping = f"active model stays {current.model_id if current else 'none'}"
@@ -1118,10 +1147,14 @@ def models_import(
     if db is not None:
         from sqlalchemy.exc import SQLAlchemyError
 
+        from temseg.store import DatabaseError
         from temseg.trainer.export import register_bundle
 
         try:
             register_bundle(db, bundle)
+        except DatabaseError as exc:  # says where the bundle is, and why
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
         except (SQLAlchemyError, OSError, ValueError) as exc:
             reason = str(exc).splitlines()[0]
             typer.echo(
@@ -1164,6 +1197,7 @@ def calibrate(
     from temseg.calibrate.run import calibrate as run_calibration
     from temseg.engine import EngineError
     from temseg.model.bundle import BundleError
+    from temseg.store import DatabaseError
 
     folders = [*(data or []), *(extra_data or [])]
     if not folders and not pairs:
@@ -1181,7 +1215,7 @@ def calibrate(
             backend=backend,
             on_warning=lambda text: typer.echo(f"warning: {text}", err=True),
         )
-    except (CalibrationError, BundleError, EngineError, ValueError) as exc:
+    except (CalibrationError, BundleError, DatabaseError, EngineError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     c = result.choice

@@ -1,6 +1,10 @@
 """One settings object, read from (later wins): defaults, a TOML file,
 ``TEMSEG_*`` environment variables, command-line flags.
 
+An unknown key in the file is an error naming the file (with the closest
+setting as a suggestion), as is a value of the wrong type; an unknown
+``TEMSEG_*`` variable is logged at WARNING and ignored.
+
 TOML keys are the field names below (top level or under a ``[temseg]``
 table); environment variables are ``TEMSEG_`` + the upper-case field name,
 e.g. ``TEMSEG_PUBLISH=tcp://127.0.0.1:6000``. List fields take comma-separated
@@ -11,7 +15,10 @@ watched folder to materials, e.g. ``{"CdSe/**" = "CdSe"}`` (TOML only).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +29,13 @@ from temseg.options import Backend, HostPriority, MaskEncoding, check_choice
 
 ENV_PREFIX = "TEMSEG_"
 DEFAULT_CONFIG_PATH = Path("/etc/temseg/temseg.toml")
+
+OTHER_VARIABLES = ("TEMSEG_CONFIG", "TEMSEG_FAULT_POINT", "TEMSEG_FAULTS_FULL")
+"""``TEMSEG_*`` variables that are not settings (config file, test hooks)."""
+
+ENDPOINT_SCHEMES = ("tcp", "ipc", "inproc", "ws", "wss", "pgm", "epgm", "tipc", "vmci")
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -91,6 +105,11 @@ class Settings:
     #: wedged: /healthz fails and the systemd watchdog ping stops. Keep it above the longest
     #: legitimate wait (a full frame queue times the slowest frame's inference).
     stuck_after_s: float = 120.0
+    max_file_bytes: int = 2 * 1024**3  # larger frame files get a failed row, unread
+    max_pixels: int = 2**28  # per frame, checked on the file's grid and on the model's
+    max_decoded_bytes: int = 4 * 1024**3  # decoded pixels held by all readers at once
+    read_timeout_s: float = 60.0  # one file's read; a slower one gets a failed row
+    max_depth: int = 32  # folder levels below 'watch' where frames are looked for
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -107,6 +126,25 @@ def check_options(settings: Settings) -> None:
             check_choice(name, getattr(settings, name), kind, ConfigError)
 
 
+def endpoint_problem(url: str) -> str | None:
+    """Why ``url`` is not a ZeroMQ endpoint (with the likely fix), or None if it is one."""
+    match = re.fullmatch(r"([a-z]+)://(.+)", url.strip())
+    if match is not None and match.group(1) in ENDPOINT_SCHEMES:
+        return None
+    if match is not None:
+        return f"{url!r} has an unknown scheme; use tcp://HOST:PORT or ipc:///PATH"
+    port = re.fullmatch(r"(?:([\w.*-]+|\[[0-9a-fA-F:]+\]):)?(\d{1,5})", url.strip())
+    if port is not None:
+        host = port.group(1) or "127.0.0.1"
+        return f"{url!r} is not a ZeroMQ endpoint; did you mean tcp://{host}:{port.group(2)}?"
+    return f"{url!r} is not a ZeroMQ endpoint; use tcp://HOST:PORT or ipc:///PATH"
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _coerce(name: str, raw: Any, kind: Any) -> Any:
     text = str(kind)
     if raw is None:
@@ -116,11 +154,13 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
     try:
         if "dict" in text:
             if not isinstance(raw, Mapping):
-                raise TypeError("expected a table")
+                raise TypeError(f"expected a table, got {raw!r}")
             return {str(k): str(v) for k, v in raw.items()}
         if "list" in text:
             if isinstance(raw, str):
                 return [part.strip() for part in raw.split(",") if part.strip()]
+            if not isinstance(raw, list | tuple):
+                raise TypeError(f"expected a list of strings, got {raw!r}")
             return [str(item) for item in raw]
         if "bool" in text:
             if isinstance(raw, bool):
@@ -131,11 +171,15 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError(f"not a boolean: {raw!r}")
+        if isinstance(raw, Mapping | list):
+            raise TypeError(f"expected a single value, got {raw!r}")
         if "Path" in text:
             return Path(str(raw)).expanduser()
         if "float" in text:
             return float(raw)
         if "int" in text:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(f"expected a whole number, got {raw!r}")
             return int(raw)
         return str(raw)
     except (TypeError, ValueError) as exc:
@@ -147,9 +191,27 @@ def _apply(settings: Settings, values: Mapping[str, Any], origin: str) -> None:
     for key, raw in values.items():
         name = key.replace("-", "_")
         if name not in hints:
-            raise ConfigError(f"{origin}: unknown setting {key!r}")
-        setattr(settings, name, _coerce(name, raw, hints[name]))
-    check_options(settings)
+            raise ConfigError(f"{origin}: unknown setting {key!r}{_suggest(name, list(hints))}")
+        try:
+            setattr(settings, name, _coerce(name, raw, hints[name]))
+        except ConfigError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
+    try:
+        check_options(settings)
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+
+
+def _warn_unknown_variables(env: Mapping[str, str]) -> None:
+    names = [ENV_PREFIX + f.name.upper() for f in dataclasses.fields(Settings)]
+    known = {*names, *OTHER_VARIABLES}
+    for variable in sorted(env):
+        if variable.startswith(ENV_PREFIX) and variable not in known:
+            logger.warning(
+                "ignoring environment variable %s: not a temseg setting%s",
+                variable,
+                _suggest(variable, names),
+            )
 
 
 def load_settings(
@@ -171,9 +233,13 @@ def load_settings(
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
-        _apply(settings, data.get("temseg", data), str(path))
+        table = data.get("temseg", data)
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"config file {path}: [temseg] must be a table")
+        _apply(settings, table, f"config file {path}")
+    _warn_unknown_variables(env)
     fields = {f.name for f in dataclasses.fields(Settings)}
     from_env = {
         name: env[ENV_PREFIX + name.upper()]
@@ -182,4 +248,7 @@ def load_settings(
     }
     _apply(settings, from_env, "environment")
     _apply(settings, {k: v for k, v in (overrides or {}).items() if v is not None}, "flags")
+    problem = endpoint_problem(settings.publish)
+    if problem is not None:
+        raise ConfigError(f"setting 'publish': {problem}")
     return settings

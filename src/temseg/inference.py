@@ -84,33 +84,45 @@ def input_key(bundle: ModelBundle) -> tuple[Any, ...]:
     return (bundle.normalisation, bundle.pixel_nm, bundle.config.size_multiple)
 
 
+class GridTooLarge(ValueError):
+    """A frame's grid at the model's pixel size exceeds ``max_pixels``."""
+
+
 def prepare_input(
     image: np.ndarray,
     bundle: ModelBundle,
     pixel_nm: float | tuple[float, float] | None,
     *,
     allocate: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+    max_pixels: int | None = None,
 ) -> ModelInput:
     """Normalise ``image`` as ``bundle`` was trained, resample it to its pixel size, pad it.
 
     ``pixel_nm`` is the frame's pixel size (nm per pixel), one number or
     (y, x) for non-square pixels; unknown (None) leaves the grid as it is.
-    Raises ValueError when the resampled frame would exceed
-    :data:`MAX_MODEL_GRID_PIXELS`.
     ``allocate(shape)`` gives the float32 array the result goes into (see
     :func:`temseg.engine.input_allocator`); a frame that needs neither
     resampling nor padding is normalised straight into it.
+    ``max_pixels`` bounds the model's grid (default
+    :data:`MAX_MODEL_GRID_PIXELS`), checked before anything is allocated: a
+    small frame claiming a tiny ``pixel_nm`` would otherwise be upsampled to
+    an arbitrarily large grid; above it, :class:`GridTooLarge` (a ValueError).
     """
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
     multiple = bundle.config.size_multiple
     grid = model_grid_shape(image.shape, pixel_nm, bundle.pixel_nm)
-    if grid[0] * grid[1] > MAX_MODEL_GRID_PIXELS:
-        raise ValueError(
-            f"resampling {image.shape[0]} x {image.shape[1]} px of {pixel_nm} nm to the model's "
-            f"{bundle.pixel_nm} nm per pixel would make {grid[0]} x {grid[1]} px (limit "
-            f"{MAX_MODEL_GRID_PIXELS}); check the frame's pixel size or override it"
-        )
+    limit = MAX_MODEL_GRID_PIXELS if max_pixels is None else max_pixels
+    if grid[0] * grid[1] > limit:
+        above = f"the limit {limit}" if max_pixels is None else f"max_pixels ({max_pixels})"
+        if grid != image.shape and pixel_nm is not None and bundle.pixel_nm is not None:
+            how = (
+                f"resampling {image.shape[0]} x {image.shape[1]} px of {pixel_nm} nm to the "
+                f"model's {bundle.pixel_nm} nm per pixel would make {grid[0]} x {grid[1]} px"
+            )
+        else:
+            how = f"the frame has {grid[0]} x {grid[1]} px"
+        raise GridTooLarge(f"{how} (above {above}); check the frame's pixel size or override it")
     if (
         allocate is not None
         and grid == image.shape

@@ -105,6 +105,7 @@ def test_sigkill_at_random_points_records_every_frame_once(acq: Path, tmp_path: 
     rng.shuffle(plan)
     per_cycle = n_frames // (n_kills + 1)
     db = tmp_path / "state" / "temseg.db"
+    db.parent.mkdir()
     url = f"tcp://127.0.0.1:{free_port()}"
     args = (
         "--watch", str(acq),

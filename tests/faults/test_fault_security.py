@@ -81,6 +81,7 @@ def test_curve_daemon_serves_allowed_clients_only(acq: Path, tmp_path: Path) -> 
     (keys.authorized / "mallory.key").unlink()  # access revoked
     url = f"tcp://127.0.0.1:{free_port()}"
     db = tmp_path / "state" / "temseg.db"
+    db.parent.mkdir()
     daemon = DaemonProcess(
         "--watch", str(acq),
         "--db", str(db),
@@ -208,7 +209,7 @@ def test_metadata_cannot_escape_folders_or_inject_materials(
         assert rows[name]["material"] == "Au" and rows[name]["mask_path"] is None
     assert rows["described.tif"]["status"] == "done"
     assert rows["described.tif"]["material"] == "CdSe"
-    assert rows["described.tif"]["mask_path"] == str(masks / "sub" / "described.tif")
+    assert rows["described.tif"]["mask_path"] == str(masks / "sub" / "described.tif.mask.tif")
     created = set(tmp_path.rglob("*")) - before
     state = db_path.parent
     outside = [p for p in created if not (p.is_relative_to(masks) or p.is_relative_to(state))]

@@ -110,3 +110,62 @@ def test_stream_threads_keep_normal_priority_when_host_threads_idle(tmp_path: Pa
     assert os.SCHED_IDLE in policies["host"], policies  # the premise: host threads are idle
     assert policies["zeromq"] and policies["collector"], policies
     assert os.SCHED_IDLE not in policies["zeromq"] + policies["collector"], policies
+
+
+FLOOD_SCRIPT = """
+import os, sys, zmq
+context = zmq.Context()
+sock = context.socket(zmq.XSUB)  # sends raw subscription messages
+sock.setsockopt(zmq.SNDHWM, 0)
+sock.setsockopt(zmq.LINGER, 0)
+sock.connect(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    sock.send(b"\\x01" + os.urandom(int(sys.argv[3])))
+print("sent", flush=True)
+sys.stdin.read()  # stay connected until the test is done
+"""
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_oversized_subscriptions_are_refused_not_stored() -> None:
+    """A peer subscribing to 400 random 16 KiB prefixes grew the publisher by
+    hundreds of MiB (libzmq keeps every prefix); now such a peer is disconnected,
+    memory stays flat and a well-behaved subscriber still gets masks."""
+    import numpy as np
+
+    from temseg.stream import Publisher
+
+    mask = np.zeros((8, 8), np.uint8)
+    with Publisher("tcp://127.0.0.1:0") as pub:
+        pub.publish_error("warm", "up")  # allocate what the first send allocates
+        before = resident_mib()
+        flooder = subprocess.Popen(
+            [sys.executable, "-c", FLOOD_SCRIPT, pub.bound_url, "400", str(16 * 1024)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert flooder.stdout is not None and flooder.stdout.readline() == "sent\n"
+            # Sending is what makes the socket take subscriptions into its table.
+            for _ in range(100):
+                pub.publish_mask({"material": "Au", "source": "flood"}, mask)
+                time.sleep(0.01)
+            grown = resident_mib() - before
+            assert grown < 16, f"resident memory grew by {grown:.0f} MiB"
+
+            with Subscriber(pub.bound_url, topics=("temseg.mask.Au",), timeout_ms=100) as sub:
+                got = None
+                for _ in range(100):
+                    pub.publish_mask({"material": "Au", "source": "after"}, mask)
+                    got = sub.receive()
+                    if got is not None:
+                        break
+                assert got is not None and got.header["source"] == "after"
+        finally:
+            flooder.kill()
+            flooder.wait()

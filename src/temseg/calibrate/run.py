@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from temseg.model.bundle import ModelBundle
 from temseg.model.resolve import resolve_bundle
 from temseg.trainer.data import DataError, find_pairs, read_labelled_frame, read_pairs_file
 from temseg.trainer.images import image_metadata
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine as DbEngine
 
 TAIL_PER_DECADE = 4  # log-spaced thresholds per decade below 0.01 and above 0.99
 MAX_PIXEL_RATIO = 8.0  # frame vs model pixel size beyond which resampling is meaningless
@@ -147,6 +151,8 @@ def calibrate(
     from temseg.inference import predict_probability
 
     parse_criterion(criterion)
+    if db is not None:
+        _open(db).dispose()  # an unusable database is found before the sweep, not after
     labelled = material_pairs(material, data, pairs)
     bundle = resolve_model(model, db)
     checks = (check_pixel_size(i.name, p, bundle.pixel_nm) for i, _, p in labelled)
@@ -199,10 +205,23 @@ def calibrate(
     return result
 
 
-def _record(db: str, result: CalibrationResult, criterion: str) -> int:
-    from temseg.store import connect, record_calibration
+def _open(db: str) -> DbEngine:
+    from sqlalchemy.exc import OperationalError
 
-    engine = connect(db)
+    from temseg.store import connect, database_error
+
+    try:
+        return connect(db)
+    except OperationalError as exc:
+        raise database_error(db, exc) from exc
+
+
+def _record(db: str, result: CalibrationResult, criterion: str) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from temseg.store import DatabaseError, database_error, record_calibration
+
+    engine = _open(db)
     try:
         return record_calibration(
             engine,
@@ -217,6 +236,11 @@ def _record(db: str, result: CalibrationResult, criterion: str) -> int:
             plot_path=str(result.plot_path.resolve()),
             criterion=criterion,
         )
+    except (DatabaseError, OperationalError) as exc:
+        cause = exc if isinstance(exc, DatabaseError) else database_error(db, exc)
+        raise DatabaseError(
+            f"calibration of {result.material} not recorded (plot at {result.plot_path}): {cause}"
+        ) from exc
     finally:
         engine.dispose()
 

@@ -56,7 +56,9 @@ class InferStage:
         give_up: Callable[[], bool],
         on_swap: Callable[[], None],
         stats: DaemonStats,
+        max_pixels: int | None = None,
     ) -> None:
+        self._max_pixels = max_pixels
         self._models = models
         self._batch_size = batch_size
         self._masks_on_device = masks_on_device
@@ -143,7 +145,7 @@ class InferStage:
         assert work.frame is not None
         x = work.model_input
         if x is None or x.made_for != input_key(model.bundle):
-            x = model_input_for(work.frame, model)
+            x = model_input_for(work.frame, model, self._max_pixels)
         return x
 
     def _check_models(self) -> None:

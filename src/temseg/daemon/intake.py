@@ -25,11 +25,21 @@ from pathlib import Path
 from temseg.config import Settings
 from temseg.daemon.events import FrameEvent
 from temseg.daemon.observers import DaemonStats
+from temseg.daemon.rules import shown_path
 from temseg.daemon.watcher import FrameWatcher
 from temseg.daemon.work import FrameWork
 from temseg.frames.find import relative_posix, scan_backlog
 
 logger = logging.getLogger("temseg.daemon")
+
+
+def _listed_identity(path: Path, follow_symlinks: bool) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file as listed; the reader refuses another file in its place."""
+    try:
+        info = path.stat() if follow_symlinks else path.lstat()
+    except OSError:
+        return None  # gone already: the read says so
+    return info.st_dev, info.st_ino
 
 
 class Intake:
@@ -72,6 +82,7 @@ class Intake:
             poll_interval_s=s.poll_interval_s,
             stable_s=s.stable_s,
             follow_symlinks=s.follow_symlinks,
+            max_depth=s.max_depth,
         )
         self._watcher.start()
         threading.Thread(target=self._backlog, name="temseg-backlog", daemon=True).start()
@@ -91,6 +102,8 @@ class Intake:
             relative=relative_posix(path, self.root),
             received_at=datetime.now(UTC),
             detected=time.monotonic(),
+            source=shown_path(path),
+            identity=_listed_identity(path, self._settings.follow_symlinks),
         )
         while not self._slots.acquire(timeout=0.1):
             if self.closing.is_set():
@@ -150,9 +163,9 @@ class Intake:
     def _submit_backlog(self) -> None:
         s = self._settings
         try:
-            paths = scan_backlog(self.root, s.patterns, s.recursive, s.follow_symlinks)
+            paths = scan_backlog(self.root, s.patterns, s.recursive, s.follow_symlinks, s.max_depth)
         except OSError as exc:
-            logger.error("backlog scan of %s failed: %s", self.root, exc)
+            logger.error("backlog scan of %s failed: %s", shown_path(self.root), exc)
             return
         self._stats.backlog = len(paths)
         if paths:

@@ -142,10 +142,14 @@ class WatchdogPinger:
 
 
 def install_stop_signals(stop_event: threading.Event) -> Callable[[], None]:
-    """Make SIGTERM and SIGINT set ``stop_event``; return a function restoring the old handlers.
+    """Make SIGTERM, SIGINT and SIGHUP set ``stop_event``; return a function restoring the
+    old handlers.
 
     Must be called from the main thread. A second signal while stopping is
     logged and otherwise ignored so the frame in flight still gets recorded.
+    SIGHUP (a closed terminal, or ``kill -HUP``) used to end the process at
+    once, unlogged; it now drains like SIGTERM. Settings are read at start:
+    to apply changed ones, restart the daemon.
     """
     previous: dict[int, object] = {}
 
@@ -157,7 +161,7 @@ def install_stop_signals(stop_event: threading.Event) -> Callable[[], None]:
             logger.info("%s received: stopping", name)
         stop_event.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         previous[sig] = signal.signal(sig, handler)
 
     def restore() -> None:
@@ -181,3 +185,25 @@ def configure_logging(level: str = "INFO", environ: Mapping[str, str] | None = N
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
     logging.basicConfig(level=numeric, format=fmt, force=True)
+
+
+def raise_file_limit(wanted: int = 65536) -> int:
+    """Raise the soft limit on open descriptors towards ``wanted`` (at most the hard
+    limit); return the soft limit now in force.
+
+    Every subscriber connection holds a descriptor: with the usual soft limit
+    of 1024, about a thousand idle connections to the publishing port left
+    none for reading frames. The unit sets ``LimitNOFILE=``; this covers a
+    daemon started by hand.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft

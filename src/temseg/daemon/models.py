@@ -14,6 +14,7 @@ refreshes, so a frame costs no database query for its threshold.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -25,8 +26,14 @@ from sqlalchemy import Engine as Database
 from temseg.engine import Engine, load_engine, warmup
 from temseg.frames.tiling import engine_shape
 from temseg.inference import CPU_TILE
-from temseg.model.bundle import ModelBundle, load_bundle
-from temseg.store import active_model, active_model_id, latest_threshold
+from temseg.model.bundle import METADATA_NAME, ModelBundle, default_model_path, load_bundle
+from temseg.store import (
+    active_model,
+    active_model_id,
+    latest_threshold,
+    list_models,
+    register_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +74,22 @@ class EngineOptions:
     batch: int = 4
     compile: bool = False
     warmup_shapes: tuple[tuple[int, int], ...] = ()  # frame (height, width), pixels
+
+
+def register_bundled(db: Database) -> str:
+    """Register the bundle shipped with temseg (if not yet) and return its model id.
+
+    It is then listed and can be promoted like any trained model, e.g. back
+    after another model was promoted. Its metadata is read without loading
+    the weights; ``temseg models promote`` loads them before promoting.
+    """
+    path = default_model_path()
+    metadata = json.loads((path / METADATA_NAME).read_text())
+    model_id = str(metadata["model_id"])
+    if not any(record.model_id == model_id for record in list_models(db)):
+        name = f"{metadata.get('name', 'temseg-default')} (bundled)"
+        register_model(db, model_id, name, str(path), metadata)
+    return model_id
 
 
 def frames_per_call(engine: Engine, batch_size: int) -> int:

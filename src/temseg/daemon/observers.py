@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from temseg.daemon.events import FrameEvent
 from temseg.daemon.lifecycle import Notifier
+from temseg.daemon.rules import shown_path
 
 logger = logging.getLogger("temseg.daemon")
 
@@ -84,18 +85,22 @@ class LogObserver:
     def __call__(self, event: FrameEvent) -> None:
         kind = event.kind
         if kind == "received":
-            logger.debug("accepted path=%s", event.path)
+            logger.debug("accepted path=%s", shown_path(event.path))
         elif kind == "inferred":
             self._infer_s[event.ticket, event.frame_index] = event.stage_s or 0.0
         elif kind == "skipped":
-            logger.debug("skipped (already recorded) path=%s sha256=%s", event.path, event.sha256)
+            logger.debug(
+                "skipped (already recorded) path=%s sha256=%s", shown_path(event.path), event.sha256
+            )
         elif kind == "deferred":
-            logger.info("incomplete, read again later path=%s: %s", event.path, event.error)
+            logger.info(
+                "incomplete, read again later path=%s: %s", shown_path(event.path), event.error
+            )
         elif kind == "published":
             logger.info(
                 "frame path=%s material=%s particles=%d ms=%.1f infer_ms=%.1f threshold=%.3f "
                 "model_id=%s frame_id=%d seq=%d",
-                event.path,
+                shown_path(event.path),
                 event.material,
                 event.n_particles or 0,
                 event.latency_s * 1e3,
@@ -109,7 +114,7 @@ class LogObserver:
             self._infer_s.pop((event.ticket, event.frame_index), None)
             logger.warning(
                 "frame failed path=%s material=%s frame_id=%d error=%s",
-                event.path,
+                shown_path(event.path),
                 event.material,
                 event.frame_id or 0,
                 event.error,
@@ -118,7 +123,7 @@ class LogObserver:
             self._infer_s.pop((event.ticket, event.frame_index), None)
             logger.info(
                 "frame not recorded path=%s error=%s; the next start's backlog finds it",
-                event.path,
+                shown_path(event.path),
                 event.error,
             )
 
@@ -134,5 +139,5 @@ class StatusObserver:
         if event.kind in ("published", "failed") and self._notifier.enabled:
             self._notifier.status(
                 f"{self._stats.done} frames done, {self._stats.failed} failed; "
-                f"last {event.relative_path}"
+                f"last {shown_path(event.relative_path)}"
             )

@@ -58,7 +58,7 @@ from temseg.daemon.observers import DaemonStats
 from temseg.daemon.prepare import PrepareStage
 from temseg.daemon.preview import PreviewStage
 from temseg.daemon.publish import PublishSink
-from temseg.daemon.read import ReadStage
+from temseg.daemon.read import ReadLimits, ReadStage
 from temseg.daemon.record import RecordSink
 from temseg.daemon.segment import SegmentStage
 from temseg.daemon.segment_pool import run_when_cores_are_idle
@@ -92,9 +92,23 @@ def build_stages(
     faults: FaultPoints,
     stats: DaemonStats,
     read_again: Callable[[Path], object] | None = None,
+    root: Path,
+    check_db: Callable[[], None] | None = None,
 ) -> Stages:
-    """The stages for ``settings``: the one place where they are listed."""
+    """The stages for ``settings``: the one place where they are listed.
+
+    ``root`` is the watched folder (resolved); ``check_db()`` raises when the
+    database file is no longer the one opened (see :mod:`temseg.daemon.db_guard`).
+    """
     s = settings
+    limits = ReadLimits(
+        root=root,
+        max_file_bytes=s.max_file_bytes,
+        read_timeout_s=s.read_timeout_s,
+        follow_symlinks=s.follow_symlinks,
+        max_pixels=s.max_pixels,
+        max_decoded_bytes=s.max_decoded_bytes,
+    )
     publish = PublishSink(
         s.publish,
         send_hwm=s.send_hwm,
@@ -110,10 +124,16 @@ def build_stages(
                 give_up,
                 s.folder_rules,
                 s.material,
+                limits,
                 read_again=read_again,
                 stable_s=s.stable_s,
             ),
-            PrepareStage(lambda: models.current, masks_on_device=not s.send_probability, tile=tile),
+            PrepareStage(
+                lambda: models.current,
+                masks_on_device=not s.send_probability,
+                tile=tile,
+                max_pixels=s.max_pixels,
+            ),
         ],
         infer=InferStage(
             models,
@@ -124,6 +144,7 @@ def build_stages(
             give_up=give_up,
             on_swap=on_model_swap,
             stats=stats,
+            max_pixels=s.max_pixels,
         ),
         segment=[
             SegmentStage(measure, send_probability=s.send_probability, encoding=s.mask_encoding),
@@ -131,7 +152,7 @@ def build_stages(
             *([PreviewStage(s.send_preview_px)] if s.send_preview_px > 0 else []),
         ],
         sinks=[
-            RecordSink(db, publish.next_seq, give_up, faults, instrument=s.instrument),
+            RecordSink(db, publish.next_seq, give_up, faults, check_db, instrument=s.instrument),
             publish,
         ],
     )

@@ -21,11 +21,15 @@ from temseg.frames.resample import model_grid_shape
 from temseg.inference import ModelInput, is_blank, prepare_input
 
 
-def model_input_for(frame: Frame, model: ServedModel) -> ModelInput:
+def model_input_for(frame: Frame, model: ServedModel, max_pixels: int | None = None) -> ModelInput:
     """``frame`` normalised, resampled and padded for ``model``, in memory its engine reads
-    directly (page-locked for a GPU engine)."""
+    directly (page-locked for a GPU engine); at most ``max_pixels`` on the model's grid."""
     return prepare_input(
-        frame.image, model.bundle, frame.pixel_nm_yx, allocate=input_allocator(model.engine)
+        frame.image,
+        model.bundle,
+        frame.pixel_nm_yx,
+        allocate=input_allocator(model.engine),
+        max_pixels=max_pixels,
     )
 
 
@@ -50,14 +54,20 @@ def on_device(frame: Frame, model: ServedModel, tile: int) -> bool:
 class PrepareStage:
     """See the module docstring; ``current_model()`` is the model serving now. With
     ``masks_on_device`` (the daemon sends no probability maps) frames :func:`on_device`
-    (``tile`` pixels) get no model input."""
+    (``tile`` pixels) get no model input; ``max_pixels`` bounds the model's grid."""
 
     def __init__(
-        self, current_model: Callable[[], ServedModel], *, masks_on_device: bool, tile: int
+        self,
+        current_model: Callable[[], ServedModel],
+        *,
+        masks_on_device: bool,
+        tile: int,
+        max_pixels: int | None = None,
     ) -> None:
         self._current_model = current_model
         self._masks_on_device = masks_on_device
         self._tile = tile
+        self._max_pixels = max_pixels
 
     def __call__(self, work: FrameWork) -> None:
         if work.frame is None:
@@ -66,7 +76,7 @@ class PrepareStage:
             model = self._current_model()
             if self._masks_on_device and on_device(work.frame, model, self._tile):
                 return
-            work.model_input = model_input_for(work.frame, model)
+            work.model_input = model_input_for(work.frame, model, self._max_pixels)
         except Exception as exc:
             work.error = f"{work.path}: cannot prepare the frame for the model ({exc})"
             work.frame = None

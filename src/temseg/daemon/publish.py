@@ -16,6 +16,7 @@ from typing import Any
 
 from temseg.daemon.events import EventKind
 from temseg.daemon.faults import FaultPoints
+from temseg.daemon.rules import shown_path
 from temseg.daemon.work import FrameWork
 from temseg.options import MaskEncoding
 
@@ -64,8 +65,8 @@ class PublishSink:
         seg = work.segmentation
         if seg is None or work.error is not None:
             self._publisher.publish_error(
-                str(work.path),
-                work.error or "unknown error",
+                work.source or shown_path(work.path),
+                shown_path(work.error or "unknown error"),
                 frame_index=work.frame_index if work.n_frames > 1 else None,
             )
         else:
@@ -83,8 +84,8 @@ def header(work: FrameWork) -> dict[str, Any]:
     preview = {} if work.preview is None else {"preview": work.preview}
     return {
         "frame_id": work.frame_id,
-        "source": str(work.path),
-        "relative_path": work.relative,
+        "source": work.source or shown_path(work.path),
+        "relative_path": shown_path(work.relative),
         "sha256": work.sha256,
         "frame_index": work.frame_index,
         "n_frames": work.n_frames,

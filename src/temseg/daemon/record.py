@@ -19,6 +19,7 @@ from typing import Any
 from temseg.daemon.database import Database, retry_locked
 from temseg.daemon.events import EventKind
 from temseg.daemon.faults import FaultPoints
+from temseg.daemon.rules import shown_path
 from temseg.daemon.work import FrameWork
 from temseg.store import record_frame
 
@@ -35,9 +36,11 @@ class RecordSink:
         next_seq: Callable[[], int],
         give_up: Callable[[], bool],
         faults: FaultPoints,
+        check_db: Callable[[], None] | None = None,
         *,
         instrument: str | None,
     ) -> None:
+        self._check_db = check_db
         self._db = db
         self._instrument = instrument
         self._next_seq = next_seq
@@ -51,10 +54,12 @@ class RecordSink:
         pass
 
     def __call__(self, work: FrameWork) -> None:
+        if self._check_db is not None:
+            self._check_db()  # raises when the database file is gone: nothing is recorded
         work.latency_s = time.monotonic() - work.detected
         work.seq = self._next_seq()
         fields: dict[str, Any] = {
-            "source_path": str(work.path),
+            "source_path": work.source or shown_path(work.path),
             "sha256": work.sha256,
             "size_bytes": work.size_bytes,
             "material": work.material,
@@ -67,7 +72,7 @@ class RecordSink:
         }
         seg = work.segmentation
         if seg is None or work.error is not None:
-            fields.update(status="failed", error=work.error or "unknown error")
+            fields.update(status="failed", error=shown_path(work.error or "unknown error"))
         else:
             assert work.model is not None and work.frame is not None
             height, width = seg.mask.shape

@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from temseg.config import ConfigError, Settings
 from temseg.frames.find import MATERIAL_RULE, valid_material
+from temseg.frames.find import shown_path as shown_path  # logged, recorded, published paths
 
 _LOCAL_TRANSPORTS = ("ipc", "inproc")
 _LOOPBACK_NAMES = ("localhost", "lo")
@@ -40,14 +41,19 @@ def is_loopback_endpoint(url: str) -> bool:
         return False
 
 
+MASK_SUFFIX = ".mask.tif"
+
+
 def mask_path(masks_root: Path, relative_path: str, frame_index: int | None = None) -> Path:
     """Where the mask of the frame at ``relative_path`` goes: the same relative path under
-    ``masks_root``, with the suffix ``.tif``; frame K of a stack (``frame_index``) gets
-    ``_K`` before it."""
-    target = masks_root / relative_path
-    if frame_index is not None:
-        target = target.with_name(f"{target.stem}_{frame_index}{target.suffix}")
-    return target.with_suffix(".tif")
+    ``masks_root`` with :data:`MASK_SUFFIX` appended (``scan.tif`` -> ``scan.tif.mask.tif``);
+    frame K of a stack (``frame_index``) gets ``.K`` before it (``scan.tif.K.mask.tif``).
+
+    Appending keeps the mapping one-to-one: ``scan.tif`` and ``scan.tiff`` in one
+    folder get two masks, where replacing the suffix gave both ``scan.tif``.
+    """
+    index = "" if frame_index is None else f".{frame_index}"
+    return masks_root / (relative_path + index + MASK_SUFFIX)
 
 
 def _inside(path: Path, folder: Path) -> bool:

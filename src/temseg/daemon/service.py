@@ -26,6 +26,7 @@ from pathlib import Path
 
 from temseg.config import Settings
 from temseg.daemon.database import Database
+from temseg.daemon.db_guard import DatabaseGuard
 from temseg.daemon.endpoint import Endpoint
 from temseg.daemon.events import EventStream
 from temseg.daemon.faults import FaultPoints
@@ -88,6 +89,10 @@ class _ProcessTuning:
 _PROCESS_TUNING = _ProcessTuning()
 
 
+class DatabaseGone(RuntimeError):
+    """The database file was deleted or replaced while the daemon ran."""
+
+
 class Daemon:
     """The segmentation service, runnable in-process: ``start()``, ``stop()``, ``wait_idle()``.
 
@@ -145,6 +150,8 @@ class Daemon:
         self._pinger: WatchdogPinger | None = None
         self._models: ModelServer | None = None
         self._db: Database | None = None
+        self._db_guard = DatabaseGuard(settings.db)
+        self.fatal: str | None = None  # why the daemon must stop; run_daemon raises it
         self._stopped = False
         self._shut = False
         self._shut_lock = threading.Lock()
@@ -160,10 +167,12 @@ class Daemon:
             self._endpoint.start()
             logger.info("metrics, health and readiness on %s", self._endpoint.url)
         self.notifier.status("loading model")
-        _PROCESS_TUNING.enter()  # left in _shutdown
+        _PROCESS_TUNING.enter()  # left in _shutdown, also when starting fails below
         self._tuned = True
-        self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
         try:
+            self._db = connect(s.db, busy_timeout_ms=self._busy_timeout_ms)
+            self._db_guard.acquire()  # a second daemon on this database stops here
+            self._db_guard.remember()
             device = resolve_device(s.device)
             self.tile = s.tile or default_tile(device)
             self.host_threads_idle = host_threads_idle(s.host_priority)
@@ -191,6 +200,8 @@ class Daemon:
                 faults=self._faults,
                 stats=self.stats,
                 read_again=self._intake.submit,
+                root=self.root,
+                check_db=self._check_db_or_raise,
             )
             self._pipeline = Pipeline(
                 stages,
@@ -211,14 +222,16 @@ class Daemon:
             raise
         self._freeze_gc()
         self._ready = True
-        self.notifier.ready(f"watching {self.root}, publishing on {self.bound_url}")
+        curve = "on" if s.curve_keys is not None else "off"
+        self.notifier.ready(f"watching {self.root}, publishing on {self.bound_url} (CURVE {curve})")
         self._pinger = WatchdogPinger(self.notifier, self.healthy)
         self._pinger.start()
         logger.info(
-            "ready watch=%s publish=%s db=%s model_id=%s host_threads=%s readers=%d "
+            "ready watch=%s publish=%s curve=%s db=%s model_id=%s host_threads=%s readers=%d "
             "segmenters=%d segment_workers=%d",
             self.root,
             self.bound_url,
+            curve,
             s.db,
             model.model_id,
             "idle" if self.host_threads_idle else "normal",
@@ -258,7 +271,7 @@ class Daemon:
         self._shutdown()
         if self._pipeline is not None:
             self.stats.max_queued = self._pipeline.queue.high_water
-        if self._abort.is_set():
+        if self._abort.is_set() and self.fatal is None:
             logger.error(
                 "stop gave up: the database was still locked after stop_timeout_s=%g s; "
                 "%d accepted frame(s) not recorded, the next start's backlog scan finds them",
@@ -298,9 +311,11 @@ class Daemon:
             self._models.close()
         if self._db is not None:
             self._db.dispose()
+        self._db_guard.release()
         if self._endpoint is not None:
             self._endpoint.close()
         if self._tuned:
+            self._tuned = False
             _PROCESS_TUNING.leave()
 
     def _freeze_gc(self) -> None:
@@ -350,6 +365,8 @@ class Daemon:
         running = self._pipeline is not None and self._pipeline.alive()
         if not (running and self._intake.watching() and not self._intake.closing.is_set()):
             return False
+        if self.fatal is not None:
+            return False
         return not self.progress.wedged(self.settings.stuck_after_s)
 
     def ready(self) -> bool:
@@ -363,6 +380,27 @@ class Daemon:
 
     def _queue_depth(self) -> int:
         return 0 if self._pipeline is None else len(self._pipeline.queue)
+
+    def check_database(self) -> None:
+        """Stop for good (:meth:`_fail`) if the database file was deleted or replaced."""
+        problem = self._db_guard.problem()
+        if problem is not None:
+            self._fail(f"{problem}: stopping, nothing more is recorded or published")
+
+    def _check_db_or_raise(self) -> None:
+        self.check_database()
+        if self.fatal is not None:
+            raise DatabaseGone(self.fatal)
+
+    def _fail(self, reason: str) -> None:
+        """Give up for good: ``reason`` logged once at CRITICAL; frames not yet recorded
+        are abandoned (the next start's backlog finds them); run_daemon raises it."""
+        with self._shut_lock:
+            if self.fatal is not None:
+                return
+            self.fatal = reason
+        logger.critical("%s", reason)
+        self._abort.set()
 
     @property
     def pending(self) -> int:
@@ -395,10 +433,13 @@ def run_daemon(
         # Waited in short steps: Python runs a signal handler only in the main thread, and a
         # signal the kernel delivered to another thread does not interrupt a wait without
         # a timeout, so SIGTERM would set nothing until some other event woke this thread.
-        while not stop_event.wait(STOP_POLL_S):
-            pass
+        # Each step also checks that the database file is still the one opened.
+        while not stop_event.wait(STOP_POLL_S) and daemon.fatal is None:
+            daemon.check_database()
     finally:
         stats = daemon.stop()
+    if daemon.fatal is not None:
+        raise DatabaseGone(daemon.fatal)
     return stats
 
 

@@ -4,7 +4,9 @@ A stage is a callable that reads the fields earlier stages filled in and
 fills in its own (listed in each stage module's docstring). It fails a
 frame by setting ``error`` (a one-line message naming the file); the
 frame's remaining per-frame stages are then skipped and the sinks record
-and publish the failure. Where the stages are listed, and on which threads
+and publish the failure. Error texts name the file as it is on disk; they
+are escaped once (:func:`~temseg.daemon.rules.shown_path`) where they leave
+the process: the row, the message, the event. Where the stages are listed, and on which threads
 they run: :mod:`temseg.daemon.pipeline`.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from temseg.daemon.events import EventKind, FrameEvent
+from temseg.daemon.rules import shown_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,6 +43,8 @@ class FrameWork:
     relative: str  # below the watched folder, '/'-separated
     received_at: datetime  # UTC
     detected: float  # time.monotonic() at detection
+    source: str = ""  # the path as recorded, published and logged (rules.shown_path)
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) when listed
     ticket: int = 0  # acceptance order: frames enter the frame queue in this order
     # read
     sha256: str = EMPTY_SHA256
@@ -101,7 +106,7 @@ class FrameWork:
             n_particles=None if seg is None else seg.n_particles,
             frame_id=self.frame_id,
             seq=self.seq,
-            error=self.error,
+            error=None if self.error is None else shown_path(self.error),
         )
 
 

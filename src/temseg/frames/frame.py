@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+_BYTES_REPR = re.compile(r"b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\"")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def why(exc: BaseException, limit: int = 160) -> str:
+    """The reason in ``exc`` without any of the file's bytes, for a :class:`FrameError`.
+
+    Readers quote what they found (tifffile: ``header=b'root'``), which for a
+    file that is not a frame is someone else's data. Quoted bytes become
+    ``b'...'``; the text is printable ASCII and at most ``limit`` characters.
+    """
+    text = _BYTES_REPR.sub("b'...'", str(exc))
+    text = _UNPRINTABLE.sub("?", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class FrameError(ValueError):

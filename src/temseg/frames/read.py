@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from temseg.frames.frame import Frame, FrameError, IncompleteFrameError
+from temseg.frames.frame import Frame, FrameError, IncompleteFrameError, why
 from temseg.frames.units import explicit_pixel_nm
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "Frame",
     "FrameError",
     "IncompleteFrameError",
+    "decoded_bytes",
     "detect_format",
     "read_frame",
     "read_frames",
@@ -165,7 +166,7 @@ def read_frames(
         raise
     except Exception as exc:  # the readers' libraries raise many types for corrupt files
         raise FrameError(
-            f"{path}: corrupt {_NAMES[family]} file ({type(exc).__name__}: {exc})"
+            f"{path}: corrupt {_NAMES[family]} file ({type(exc).__name__}: {why(exc)})"
         ) from exc
     if not frames:
         raise FrameError(f"{path}: no 2-D image in this {_NAMES[family]} file (nothing to segment)")
@@ -268,6 +269,36 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if sidecar.get("material") is not None:
         metadata["material"] = str(sidecar["material"])
     return metadata
+
+
+def decoded_bytes(path: str | Path, data: bytes | None = None, *, max_pixels: int = 2**28) -> int:
+    """Bytes the frames of a TIFF take once decoded, from its header alone.
+
+    A few kilobytes of deflate can decode to gigabytes; readers reserve this
+    many bytes before decoding (see ``max_decoded_bytes`` in the daemon).
+    Unreadable headers, and images above ``max_pixels``, raise
+    :class:`FrameError` as :func:`read_frames` would (a header pointing past
+    the end of the file: :class:`IncompleteFrameError`). Only TIFF headers are
+    read here: for other formats (see :func:`detect_format`) the decoded size
+    is known once the reader has decoded them.
+    """
+    from temseg.frames.formats import tiff
+
+    path = Path(path)
+    try:
+        with tiff.open_tiff(path, data) as tif:
+            pages = tiff.frame_pages(path, tif)
+            size = len(data) if data is not None else tif.filehandle.size
+            total = 0
+            for page in pages:
+                tiff.check_page(path, page, max_pixels, size)
+                itemsize = np.dtype(page.dtype or np.uint8).itemsize
+                total += int(page.imagelength) * int(page.imagewidth) * itemsize
+            return total
+    except FrameError:
+        raise
+    except Exception as exc:  # corrupt tags, as in read_frames
+        raise FrameError(f"{path}: corrupt TIFF ({type(exc).__name__}: {why(exc)})") from exc
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -121,6 +121,9 @@ def save_bundle(model: Network, metadata: dict[str, Any], out_dir: str | Path) -
     meta.setdefault("normalisation", {"method": "max"})
     meta.setdefault("default_threshold", 0.5)
     (out / METADATA_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    # safetensors creates its file 0600; give it the mode of model.json (the umask's),
+    # so a service user who can read the bundle can read its weights.
+    weights.chmod((out / METADATA_NAME).stat().st_mode & 0o777)
     return out
 
 

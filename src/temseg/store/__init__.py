@@ -35,12 +35,20 @@ from temseg.store.models import (
     promote_model,
     register_model,
 )
-from temseg.store.schema import SCHEMA_VERSION, DriverError, SchemaError, connect
+from temseg.store.schema import (
+    SCHEMA_VERSION,
+    DatabaseError,
+    DriverError,
+    SchemaError,
+    connect,
+    database_error,
+)
 from temseg.store.summary import status_summary
 
 __all__ = [
     "SCHEMA_VERSION",
     "CalibrationRecord",
+    "DatabaseError",
     "DriverError",
     "FrameRecord",
     "ModelRecord",
@@ -48,6 +56,7 @@ __all__ = [
     "active_model",
     "active_model_id",
     "connect",
+    "database_error",
     "get_frame",
     "is_recorded",
     "latest_calibration",

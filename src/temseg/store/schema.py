@@ -38,6 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from temseg.store.tables import Base, SchemaInfo
@@ -52,6 +53,33 @@ _WRITE_OPTION = "temseg_write"
 
 class SchemaError(RuntimeError):
     """The database holds a schema this version of temseg cannot use safely."""
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be opened or written; the message names it and why."""
+
+
+def database_error(url: str | os.PathLike[str], exc: BaseException) -> DatabaseError:
+    """A :class:`DatabaseError` for ``exc`` raised on ``url``, naming the file and the cause.
+
+    SQLite says only "unable to open database file" or "attempt to write a
+    readonly database"; the file system says which folder or file is at fault.
+    """
+    full_url = database_url(url)
+    database = full_url.database or ""
+    cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    if full_url.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return DatabaseError(f"database {full_url.render_as_string(hide_password=True)}: {cause}")
+    path = Path(database)
+    if not path.parent.is_dir():
+        cause = f"folder {path.parent} does not exist"
+    elif path.is_dir():
+        cause = "it is a folder, not a file"
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        cause = f"folder {path.parent} is not writable by this user ({cause})"
+    elif path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        cause = f"the file is not readable and writable by this user ({cause})"
+    return DatabaseError(f"cannot use database {path}: {cause}")
 
 
 class DriverError(SchemaError):
@@ -205,7 +233,9 @@ def connect(
     in one transaction; a newer or unknown one raises :class:`SchemaError`.
     ``create=False`` raises :class:`FileNotFoundError` instead of creating a
     missing SQLite file or the schema of an empty server database (for
-    read-only tools such as ``temseg status``).
+    read-only tools such as ``temseg status``). A SQLite file whose folder
+    does not exist, or that cannot be opened, raises :class:`DatabaseError`
+    naming the file and the cause.
     """
     full_url = database_url(url)
     is_sqlite = full_url.get_backend_name() == "sqlite"
@@ -215,7 +245,11 @@ def connect(
         if not path.exists():
             if not create:
                 raise FileNotFoundError(f"no temseg database at {path}")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.is_dir():
+                raise DatabaseError(
+                    f"cannot create database {path}: folder {path.parent} does not exist "
+                    "(create it first, or choose another --db)"
+                )
     try:
         if is_sqlite:
             engine = create_engine(full_url)
@@ -230,6 +264,11 @@ def connect(
         ) from exc
     try:
         _ensure_schema(engine, create=create)
+    except OperationalError as exc:
+        engine.dispose()
+        if not is_sqlite:
+            raise  # a server's own message names host and cause
+        raise database_error(url, exc) from exc
     except BaseException:
         engine.dispose()
         raise

@@ -26,6 +26,14 @@ from temseg.stream.protocol import (
 
 DEFAULT_URL = "tcp://127.0.0.1:5557"
 
+MAX_SUBSCRIPTION_BYTES = 1024
+"""Longest message a peer may send (``ZMQ_MAXMSGSIZE``). Subscribers only send
+(un)subscriptions: one flag byte plus a topic prefix, and topics are at most
+``temseg.mask.`` plus a 64-character material. libzmq disconnects a peer that
+sends more, instead of keeping its prefix in the socket's subscription table.
+The limit also applies to the handshake, whose CURVE INITIATE command takes
+a few hundred bytes: 256 refused every CURVE client."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -61,6 +69,12 @@ class Publisher:
     Attributes: ``run_id`` (uuid4 hex of this publisher), ``seq`` (last
     sequence number used; 0 before the first message), ``dropped``,
     ``bound_url`` (resolved endpoint, e.g. the port chosen for ``tcp://...:0``).
+
+    Every peer that completes the handshake may subscribe, and libzmq keeps
+    each distinct prefix in a table that the sending thread updates and
+    searches. A prefix is at most :data:`MAX_SUBSCRIPTION_BYTES`; their
+    number cannot be capped by libzmq, so a socket that an untrusted peer
+    can reach needs ``curve_keys`` (see ``docs/reliability.md``).
     """
 
     def __init__(
@@ -92,6 +106,7 @@ class Publisher:
         try:
             self._socket.setsockopt(zmq.LINGER, linger_ms)
             self._socket.setsockopt(zmq.SNDHWM, send_hwm)
+            self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
             if nodrop:
                 self._socket.setsockopt(zmq.XPUB_NODROP, 1)
             if curve_keys is not None:

@@ -21,21 +21,45 @@ def write_bundle(model: Network, metadata: Mapping[str, Any], out_dir: str | Pat
     return bundle
 
 
-def register_bundle(db: str, bundle: ModelBundle) -> None:
-    """Add the bundle to the models table of database ``db`` (URL or file path)."""
-    from temseg.store import connect, register_model
+def check_database(db: str) -> None:
+    """Open (or create) database ``db`` once; :class:`~temseg.store.DatabaseError` if it fails."""
+    from sqlalchemy.exc import OperationalError
 
-    engine = connect(db)
+    from temseg.store import connect, database_error
+
     try:
-        register_model(
-            engine,
-            bundle.model_id,
-            str(bundle.metadata.get("name", bundle.model_id)),
-            str(bundle.path),
-            bundle.metadata,
-        )
-    finally:
-        engine.dispose()
+        connect(db).dispose()
+    except OperationalError as exc:
+        raise database_error(db, exc) from exc
+
+
+def register_bundle(db: str, bundle: ModelBundle) -> None:
+    """Add the bundle to the models table of database ``db`` (URL or file path).
+
+    A database that cannot be opened or written raises
+    :class:`~temseg.store.DatabaseError` saying where the bundle is.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from temseg.store import DatabaseError, connect, database_error, register_model
+
+    try:
+        engine = connect(db)
+        try:
+            register_model(
+                engine,
+                bundle.model_id,
+                str(bundle.metadata.get("name", bundle.model_id)),
+                str(bundle.path),
+                bundle.metadata,
+            )
+        finally:
+            engine.dispose()
+    except (DatabaseError, OperationalError) as exc:
+        cause = exc if isinstance(exc, DatabaseError) else database_error(db, exc)
+        raise DatabaseError(
+            f"model {bundle.model_id} was written to {bundle.path} but not registered: {cause}"
+        ) from exc
 
 
 def plot_training_curve(history: Sequence[Mapping[str, float]], path: str | Path) -> Path:

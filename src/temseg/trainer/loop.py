@@ -50,7 +50,13 @@ from temseg.trainer.data import (
     split_frames,
     to_model_grid,
 )
-from temseg.trainer.export import CURVE_NAME, plot_training_curve, register_bundle, write_bundle
+from temseg.trainer.export import (
+    CURVE_NAME,
+    check_database,
+    plot_training_curve,
+    register_bundle,
+    write_bundle,
+)
 
 UNKNOWN_MATERIAL = "unknown"
 
@@ -344,6 +350,8 @@ def train(config: TrainConfig) -> TrainResult:
 def _train(config: TrainConfig, device: torch.device, ranks: _Ranks, start: float) -> TrainResult:
     if config.epochs < 1 or config.batch < 1:
         raise ValueError("epochs and batch must be at least 1")
+    if config.db is not None and ranks.rank == 0:
+        check_database(config.db)  # before hours of training, not after
     torch.manual_seed(config.seed)
     note = config.on_note if ranks.rank == 0 and config.on_note is not None else lambda _: None
     init = None

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from temseg.frames.formats.common import check_size
-from temseg.frames.frame import Frame, FrameError, IncompleteFrameError
+from temseg.frames.frame import Frame, FrameError, IncompleteFrameError, why
 from temseg.frames.units import nm_per_unit, pixel_yx
 
 
@@ -46,7 +46,7 @@ def decode(path: Path, data: bytes, max_pixels: int) -> list[Frame]:
             return _berkeley(path, f, max_pixels)
     except OSError as exc:
         raise IncompleteFrameError(
-            f"{path}: HDF5 file cannot be read yet (still being written?) ({exc})"
+            f"{path}: HDF5 file cannot be read yet (still being written?) ({why(exc)})"
         ) from exc
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from temseg.frames.formats.common import check_extent, check_size
-from temseg.frames.frame import Frame, FrameError
+from temseg.frames.frame import Frame, FrameError, why
 from temseg.frames.units import pixel_yx
 
 HEADER_BYTES = 1024
@@ -48,7 +48,7 @@ def decode(path: Path, data: bytes, max_pixels: int) -> list[Frame]:
         dtype = mrcfile.utils.data_dtype_from_header(header)
         shape = tuple(int(n) for n in mrcfile.utils.data_shape_from_header(header))
     except ValueError as exc:
-        raise FrameError(f"{path}: unsupported MRC header ({exc})") from exc
+        raise FrameError(f"{path}: unsupported MRC header ({why(exc)})") from exc
     height, width = shape[-2], shape[-1]
     check_size(path, height, width, max_pixels)
     offset = HEADER_BYTES + int(header.nsymbt)

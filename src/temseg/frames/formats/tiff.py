@@ -38,7 +38,7 @@ import numpy as np
 import tifffile
 
 from temseg.frames.formats.common import check_extent, check_size
-from temseg.frames.frame import Frame, FrameError
+from temseg.frames.frame import Frame, FrameError, why
 from temseg.frames.units import explicit_pixel_nm, nm_per_unit, pixel_yx
 
 _NM_PER_RESUNIT = {
@@ -83,7 +83,7 @@ def decode(path: Path, data: bytes | None, max_pixels: int) -> list[Frame]:
             try:
                 image = _pixels(page, data)
             except Exception as exc:  # tifffile/codecs raise many types for broken data
-                raise FrameError(f"{path}: pixel data cannot be decoded ({exc})") from exc
+                raise FrameError(f"{path}: pixel data cannot be decoded ({why(exc)})") from exc
             shape = (int(page.imagelength), int(page.imagewidth))
             if image.size != shape[0] * shape[1]:
                 raise FrameError(f"{path}: expected a 2-D grayscale image, got shape {image.shape}")
@@ -100,16 +100,16 @@ def open_tiff(path: Path, data: bytes | None = None) -> tifffile.TiffFile:
             return tifffile.TiffFile(io.BytesIO(data), name=path.name)
         return tifffile.TiffFile(path, mode="r")
     except tifffile.TiffFileError as exc:
-        raise FrameError(f"{path}: not a readable TIFF file ({exc})") from exc
+        raise FrameError(f"{path}: not a readable TIFF file ({why(exc)})") from exc
     except (OSError, ValueError, IndexError, KeyError, EOFError) as exc:
-        raise FrameError(f"{path}: cannot open TIFF ({exc})") from exc
+        raise FrameError(f"{path}: cannot open TIFF ({why(exc)})") from exc
 
 
 def _pages(path: Path, tif: tifffile.TiffFile) -> list[tifffile.TiffPage]:
     try:
         pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage)]
     except (IndexError, ValueError, tifffile.TiffFileError) as exc:
-        raise FrameError(f"{path}: TIFF has no readable image ({exc})") from exc
+        raise FrameError(f"{path}: TIFF has no readable image ({why(exc)})") from exc
     if not pages:
         raise FrameError(f"{path}: TIFF has no readable image")
     return pages
