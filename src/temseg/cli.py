@@ -542,23 +542,19 @@ def subscribe(
     """Print the header of each stream message as one JSON line; gaps go to stderr."""
     import json
     import logging
-    import re
     from pathlib import Path
 
     from temseg.config import ConfigError, endpoint_problem, load_settings
     from temseg.stream import Subscriber
 
-    if (curve_server_key is None) != (curve_client_key is None):
-        typer.echo("error: CURVE needs both --curve-server-key and --curve-client-key", err=True)
-        raise typer.Exit(2)
+    _check_curve_pair(curve_server_key, curve_client_key)
     if connect is None:
         try:
             publish = load_settings(config).publish
         except ConfigError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
-        # The daemon may bind every interface; connect to this machine then.
-        connect = re.sub(r"^tcp://(\*|0\.0\.0\.0):", "tcp://127.0.0.1:", publish)
+        connect = _local_endpoint(publish)
     problem = endpoint_problem(connect)
     if problem is not None:
         typer.echo(f"error: --connect: {problem}", err=True)
@@ -624,9 +620,7 @@ def view(
     from temseg.config import ConfigError, load_settings
     from temseg.daemon.rules import parse_listen
 
-    if (curve_server_key is None) != (curve_client_key is None):
-        typer.echo("error: CURVE needs both --curve-server-key and --curve-client-key", err=True)
-        raise typer.Exit(2)
+    _check_curve_pair(curve_server_key, curve_client_key)
     try:
         address = parse_listen(listen, "--listen")
         if address is None:
@@ -657,6 +651,12 @@ def view(
             threading.Event().wait()
         except KeyboardInterrupt:
             pass
+
+
+def _check_curve_pair(curve_server_key: str | None, curve_client_key: str | None) -> None:
+    if (curve_server_key is None) != (curve_client_key is None):
+        typer.echo("error: CURVE needs both --curve-server-key and --curve-client-key", err=True)
+        raise typer.Exit(2)
 
 
 def _local_endpoint(publish: str) -> str:
