@@ -259,3 +259,16 @@ def test_a_daemon_whose_database_folder_is_missing_fails_cleanly(acq: Path, tmp_
         daemon.start()
     assert sys.getswitchinterval() == before  # the daemon's shortened interval was undone
     assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("command", ["subscribe", "view"])
+def test_a_curve_key_without_its_pair_is_one_line(command: str, tmp_path: Path) -> None:
+    server_key = tmp_path / "server.key"
+    server_key.write_text("not read: the pair is checked first")
+    result = CliRunner().invoke(
+        app, [command, "--connect", "tcp://127.0.0.1:5557", "--curve-server-key", str(server_key)]
+    )
+    assert result.exit_code == 2
+    assert one_line_error(result.output) == (
+        "error: CURVE needs both --curve-server-key and --curve-client-key"
+    )
