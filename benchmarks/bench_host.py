@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from temseg.daemon.read import read_bytes
+from temseg.daemon.safe_read import read_listed
 from temseg.daemon.segment_pool import SegmentPool
 from temseg.frames import read_frame
 from temseg.inference import prepare_input, to_frame_grid
@@ -150,8 +150,8 @@ def main() -> None:
     on_disk = Path(tempfile.mkdtemp(prefix="bench-host-")) / "frame.tif"
     on_disk.write_bytes(data)  # in the page cache, as a file the daemon was just told of
 
-    def file_read() -> object:
-        return read_bytes(on_disk)
+    def file_read() -> object:  # the daemon's checked read (no links, size cap, deadline)
+        return read_listed(on_disk, on_disk.parent, max_bytes=len(data) + 1)
 
     def blake3_digest() -> object:  # a comparison: identity is SHA-256
         import blake3
