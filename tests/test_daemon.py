@@ -587,7 +587,7 @@ SIGNAL_TO_ANOTHER_THREAD = """
 import signal, sys, threading, time
 from pathlib import Path
 from temseg.config import Settings
-from temseg.daemon.service import serve
+from temseg.daemon.run import serve
 
 def send_when_serving():
     while not any(t.name == "temseg-recorder" for t in threading.enumerate()):

@@ -16,13 +16,14 @@ if TYPE_CHECKING:
     from temseg.daemon.events import EventStream, FrameEvent
     from temseg.daemon.lifecycle import Notifier, configure_logging, install_stop_signals
     from temseg.daemon.observers import DaemonStats
-    from temseg.daemon.service import Daemon, run_daemon, serve
+    from temseg.daemon.run import run_daemon, serve
+    from temseg.daemon.service import Daemon
     from temseg.daemon.watcher import FrameWatcher, scan_backlog
 
 _HOME = {
     "Daemon": "service",
-    "run_daemon": "service",
-    "serve": "service",
+    "run_daemon": "run",
+    "serve": "run",
     "DaemonStats": "observers",
     "EventStream": "events",
     "FrameEvent": "events",

@@ -16,14 +16,15 @@ record (sink)  :mod:`~.record`              the recorder thread, in arrival orde
 publish (sink) :mod:`~.publish`             the recorder thread
 =============  ===========================  =====================================
 
-:func:`build_stages` is the one place they are listed: a new per-frame stage
-is a module with a callable taking a :class:`~temseg.daemon.work.FrameWork`,
-and one line there. After the reader stages a frame is queued in acceptance
-order on the bounded :class:`~temseg.daemon.frame_queue.FrameQueue` (its
-``put`` waits while it is full); the inference thread takes the frames that
-arrived together; the segmenters work on several frames at once and the
-recorder takes them back in arrival order. Every step is reported on the
-event stream (:mod:`temseg.daemon.events`).
+:func:`~temseg.daemon.stages.build_stages` is the one place they are listed: a
+new per-frame stage is a module with a callable taking a
+:class:`~temseg.daemon.work.FrameWork`, and one line there. After the reader
+stages a frame is queued in acceptance order on the bounded
+:class:`~temseg.daemon.frame_queue.FrameQueue` (its ``put`` waits while it is
+full); the inference thread takes the frames that arrived together; the
+segmenters work on several frames at once and the recorder takes them back in
+arrival order. Every step is reported on the event stream
+(:mod:`temseg.daemon.events`).
 
 Why these threads: the inference thread does nothing but the engine's work,
 so a GPU is never kept waiting by the host; reading and segmenting release
@@ -42,120 +43,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
-from temseg.config import Settings
-from temseg.daemon.database import Database
 from temseg.daemon.events import EventKind, EventStream
 from temseg.daemon.faults import FaultPoints
 from temseg.daemon.frame_queue import FrameQueue, Stopped
-from temseg.daemon.infer import InferStage
 from temseg.daemon.intake import Intake
-from temseg.daemon.masks import MaskSink
-from temseg.daemon.models import ModelServer
-from temseg.daemon.observers import DaemonStats
-from temseg.daemon.prepare import PrepareStage
-from temseg.daemon.preview import PreviewStage
-from temseg.daemon.publish import PublishSink
-from temseg.daemon.read import ReadLimits, ReadStage
-from temseg.daemon.record import RecordSink
-from temseg.daemon.segment import SegmentStage
 from temseg.daemon.segment_pool import run_when_cores_are_idle
-from temseg.daemon.work import FrameWork, Sink, Stage
-from temseg.segment import Measure
+from temseg.daemon.stages import Stages
+from temseg.daemon.work import FrameWork, Stage
 
 logger = logging.getLogger("temseg.daemon")
-
-
-@dataclass
-class Stages:
-    """The per-frame stages by the threads that run them."""
-
-    # readers, files in parallel, then queued in acceptance order; the first reads the
-    # file, the others run for each of its 2-D frames
-    read: list[Stage]
-    infer: InferStage  # the inference thread, frames that arrived together batched
-    segment: list[Stage]  # segmenters, frames in parallel
-    sinks: list[Sink]  # the recorder, one frame at a time in arrival order
-
-
-def build_stages(
-    settings: Settings,
-    *,
-    db: Database,
-    models: ModelServer,
-    measure: Measure,
-    tile: int,
-    give_up: Callable[[], bool],
-    on_model_swap: Callable[[], None],
-    faults: FaultPoints,
-    stats: DaemonStats,
-    read_again: Callable[[Path], object] | None = None,
-    root: Path,
-    check_db: Callable[[], None] | None = None,
-) -> Stages:
-    """The stages for ``settings``: the one place where they are listed.
-
-    ``root`` is the watched folder (resolved); ``check_db()`` raises when the
-    database file is no longer the one opened (see :mod:`temseg.daemon.db_guard`).
-    """
-    s = settings
-    limits = ReadLimits(
-        root=root,
-        max_file_bytes=s.max_file_bytes,
-        read_timeout_s=s.read_timeout_s,
-        follow_symlinks=s.follow_symlinks,
-        max_pixels=s.max_pixels,
-        max_decoded_bytes=s.max_decoded_bytes,
-    )
-    publish = PublishSink(
-        s.publish,
-        send_hwm=s.send_hwm,
-        encoding=s.mask_encoding,
-        send_probability=s.send_probability,
-        curve_keys=s.curve_keys,
-        faults=faults,
-    )
-    return Stages(
-        read=[
-            ReadStage(
-                db,
-                give_up,
-                s.folder_rules,
-                s.material,
-                limits,
-                read_again=read_again,
-                stable_s=s.stable_s,
-            ),
-            PrepareStage(
-                lambda: models.current,
-                masks_on_device=not s.send_probability,
-                tile=tile,
-                max_pixels=s.max_pixels,
-            ),
-        ],
-        infer=InferStage(
-            models,
-            batch_size=s.batch_size,
-            masks_on_device=not s.send_probability,
-            tile=tile,
-            overlap=s.tile_overlap,
-            give_up=give_up,
-            on_swap=on_model_swap,
-            stats=stats,
-            max_pixels=s.max_pixels,
-        ),
-        segment=[
-            SegmentStage(measure, send_probability=s.send_probability, encoding=s.mask_encoding),
-            *([MaskSink(Path(s.masks))] if s.masks is not None else []),
-            *([PreviewStage(s.send_preview_px)] if s.send_preview_px > 0 else []),
-        ],
-        sinks=[
-            RecordSink(db, publish.next_seq, give_up, faults, check_db, instrument=s.instrument),
-            publish,
-        ],
-    )
 
 
 class Pipeline:

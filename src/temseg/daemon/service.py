@@ -1,7 +1,7 @@
 """The daemon as a service: start, health, stop with a deadline.
 
 :class:`Daemon` puts the pieces together: the database, the model server,
-the stages (:func:`~temseg.daemon.pipeline.build_stages`) on their threads
+the stages (:func:`~temseg.daemon.stages.build_stages`) on their threads
 (:class:`~temseg.daemon.pipeline.Pipeline`), the intake, the event stream
 and its observers, systemd's notifications.
 
@@ -11,7 +11,7 @@ database. Frames not accepted yet are found by the next start's backlog
 scan. A database that stays locked is retried; once ``stop_timeout_s``
 seconds of stopping have passed with it still locked, the daemon gives up:
 the frames not recorded by then stay unrecorded (the next start's backlog
-finds them), one ERROR line says so, and :func:`serve`'s caller exits
+finds them), one ERROR line says so, and :func:`~temseg.daemon.run.serve`'s caller exits
 non-zero (``stats.abandoned``).
 """
 
@@ -32,11 +32,11 @@ from temseg.daemon.events import EventStream
 from temseg.daemon.faults import FaultPoints
 from temseg.daemon.host import host_threads_idle, host_workers, usable_cores
 from temseg.daemon.intake import Intake
-from temseg.daemon.lifecycle import Notifier, WatchdogPinger, install_stop_signals
+from temseg.daemon.lifecycle import Notifier, WatchdogPinger
 from temseg.daemon.metrics import daemon_registry
 from temseg.daemon.models import EngineOptions, ModelServer, ServedModel
 from temseg.daemon.observers import DaemonStats, LogObserver, StatsObserver, StatusObserver
-from temseg.daemon.pipeline import Pipeline, build_stages
+from temseg.daemon.pipeline import Pipeline
 from temseg.daemon.progress import Progress
 from temseg.daemon.rules import (
     check_daemon_settings,
@@ -45,6 +45,7 @@ from temseg.daemon.rules import (
     parse_shape,
 )
 from temseg.daemon.segment_pool import SegmentPool
+from temseg.daemon.stages import build_stages
 from temseg.engine.base import resolve_device
 from temseg.inference import default_tile
 from temseg.segment import Measure, measure_particles
@@ -57,8 +58,6 @@ logger = logging.getLogger("temseg.daemon")
 #: beside a thread running Python, each re-take can wait up to the whole interval, so a
 #: shorter interval lets the engine start its next call sooner (``benchmarks/RESULTS.md``).
 GIL_SWITCH_INTERVAL_S = 0.001
-#: Seconds between the main thread's checks for a stop signal (see :func:`run_daemon`).
-STOP_POLL_S = 0.2
 
 
 class _ProcessTuning:
@@ -415,42 +414,3 @@ class Daemon:
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait until the backlog is submitted and no accepted frame is pending (False: timeout)."""
         return self._intake.wait_idle(timeout_s)
-
-
-def run_daemon(
-    settings: Settings,
-    *,
-    stop_event: threading.Event,
-    ready: threading.Event | None = None,
-    notifier: Notifier | None = None,
-) -> DaemonStats:
-    """Run the daemon until ``stop_event`` is set; ``ready`` is set once it serves frames."""
-    daemon = Daemon(settings, notifier=notifier)
-    daemon.start()
-    if ready is not None:
-        ready.set()
-    try:
-        # Waited in short steps: Python runs a signal handler only in the main thread, and a
-        # signal the kernel delivered to another thread does not interrupt a wait without
-        # a timeout, so SIGTERM would set nothing until some other event woke this thread.
-        # Each step also checks that the database file is still the one opened.
-        while not stop_event.wait(STOP_POLL_S) and daemon.fatal is None:
-            daemon.check_database()
-    finally:
-        stats = daemon.stop()
-    if daemon.fatal is not None:
-        raise DatabaseGone(daemon.fatal)
-    return stats
-
-
-def serve(settings: Settings, *, notifier: Notifier | None = None) -> DaemonStats:
-    """Run in the foreground until SIGTERM or SIGINT (main thread only), then stop cleanly.
-
-    The caller exits non-zero when ``stats.abandoned`` frames were left unrecorded.
-    """
-    stop_event = threading.Event()
-    restore = install_stop_signals(stop_event)
-    try:
-        return run_daemon(settings, stop_event=stop_event, notifier=notifier)
-    finally:
-        restore()
