@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from temseg.config import ConfigError, Settings
+from temseg.config import ConfigError, Settings, check_options
 from temseg.frames.find import MATERIAL_RULE, valid_material
 from temseg.frames.find import shown_path as shown_path  # logged, recorded, published paths
 
@@ -87,12 +87,6 @@ def parse_shape(text: str) -> tuple[int, int]:
     return height, width
 
 
-#: ``host_priority`` values: the CPU scheduling of the readers, segmenters and recorder.
-#: "idle" runs them under Linux's SCHED_IDLE (only on cores nothing else wants: it can stall
-#: beside other busy programs), "normal" leaves them as they are; "auto" is "normal".
-HOST_PRIORITIES = ("auto", "normal", "idle")
-
-
 def check_daemon_settings(settings: Settings) -> Path:
     """Validate what the daemon needs; return the resolved watched folder.
 
@@ -121,10 +115,7 @@ def check_daemon_settings(settings: Settings) -> Path:
         raise ConfigError("queue_size and batch_size must be at least 1")
     if settings.readers < 0 or settings.segmenters < 0:
         raise ConfigError("readers and segmenters must be 0 (from the cores) or more")
-    if settings.host_priority not in HOST_PRIORITIES:
-        raise ConfigError(
-            f"host_priority {settings.host_priority!r}: choose from {', '.join(HOST_PRIORITIES)}"
-        )
+    check_options(settings)  # string options, also when set after the Settings was made
     if settings.tile < 0 or settings.tile_overlap < 0:
         raise ConfigError("tile must be 0 (from the device) or more, tile_overlap 0 or more")
     for shape in settings.warmup_shapes:
