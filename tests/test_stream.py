@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -285,3 +287,37 @@ def test_subscribe_cli_prints_json_lines() -> None:
     assert len(headers) == 3
     assert all(h["schema"] == "temseg.mask/1" and h["material"] == "Au" for h in headers)
     assert [h["seq"] for h in headers] == list(range(headers[0]["seq"], headers[0]["seq"] + 3))
+
+
+def _closed_by_peer(conn: socket.socket, timeout_s: float) -> bool:
+    """Whether the publisher closes ``conn`` within ``timeout_s`` (its greeting is skipped)."""
+    conn.settimeout(timeout_s)
+    try:
+        while conn.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        return True
+    return True
+
+
+def test_connections_beyond_max_peers_are_closed_and_their_places_reused() -> None:
+    with Publisher(ANY_PORT, max_peers=4) as pub:
+        host, port = pub.bound_url.removeprefix("tcp://").rsplit(":", 1)
+        conns = [socket.create_connection((host, int(port))) for _ in range(10)]
+        try:
+            assert pub.outlet is not None
+            deadline = time.monotonic() + 30
+            while pub.outlet.refused < 6 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            closed = [_closed_by_peer(c, 0.5) for c in conns]
+            assert sum(closed) == 6 and pub.outlet.refused == 6, closed
+        finally:
+            for conn in conns:
+                conn.close()
+        # The places of the closed connections are free again for a subscriber.
+        with Subscriber(pub.bound_url) as sub:
+            _sync(pub, sub)
+            pub.publish_mask({"material": "Au", "frame_id": 1}, _mask(1))
+            assert [m.header["frame_id"] for m in _masks_only(sub)] == [1]

@@ -76,6 +76,7 @@ class Settings:
     masks: Path | None = None  # optional output folder for mask TIFFs
     folder_rules: dict[str, str] = field(default_factory=dict)
     send_hwm: int = 100
+    max_subscribers: int = 256  # stream connections kept at once; more are closed on arrival
     send_probability: bool = False
     mask_encoding: MaskEncoding = "raw"
     curve_keys: Path | None = None

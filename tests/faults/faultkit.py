@@ -110,12 +110,19 @@ class DaemonProcess:
         self,
         *args: str,
         env: Mapping[str, str] | None = None,
+        open_files: int | None = None,
     ) -> None:
+        """``open_files``: the child's limit on open descriptors (soft and hard)."""
         command = [sys.executable, "-c", "from temseg.cli import app; app()", "daemon", *args]
         full_env = {**os.environ, "TEMSEG_METRICS": "127.0.0.1:0", **(env or {})}
         full_env.pop("NOTIFY_SOCKET", None)
         self.proc = subprocess.Popen(
-            command, env=full_env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+            command,
+            env=full_env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            preexec_fn=None if open_files is None else lambda: _limit_open_files(open_files),
         )
         self.lines: list[str] = []
         self._new: queue.Queue[str] = queue.Queue()
@@ -169,6 +176,12 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+
+def _limit_open_files(limit: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
 def rss_bytes() -> int:

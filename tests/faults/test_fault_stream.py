@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from faultkit import count_rows, scaled, tiff_bytes, wait_for
+from faultkit import DaemonProcess, count_rows, scaled, tiff_bytes, wait_for
 from framekit import frame_rows, write_renamed
 
 from temseg.daemon import Daemon
@@ -169,3 +169,83 @@ def test_oversized_subscriptions_are_refused_not_stored() -> None:
         finally:
             flooder.kill()
             flooder.wait()
+
+
+def test_a_flood_of_short_subscriptions_is_cut_off() -> None:
+    """100,000 random 64-byte prefixes (each within the size limit) from one peer grew
+    the publisher by hundreds of MiB and held the sending thread inside libzmq; now the
+    peer is disconnected once the table holds MAX_TOPICS prefixes, memory stays flat and
+    a well-behaved subscriber still gets masks."""
+    import numpy as np
+
+    from temseg.stream import Publisher
+    from temseg.stream.outlet import MAX_TOPICS
+
+    mask = np.zeros((8, 8), np.uint8)
+    with Publisher("tcp://127.0.0.1:0") as pub:
+        pub.publish_error("warm", "up")
+        before = resident_mib()
+        flooder = subprocess.Popen(
+            [sys.executable, "-c", FLOOD_SCRIPT, pub.bound_url, "100000", "64"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert flooder.stdout is not None and flooder.stdout.readline() == "sent\n"
+            for _ in range(100):
+                pub.publish_mask({"material": "Au", "source": "flood"}, mask)
+                time.sleep(0.01)
+            grown = resident_mib() - before
+            assert grown < 32, f"resident memory grew by {grown:.0f} MiB"
+            assert pub.outlet is not None and pub.outlet.refused >= 1
+            assert pub.outlet.topics <= 2 * MAX_TOPICS
+
+            with Subscriber(pub.bound_url, topics=("temseg.mask.Au",), timeout_ms=100) as sub:
+                got = None
+                for _ in range(100):
+                    pub.publish_mask({"material": "Au", "source": "after"}, mask)
+                    got = sub.receive()
+                    if got is not None:
+                        break
+                assert got is not None and got.header["source"] == "after"
+        finally:
+            flooder.kill()
+            flooder.wait()
+
+
+def test_idle_subscribers_leave_descriptors_for_frames(tmp_path: Path) -> None:
+    """With 500 descriptors, 600 subscribers that connect and never read took them all
+    and frames failed with "Too many open files"; now connections beyond max_subscribers
+    (lowered to leave DESCRIPTOR_RESERVE free) are closed and the frame is recorded."""
+    from temseg.daemon.lifecycle import DESCRIPTOR_RESERVE
+
+    acq, db = tmp_path / "acq", tmp_path / "t.db"
+    acq.mkdir()
+    daemon = DaemonProcess(
+        "--watch", str(acq), "--db", str(db), "--publish", "tcp://127.0.0.1:0",
+        "--stable-s", "0.1", "--threads", "1",
+        open_files=500,
+    )  # fmt: skip
+    context = zmq.Context()
+    try:
+        ready = daemon.wait_line(" ready ")
+        url = "tcp://127.0.0.1:" + ready.split("publish=tcp://127.0.0.1:")[1].split()[0]
+        assert daemon.logged(f"at most {500 - DESCRIPTOR_RESERVE} subscribers")
+        subscribers = [context.socket(zmq.SUB) for _ in range(600)]
+        for sub in subscribers:
+            sub.setsockopt(zmq.RECONNECT_IVL, -1)  # a closed one stays closed
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.connect(url)
+        descriptors = Path(f"/proc/{daemon.proc.pid}/fd")
+        wait_for(
+            lambda: daemon.logged("closing the newest") or len(list(descriptors.iterdir())) >= 490,
+            30,
+        )
+        write_renamed(acq / "frame.tif", tiff_bytes(1, 64))
+        assert wait_for(lambda: len(frame_rows(db)) == 1, 60), daemon.lines[-10:]
+        assert [row["status"] for row in frame_rows(db)] == ["done"]
+        assert daemon.terminate() == 0
+    finally:
+        context.destroy(linger=0)
+        daemon.close()

@@ -2,8 +2,8 @@
 
 Run as a script by ``test_fault_stream.py`` in a process of its own. The last line of
 output is ``{"host": [...], "zeromq": [...], "collector": [...]}``: the scheduling policies
-of the Python threads other than the main thread, of ZeroMQ's background threads and of
-pyzmq's zero-copy collector thread.
+of the Python threads other than the main thread, of ZeroMQ's background threads and the
+publisher's outlet thread, and of pyzmq's zero-copy collector thread.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 from zmq.utils.garbage import gc as zero_copy_collector
@@ -27,15 +28,19 @@ from framekit import write_renamed  # noqa: E402
 def thread_policies() -> dict[str, list[int]]:
     collector = zero_copy_collector.thread
     collector_id = collector.native_id if collector is not None else None
+    outlets = {t.native_id for t in threading.enumerate() if t.name == "temseg-outlet"}
     policies: dict[str, list[int]] = {"host": [], "zeromq": [], "collector": []}
     for task in Path("/proc/self/task").iterdir():
         tid = int(task.name)
         if tid == os.getpid():
             continue
         name = (task / "comm").read_text().strip()
-        kind = (
-            "collector" if tid == collector_id else "zeromq" if name.startswith("ZMQbg") else "host"
-        )
+        if tid == collector_id:
+            kind = "collector"
+        elif name.startswith("ZMQbg") or tid in outlets:
+            kind = "zeromq"
+        else:
+            kind = "host"
         policies[kind].append(os.sched_getscheduler(tid))
     return policies
 

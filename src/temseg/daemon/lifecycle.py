@@ -187,6 +187,30 @@ def configure_logging(level: str = "INFO", environ: Mapping[str, str] | None = N
     logging.basicConfig(level=numeric, format=fmt, force=True)
 
 
+DESCRIPTOR_RESERVE = 256
+"""Open-file descriptors kept out of the stream's reach: frames being read, the
+database, the watcher, ZeroMQ's own, the metrics server."""
+
+
+def subscribers_within_file_limit(max_subscribers: int) -> int:
+    """``max_subscribers``, lowered (with a warning) so that the soft limit on open
+    descriptors keeps :data:`DESCRIPTOR_RESERVE` of them for everything else."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or max_subscribers + DESCRIPTOR_RESERVE <= soft:
+        return max_subscribers
+    allowed = max(1, soft - DESCRIPTOR_RESERVE)
+    logger.warning(
+        "max_subscribers %d would leave too few of the %d open-file descriptors for reading "
+        "frames: at most %d subscribers (raise LimitNOFILE= or lower max_subscribers)",
+        max_subscribers,
+        soft,
+        allowed,
+    )
+    return allowed
+
+
 def raise_file_limit(wanted: int = 65536) -> int:
     """Raise the soft limit on open descriptors towards ``wanted`` (at most the hard
     limit); return the soft limit now in force.

@@ -31,6 +31,7 @@ class PublishSink:
         url: str,
         *,
         send_hwm: int,
+        max_peers: int,
         encoding: MaskEncoding,
         send_probability: bool,
         curve_keys: Path | None,
@@ -38,6 +39,7 @@ class PublishSink:
     ) -> None:
         self._options: dict[str, Any] = {
             "send_hwm": send_hwm,
+            "max_peers": max_peers,
             "encoding": encoding,
             "send_probability": send_probability,
             "curve_keys": curve_keys,

@@ -15,6 +15,7 @@ from temseg.config import Settings
 from temseg.daemon.database import Database
 from temseg.daemon.faults import FaultPoints
 from temseg.daemon.infer import InferStage
+from temseg.daemon.lifecycle import subscribers_within_file_limit
 from temseg.daemon.masks import MaskSink
 from temseg.daemon.models import ModelServer
 from temseg.daemon.observers import DaemonStats
@@ -72,6 +73,7 @@ def build_stages(
     publish = PublishSink(
         s.publish,
         send_hwm=s.send_hwm,
+        max_peers=subscribers_within_file_limit(s.max_subscribers),
         encoding=s.mask_encoding,
         send_probability=s.send_probability,
         curve_keys=s.curve_keys,

@@ -1,4 +1,4 @@
-"""Publish masks and errors on one ZeroMQ PUB socket without ever blocking."""
+"""Publish masks and errors on one ZeroMQ XPUB socket without ever blocking."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from temseg.stream.outlet import PEER_QUEUE, STOP, Outlet
 from temseg.stream.protocol import (
     ENCODINGS,
     SCHEMA_ERROR,
@@ -26,13 +27,15 @@ from temseg.stream.protocol import (
 
 DEFAULT_URL = "tcp://127.0.0.1:5557"
 
-MAX_SUBSCRIPTION_BYTES = 1024
+MAX_SUBSCRIPTION_BYTES = 128
 """Longest message a peer may send (``ZMQ_MAXMSGSIZE``). Subscribers only send
 (un)subscriptions: one flag byte plus a topic prefix, and topics are at most
 ``temseg.mask.`` plus a 64-character material. libzmq disconnects a peer that
-sends more, instead of keeping its prefix in the socket's subscription table.
-The limit also applies to the handshake, whose CURVE INITIATE command takes
-a few hundred bytes: 256 refused every CURVE client."""
+sends more, instead of keeping its prefix in the socket's subscription table."""
+
+MAX_CURVE_SUBSCRIPTION_BYTES = 1024
+""":data:`MAX_SUBSCRIPTION_BYTES` under CURVE, whose handshake is bound by the same
+limit: its INITIATE command takes a few hundred bytes (256 refused every client)."""
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +53,18 @@ def _start_zero_copy_collector() -> None:
 
 
 class Publisher:
-    """One PUB socket bound to ``url``; thread-confined (use it from one thread).
+    """One XPUB socket bound to ``url``; thread-confined (use it from one thread).
 
-    Every send uses ``zmq.NOBLOCK``, so publishing never waits for a
-    subscriber. By default (``nodrop=False``) libzmq drops messages per slow
-    subscriber once its queue (``send_hwm`` here plus the subscriber's receive
-    HWM) is full; the publisher cannot see these drops, subscribers see them as
-    ``seq`` gaps. With ``nodrop=True`` (an XPUB socket with ``XPUB_NODROP``) a
-    message that does not fit the queue of every matching subscriber is sent
-    to none of them and counted in :attr:`dropped`.
+    Publishing never waits for a subscriber: a message goes through an
+    in-process queue (``send_hwm`` messages) to the thread that owns the
+    socket (:class:`~temseg.stream.outlet.Outlet`), and a message that does
+    not fit that queue is counted in :attr:`dropped`. By default
+    (``nodrop=False``) libzmq drops messages per slow subscriber once its queue
+    (``send_hwm`` here plus the subscriber's receive HWM) is full; the
+    publisher cannot see these drops, subscribers see them as ``seq`` gaps.
+    With ``nodrop=True`` (``XPUB_NODROP``) a message that does not fit the
+    queue of every matching subscriber is sent to none of them and counted in
+    :attr:`dropped`.
 
     ``curve_keys``: a folder made by :func:`temseg.stream.keys.generate_keys`;
     the socket then encrypts (CURVE server, ``server.key_secret``) and only
@@ -68,13 +74,15 @@ class Publisher:
 
     Attributes: ``run_id`` (uuid4 hex of this publisher), ``seq`` (last
     sequence number used; 0 before the first message), ``dropped``,
-    ``bound_url`` (resolved endpoint, e.g. the port chosen for ``tcp://...:0``).
+    ``bound_url`` (resolved endpoint, e.g. the port chosen for ``tcp://...:0``),
+    ``outlet`` (its ``peers``, ``topics`` and ``refused`` count the connections).
 
-    Every peer that completes the handshake may subscribe, and libzmq keeps
-    each distinct prefix in a table that the sending thread updates and
-    searches. A prefix is at most :data:`MAX_SUBSCRIPTION_BYTES`; their
-    number cannot be capped by libzmq, so a socket that an untrusted peer
-    can reach needs ``curve_keys`` (see ``docs/reliability.md``).
+    At most ``max_peers`` connections are kept, and at most
+    :data:`~temseg.stream.outlet.MAX_TOPICS` distinct subscription prefixes of
+    at most :data:`MAX_SUBSCRIPTION_BYTES` each; a peer that goes past them is
+    disconnected. That bounds what an unauthenticated peer can cost; a socket
+    that an untrusted peer can reach still needs ``curve_keys`` (see
+    ``docs/reliability.md``).
     """
 
     def __init__(
@@ -88,6 +96,7 @@ class Publisher:
         nodrop: bool = False,
         context: zmq.Context[Any] | None = None,
         linger_ms: int = 1000,
+        max_peers: int = 256,
     ) -> None:
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
@@ -96,31 +105,48 @@ class Publisher:
         self.nodrop = nodrop
         self.run_id = uuid.uuid4().hex
         self.seq = 0
-        self.dropped = 0
+        self._not_queued = 0
         self._own_context = context is None
         self._context: zmq.Context[Any] = zmq.Context() if context is None else context
         self._auth: ThreadAuthenticator | None = None
-        self._socket: zmq.Socket[Any] = self._context.socket(zmq.XPUB if nodrop else zmq.PUB)
         self._closed = False
+        self._socket: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
+        self._socket.setsockopt(zmq.SNDHWM, send_hwm)
+        xpub: zmq.Socket[Any] = self._context.socket(zmq.XPUB)
+        self.outlet: Outlet | None = None
         _start_zero_copy_collector()
         try:
-            self._socket.setsockopt(zmq.LINGER, linger_ms)
-            self._socket.setsockopt(zmq.SNDHWM, send_hwm)
-            self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)
+            xpub.setsockopt(zmq.LINGER, linger_ms)
+            xpub.setsockopt(zmq.SNDHWM, send_hwm)
+            xpub.setsockopt(zmq.RCVHWM, PEER_QUEUE)
+            limit = MAX_SUBSCRIPTION_BYTES if curve_keys is None else MAX_CURVE_SUBSCRIPTION_BYTES
+            xpub.setsockopt(zmq.MAXMSGSIZE, limit)
             if nodrop:
-                self._socket.setsockopt(zmq.XPUB_NODROP, 1)
+                xpub.setsockopt(zmq.XPUB_NODROP, 1)
             if curve_keys is not None:
-                self._setup_curve(Path(curve_keys))
+                self._setup_curve(xpub, Path(curve_keys))
             try:
-                self._socket.bind(url)
+                xpub.bind(url)
             except zmq.ZMQError as exc:
                 raise zmq.ZMQError(exc.errno, f"cannot bind {url}: {exc.strerror}") from exc
-            self.bound_url: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.bound_url: str = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+            inbox = self._context.socket(zmq.PAIR)
+            inbox.setsockopt(zmq.RCVHWM, send_hwm)
+            inbox.bind(f"inproc://temseg-publisher-{self.run_id}")
+            self._socket.connect(f"inproc://temseg-publisher-{self.run_id}")
+            self.outlet = Outlet(xpub, inbox, max_peers=max_peers, bound_url=self.bound_url)
+            self.outlet.start()
         except BaseException:
+            xpub.close(linger=0)
             self.close()
             raise
 
-    def _setup_curve(self, keys: Path) -> None:
+    @property
+    def dropped(self) -> int:
+        """Messages not sent: beyond the outlet's queue, or (``nodrop``) a subscriber's."""
+        return self._not_queued + (0 if self.outlet is None else self.outlet.dropped)
+
+    def _setup_curve(self, xpub: zmq.Socket[Any], keys: Path) -> None:
         if not zmq.has("curve"):
             raise RuntimeError("this libzmq has no CURVE support")
         secret_file, authorized = keys / "server.key_secret", keys / "authorized"
@@ -138,9 +164,9 @@ class Publisher:
         self._auth = ThreadAuthenticator(self._context, log=logger)
         self._auth.start()
         self._auth.configure_curve(domain="*", location=str(authorized))
-        self._socket.curve_secretkey = secret
-        self._socket.curve_publickey = public
-        self._socket.curve_server = True
+        xpub.curve_secretkey = secret
+        xpub.curve_publickey = public
+        xpub.curve_server = True
 
     def publish_mask(
         self,
@@ -193,28 +219,21 @@ class Publisher:
     def _send(self, parts: Sequence[bytes | memoryview]) -> None:
         if self._closed:
             raise RuntimeError("publisher is closed")
-        if self.nodrop:
-            self._drain_subscriptions()
         self.seq += 1
         try:
             self._socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            self.dropped += 1
-
-    def _drain_subscriptions(self) -> None:
-        # An XPUB socket queues (un)subscription notices for us; we do not need them.
-        while True:
-            try:
-                self._socket.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+            self._not_queued += 1
 
     def close(self) -> None:
         """Close the socket (waiting at most ``linger_ms`` for queued messages)."""
         if self._closed:
             return
         self._closed = True
-        self._socket.close()
+        if self.outlet is not None and self.outlet.is_alive():
+            self._socket.send(STOP)  # after every queued message; the outlet then closes
+            self.outlet.join()
+        self._socket.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
         if self._own_context:
