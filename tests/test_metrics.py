@@ -79,6 +79,8 @@ def test_counters_match_the_frames_written(make_daemon: Any, acq: Path, db_path:
     assert samples[("temseg_queue_depth", ())] == 0
     assert samples[("temseg_frames_in_flight", ())] == 0
     assert samples[("temseg_seconds_behind", ())] == 0
+    assert samples[("temseg_stream_subscribers", ())] == 0
+    assert samples[("temseg_stream_refused_total", ())] == 0
     model = daemon.model
     info = [k for k in samples if k[0] == "temseg_model_info"]
     assert info == [

@@ -15,7 +15,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from temseg.daemon.events import TERMINAL, EventKind, FrameEvent
@@ -23,6 +28,7 @@ from temseg.daemon.progress import Progress
 
 if TYPE_CHECKING:
     from temseg.daemon.models import ServedModel
+    from temseg.stream.outlet import Outlet
 
 #: Histogram buckets, seconds: one stage of one frame, and detection to outcome.
 STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -104,7 +110,7 @@ class MetricsObserver:
 
 
 class StateCollector(Collector):
-    """The gauges read at scrape time: queue, frames in flight, seconds behind, model."""
+    """What is read at scrape time: queue, frames in flight, seconds behind, model, stream."""
 
     def __init__(
         self,
@@ -112,11 +118,13 @@ class StateCollector(Collector):
         observer: MetricsObserver,
         queue_depth: Callable[[], int],
         model: Callable[[], ServedModel | None],
+        stream: Callable[[], Outlet | None],
     ) -> None:
         self._progress = progress
         self._observer = observer
         self._queue_depth = queue_depth
         self._model = model
+        self._stream = stream
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -145,6 +153,21 @@ class StateCollector(Collector):
         for material, value in sorted(self._observer.thresholds.items()):
             threshold.add_metric([material], value)
         yield threshold
+        outlet = self._stream()
+        if outlet is not None:
+            yield GaugeMetricFamily(
+                "temseg_stream_subscribers", "Connections to the stream now.", outlet.peers
+            )
+            yield GaugeMetricFamily(
+                "temseg_stream_prefixes",
+                "Distinct subscription prefixes held by the stream's subscribers.",
+                outlet.topics,
+            )
+            yield CounterMetricFamily(
+                "temseg_stream_refused",
+                "Stream connections shut down for going past max_subscribers or the prefix cap.",
+                outlet.refused,
+            )
         model = self._model()
         info = InfoMetricFamily("temseg_model", "The model serving now.")
         if model is not None:
@@ -164,9 +187,10 @@ def daemon_registry(
     progress: Progress,
     queue_depth: Callable[[], int],
     model: Callable[[], ServedModel | None],
+    stream: Callable[[], Outlet | None],
 ) -> tuple[CollectorRegistry, MetricsObserver]:
     """A registry with the daemon's metrics and the observer that feeds it."""
     registry = CollectorRegistry()
     observer = MetricsObserver(registry)
-    registry.register(StateCollector(progress, observer, queue_depth, model))
+    registry.register(StateCollector(progress, observer, queue_depth, model, stream))
     return registry, observer

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from temseg.daemon.events import EventKind
 from temseg.daemon.faults import FaultPoints
 from temseg.daemon.rules import shown_path
 from temseg.daemon.work import FrameWork
 from temseg.options import MaskEncoding
+
+if TYPE_CHECKING:
+    from temseg.stream.outlet import Outlet
 
 
 class PublishSink:
@@ -58,6 +61,11 @@ class PublishSink:
     def close(self) -> None:
         if self._publisher is not None:
             self._publisher.close()
+
+    @property
+    def outlet(self) -> Outlet | None:
+        """The publishing socket's thread once open (its connection counts)."""
+        return None if self._publisher is None else self._publisher.outlet
 
     def next_seq(self) -> int:
         """The sequence number the next message gets."""

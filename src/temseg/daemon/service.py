@@ -38,6 +38,7 @@ from temseg.daemon.models import EngineOptions, ModelServer, ServedModel
 from temseg.daemon.observers import DaemonStats, LogObserver, StatsObserver, StatusObserver
 from temseg.daemon.pipeline import Pipeline
 from temseg.daemon.progress import Progress
+from temseg.daemon.publish import PublishSink
 from temseg.daemon.rules import (
     check_daemon_settings,
     is_loopback_endpoint,
@@ -50,6 +51,7 @@ from temseg.engine.base import resolve_device
 from temseg.inference import default_tile
 from temseg.segment import Measure, measure_particles
 from temseg.store import connect
+from temseg.stream.outlet import Outlet
 
 logger = logging.getLogger("temseg.daemon")
 
@@ -128,7 +130,7 @@ class Daemon:
         self.progress = Progress()
         self.events.subscribe(self.progress, inline=True)
         self.registry, metrics = daemon_registry(
-            self.progress, self._queue_depth, lambda: self.model
+            self.progress, self._queue_depth, lambda: self.model, self._stream_outlet
         )
         self.events.subscribe(metrics, inline=True)
         self._listen = parse_listen(settings.metrics, "metrics")
@@ -345,6 +347,12 @@ class Daemon:
             if url is not None:
                 return str(url)
         return None
+
+    def _stream_outlet(self) -> Outlet | None:
+        if self._pipeline is None:
+            return None
+        sinks = self._pipeline.stages.sinks
+        return next((s.outlet for s in sinks if isinstance(s, PublishSink)), None)
 
     def submit(self, path: Path) -> bool:
         """Accept a complete frame file; waits while all readers are busy. False once stopping."""
