@@ -42,6 +42,7 @@ from pathlib import Path
 from temseg.daemon.database import Database, retry_locked
 from temseg.daemon.decode_budget import DecodeBudget
 from temseg.daemon.frame_queue import SeenCache
+from temseg.daemon.read_buffers import ReadBuffers
 from temseg.daemon.safe_read import TransientReadError, read_listed
 from temseg.daemon.work import FrameWork
 from temseg.frames import Frame, FrameError, IncompleteFrameError, detect_format, read_frames
@@ -89,6 +90,7 @@ class ReadStage:
         *,
         read_again: Callable[[Path], object] | None = None,
         stable_s: float = 1.0,
+        buffers: ReadBuffers | None = None,
     ) -> None:
         self._db = db
         self._give_up = give_up
@@ -97,12 +99,13 @@ class ReadStage:
         self._limits = limits
         self._budget = DecodeBudget(limits.max_decoded_bytes)
         self._read_again = read_again
+        self._buffers = buffers
         self._stable_s = stable_s
         self._seen = SeenCache()
         self._tries: dict[Path, int] = {}  # reads so far of files that ended early
 
     def __call__(self, work: FrameWork) -> None:
-        data = b""
+        data: bytes | bytearray = b""
         try:
             read = self._read(work)
             if read is None:
@@ -153,7 +156,7 @@ class ReadStage:
             work.frame, work.more = todo[0], todo[1:]
             work.frame_index, work.n_frames = todo[0].frame_index, todo[0].n_frames
 
-    def _read(self, work: FrameWork) -> bytes | None:
+    def _read(self, work: FrameWork) -> bytes | bytearray | None:
         """The file's bytes; None after transient errors only (``work.error`` says why)."""
         lim = self._limits
         for wait_s in (*TRANSIENT_RETRIES_S, None):
@@ -165,6 +168,7 @@ class ReadStage:
                     deadline_s=lim.read_timeout_s,
                     follow_symlinks=lim.follow_symlinks,
                     identity=work.identity,
+                    into=self._buffers,
                 )
                 return data
             except TransientReadError as exc:
@@ -180,7 +184,7 @@ class ReadStage:
                 time.sleep(wait_s)
         return None
 
-    def _decode(self, work: FrameWork, data: bytes) -> list[Frame]:
+    def _decode(self, work: FrameWork, data: bytes | bytearray) -> list[Frame]:
         """The file's frames, decoded within the budget; ``[]`` with ``work.skipped`` set
         when stopping gave up waiting for room. Raises FrameError for the file's verdict."""
         max_pixels = self._limits.max_pixels
@@ -202,7 +206,9 @@ class ReadStage:
         finally:
             self._budget.release(need)
 
-    def _defer(self, work: FrameWork, identity: tuple[str, str], data: bytes, why: str) -> bool:
+    def _defer(
+        self, work: FrameWork, identity: tuple[str, str], data: bytes | bytearray, why: str
+    ) -> bool:
         """Schedule another read of a file that ended early; False when it is to fail now."""
         tries = self._tries.get(work.path, 0)
         if self._read_again is None or tries >= INCOMPLETE_RETRIES or self._give_up():

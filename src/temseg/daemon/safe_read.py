@@ -28,6 +28,7 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from temseg.frames import FrameError
@@ -37,7 +38,8 @@ TRANSIENT_ERRNOS = frozenset(
 )
 """Errors of the machine, not of the file: retried, never recorded as the file's verdict."""
 
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 64 << 20  # the most one read asks for: the deadline is checked between reads
+_GROWTH_BYTES = 1 << 20  # asked for once fstat's size has been read, until end of file
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -58,6 +60,37 @@ def _failure(path: Path, exc: OSError) -> OSError | FrameError:
     if exc.errno == errno.ENOTDIR:
         return _refuse(path, "a folder on its path is a symbolic link or no folder: not read")
     return _refuse(path, f"cannot read ({exc.strerror or exc})")
+
+
+class _Deadline:
+    """Refuses a read still going ``seconds`` after it started."""
+
+    def __init__(self, path: Path, seconds: float) -> None:
+        self._path, self._seconds = path, seconds
+        self._end = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() > self._end:
+            raise _refuse(self._path, f"reading took longer than {self._seconds:g} s: not read")
+
+
+def _read_chunks(
+    fd: int, path: Path, total: int, max_bytes: int, deadline: _Deadline
+) -> list[bytes]:
+    """The rest of ``fd`` after ``total`` bytes, refused beyond ``max_bytes`` in all."""
+    size = os.fstat(fd).st_size
+    chunks: list[bytes] = []
+    while True:
+        # Ask for the size fstat gave (and a byte more, to see growth): a read that
+        # fills its buffer needs neither a shrink nor, as the only chunk, a join.
+        chunk = os.read(fd, min(_CHUNK_BYTES, max(size + 1 - total, _GROWTH_BYTES)))
+        if not chunk:
+            return chunks
+        total += len(chunk)
+        if total > max_bytes:
+            raise _refuse(path, f"file grew beyond max_file_bytes ({max_bytes} bytes)")
+        chunks.append(chunk)
+        deadline.check()
 
 
 def _open_below(root: Path, relative: Path) -> int:
@@ -85,7 +118,8 @@ def read_listed(
     deadline_s: float = 60.0,
     follow_symlinks: bool = False,
     identity: tuple[int, int] | None = None,
-) -> tuple[bytes, float]:
+    into: Callable[[int], bytearray] | None = None,
+) -> tuple[bytes | bytearray, float]:
     """The bytes and modification time (POSIX s) of frame ``path`` below ``root``.
 
     Parameters
@@ -99,15 +133,20 @@ def read_listed(
     deadline_s
         Seconds the whole read may take; a read still going after that is
         refused (a file on a hung network share, a file growing forever).
+        It is checked between reads of at most 64 MiB each.
     follow_symlinks
         Resolve ``path`` first; the result must lie below ``root``.
     identity
         ``(st_dev, st_ino)`` of the file when it was listed: another file
         in its place is refused.
+    into
+        Gives a buffer of the requested size to read the file into (see
+        :class:`~temseg.daemon.read_buffers.ReadBuffers`): returned as the
+        content unless the file's size changed since ``fstat``.
 
     Returns
     -------
-    tuple of bytes and float
+    tuple of bytes or bytearray, and float
         The content and ``st_mtime`` of the descriptor read.
 
     Raises
@@ -143,20 +182,21 @@ def read_listed(
                 path,
                 f"file of {info.st_size} bytes exceeds max_file_bytes ({max_bytes} bytes)",
             )
-        deadline = time.monotonic() + deadline_s
-        chunks: list[bytes] = []
+        deadline = _Deadline(path, deadline_s)
+        if into is None or info.st_size == 0:
+            return b"".join(_read_chunks(fd, path, 0, max_bytes, deadline)), info.st_mtime
+        buffer = into(info.st_size)
         total = 0
-        while True:
-            chunk = os.read(fd, _CHUNK_BYTES)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > max_bytes:
-                raise _refuse(path, f"file grew beyond max_file_bytes ({max_bytes} bytes)")
-            chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise _refuse(path, f"reading took longer than {deadline_s:g} s: not read")
-        return b"".join(chunks), info.st_mtime
+        with memoryview(buffer) as view:
+            while total < info.st_size:
+                with view[total : total + _CHUNK_BYTES] as part:
+                    n = os.readv(fd, [part])
+                if n == 0:  # shorter than fstat said: what there is
+                    return bytes(view[:total]), info.st_mtime
+                total += n
+                deadline.check()
+        more = _read_chunks(fd, path, total, max_bytes, deadline)
+        return (bytes(buffer) + b"".join(more) if more else buffer), info.st_mtime
     except OSError as exc:
         raise _failure(path, exc) from None
     finally:

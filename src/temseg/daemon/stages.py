@@ -23,6 +23,7 @@ from temseg.daemon.prepare import PrepareStage
 from temseg.daemon.preview import PreviewStage
 from temseg.daemon.publish import PublishSink
 from temseg.daemon.read import ReadLimits, ReadStage
+from temseg.daemon.read_buffers import ReadBuffers
 from temseg.daemon.record import RecordSink
 from temseg.daemon.segment import SegmentStage
 from temseg.daemon.work import Sink, Stage
@@ -55,11 +56,14 @@ def build_stages(
     read_again: Callable[[Path], object] | None = None,
     root: Path,
     check_db: Callable[[], None] | None = None,
+    frames_in_flight: int = 1,
 ) -> Stages:
     """The stages for ``settings``: the one place where they are listed.
 
     ``root`` is the watched folder (resolved); ``check_db()`` raises when the
-    database file is no longer the one opened (see :mod:`temseg.daemon.db_guard`).
+    database file is no longer the one opened (see :mod:`temseg.daemon.db_guard`);
+    ``frames_in_flight``, how many frames the threads and queues hold at most, is how
+    many read buffers are kept (:mod:`temseg.daemon.read_buffers`).
     """
     s = settings
     limits = ReadLimits(
@@ -89,6 +93,7 @@ def build_stages(
                 limits,
                 read_again=read_again,
                 stable_s=s.stable_s,
+                buffers=ReadBuffers(frames_in_flight),
             ),
             PrepareStage(
                 lambda: models.current,

@@ -73,7 +73,7 @@ _MRC_EXTENSIONS = (".mrc", ".mrcs", ".st", ".ali", ".rec", ".map")
 _NAMES = {"tiff": "TIFF", "mrc": "MRC", "hdf5": "HDF5/EMD", "dm": "DM3/DM4", "ser": "SER"}
 
 
-def detect_format(path: Path, head: bytes) -> Format:
+def detect_format(path: Path, head: bytes | bytearray) -> Format:
     """Family of a file from its first bytes (at least 1 KiB when the file has them).
 
     MRC files carry ``MAP `` at byte 208 since MRC2014; older ones are told
@@ -107,7 +107,7 @@ def detect_format(path: Path, head: bytes) -> Format:
     )
 
 
-def _decoder(family: Format) -> Callable[[Path, bytes, int], list[Frame]]:
+def _decoder(family: Format) -> Callable[[Path, bytes | bytearray, int], list[Frame]]:
     # imported on first use: a TIFF-only user never pays for h5py or mrcfile
     if family == "tiff":
         from temseg.frames.formats import tiff
@@ -131,7 +131,7 @@ def _decoder(family: Format) -> Callable[[Path, bytes, int], list[Frame]]:
 
 
 def read_frames(
-    path: str | Path, *, max_pixels: int = 2**28, data: bytes | None = None
+    path: str | Path, *, max_pixels: int = 2**28, data: bytes | bytearray | None = None
 ) -> list[Frame]:
     """All 2-D grayscale frames of a microscope file, in file order.
 
@@ -203,7 +203,9 @@ def read_frames(
     return out
 
 
-def read_frame(path: str | Path, *, max_pixels: int = 2**28, data: bytes | None = None) -> Frame:
+def read_frame(
+    path: str | Path, *, max_pixels: int = 2**28, data: bytes | bytearray | None = None
+) -> Frame:
     """The first frame of a microscope file; see :func:`read_frames`."""
     return read_frames(path, max_pixels=max_pixels, data=data)[0]
 
@@ -271,7 +273,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return metadata
 
 
-def decoded_bytes(path: str | Path, data: bytes | None = None, *, max_pixels: int = 2**28) -> int:
+def decoded_bytes(
+    path: str | Path, data: bytes | bytearray | None = None, *, max_pixels: int = 2**28
+) -> int:
     """Bytes the frames of a TIFF take once decoded, from its header alone.
 
     A few kilobytes of deflate can decode to gigabytes; readers reserve this

@@ -51,7 +51,7 @@ Group = list[tuple[str, Any]]
 
 
 class _Parser:
-    def __init__(self, path: Path, data: bytes) -> None:
+    def __init__(self, path: Path, data: bytes | bytearray) -> None:
         self.path = path
         self.data = data
         (self.version,) = struct.unpack_from(">I", data, 0)
@@ -153,7 +153,7 @@ def text(value: Any) -> str | None:
     return None
 
 
-def decode(path: Path, data: bytes, max_pixels: int) -> list[Frame]:
+def decode(path: Path, data: bytes | bytearray, max_pixels: int) -> list[Frame]:
     parser = _Parser(path, data)
     root, _ = parser.group(parser.root_at)
     frames: list[Frame] = []

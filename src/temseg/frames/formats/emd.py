@@ -33,7 +33,7 @@ from temseg.frames.frame import Frame, FrameError, IncompleteFrameError, why
 from temseg.frames.units import nm_per_unit, pixel_yx
 
 
-def decode(path: Path, data: bytes, max_pixels: int) -> list[Frame]:
+def decode(path: Path, data: bytes | bytearray, max_pixels: int) -> list[Frame]:
     try:
         import h5py
     except ImportError as exc:
@@ -50,7 +50,7 @@ def decode(path: Path, data: bytes, max_pixels: int) -> list[Frame]:
         ) from exc
 
 
-def _check_eof(path: Path, data: bytes) -> None:
+def _check_eof(path: Path, data: bytes | bytearray) -> None:
     """IncompleteFrameError when the superblock's end-of-file address lies past the data."""
     version = data[8] if len(data) > 8 else None
     if version in (0, 1):

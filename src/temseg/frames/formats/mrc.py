@@ -29,7 +29,7 @@ MAX_INFO_BYTES = 1 << 20
 _INFO_LINE = re.compile(r"^\s*(?P<key>[^=]+?)\s*=\s*(?P<value>.*?)\s*$")
 
 
-def decode(path: Path, data: bytes, max_pixels: int) -> list[Frame]:
+def decode(path: Path, data: bytes | bytearray, max_pixels: int) -> list[Frame]:
     import mrcfile.utils
     from mrcfile.mrcinterpreter import MrcInterpreter
 

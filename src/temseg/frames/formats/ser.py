@@ -37,7 +37,7 @@ _ELEMENT_HEADER = struct.Struct("<ddiddihii")  # calibration x, calibration y, t
 MAX_EMI_BYTES = 16 << 20
 
 
-def decode(path: Path, data: bytes, max_pixels: int) -> list[Frame]:
+def decode(path: Path, data: bytes | bytearray, max_pixels: int) -> list[Frame]:
     check_extent(path, len(data), 30)
     _, _, version, kind, _, _, valid = struct.unpack_from("<HHHiiii", data, 0)
     wide = version >= 0x220

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from temseg.frames.formats.common import check_extent, check_size
+from temseg.frames.formats.common import check_extent, check_size, file_over
 from temseg.frames.frame import Frame, FrameError, why
 from temseg.frames.units import explicit_pixel_nm, nm_per_unit, pixel_yx
 
@@ -69,7 +69,7 @@ JEOL_NOTE = (
 )
 
 
-def decode(path: Path, data: bytes | None, max_pixels: int) -> list[Frame]:
+def decode(path: Path, data: bytes | bytearray | None, max_pixels: int) -> list[Frame]:
     """The grayscale frames of a TIFF (from ``data`` when given, else from ``path``)."""
     with open_tiff(path, data) as tif:
         pages = frame_pages(path, tif)
@@ -93,11 +93,11 @@ def decode(path: Path, data: bytes | None, max_pixels: int) -> list[Frame]:
         return frames
 
 
-def open_tiff(path: Path, data: bytes | None = None) -> tifffile.TiffFile:
+def open_tiff(path: Path, data: bytes | bytearray | None = None) -> tifffile.TiffFile:
     """A TiffFile over ``data`` or the file, or FrameError naming the file."""
     try:
         if data is not None:
-            return tifffile.TiffFile(io.BytesIO(data), name=path.name)
+            return tifffile.TiffFile(file_over(data), name=path.name)
         return tifffile.TiffFile(path, mode="r")
     except tifffile.TiffFileError as exc:
         raise FrameError(f"{path}: not a readable TIFF file ({why(exc)})") from exc
@@ -158,7 +158,7 @@ def check_page(path: Path, page: tifffile.TiffPage, max_pixels: int, size: int) 
         check_extent(path, size, offset + count)
 
 
-def _pixels(page: tifffile.TiffPage, data: bytes | None) -> np.ndarray:
+def _pixels(page: tifffile.TiffPage, data: bytes | bytearray | None) -> np.ndarray:
     """The page's pixels as stored (file byte order).
 
     With ``data`` given and the pixels stored as one uncompressed run (no
@@ -175,7 +175,10 @@ def _pixels(page: tifffile.TiffPage, data: bytes | None) -> np.ndarray:
 
 
 def collect_metadata(
-    path: Path, tif: tifffile.TiffFile, page: tifffile.TiffPage, data: bytes | None = None
+    path: Path,
+    tif: tifffile.TiffFile,
+    page: tifffile.TiffPage,
+    data: bytes | bytearray | None = None,
 ) -> dict[str, Any]:
     """Description JSON keys and vendor facts; ``_pixel_nm_yx`` and its source when known."""
     description = _description_json(page)
@@ -291,7 +294,7 @@ def _gatan_pixel_nm(page: tifffile.TiffPage) -> tuple[float, float] | None:
 
 
 def _jeol_pixel_nm(
-    path: Path, page: tifffile.TiffPage, data: bytes | None, metadata: dict[str, Any]
+    path: Path, page: tifffile.TiffPage, data: bytes | bytearray | None, metadata: dict[str, Any]
 ) -> tuple[float, float] | None:
     """Pixel size of a JEOL SightX TIFF read by rosettasciio, when it is installed."""
     make = page.tags.get("Make")
