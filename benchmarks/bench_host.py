@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from temseg.daemon.read_buffers import ReadBuffers
 from temseg.daemon.safe_read import read_listed
 from temseg.daemon.segment_pool import SegmentPool
 from temseg.frames import read_frame
@@ -150,7 +151,12 @@ def main() -> None:
     on_disk = Path(tempfile.mkdtemp(prefix="bench-host-")) / "frame.tif"
     on_disk.write_bytes(data)  # in the page cache, as a file the daemon was just told of
 
+    buffers = ReadBuffers(2)
+
     def file_read() -> object:  # the daemon's checked read (no links, size cap, deadline)
+        return read_listed(on_disk, on_disk.parent, max_bytes=len(data) + 1, into=buffers)
+
+    def file_read_fresh() -> object:  # the same into fresh memory, as before read buffers
         return read_listed(on_disk, on_disk.parent, max_bytes=len(data) + 1)
 
     def blake3_digest() -> object:  # a comparison: identity is SHA-256
@@ -229,7 +235,8 @@ def main() -> None:
         return segment_probability(probability, 0.5, frame.pixel_nm, measure=pool.measure)
 
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("reader: file read (one open)", file_read),
+        ("reader: file read (one open), into a read buffer", file_read),
+        ("reader: file read into fresh memory", file_read_fresh),
         ("reader: SHA-256", sha256),
         *(
             [("reader: BLAKE3, for comparison", blake3_digest)]

@@ -29,7 +29,8 @@ class ReadBuffers:
 
     A frame that finds no unused buffer of its size gets a new one, which
     takes the place of the least recently used unused buffer when the pool is
-    full (or is not kept, when every buffer is in use).
+    full; when every buffer is in use it gets None, and is read into fresh
+    memory (a new buffer is zero-filled first, which would cost more).
     """
 
     def __init__(self, max_buffers: int) -> None:
@@ -37,8 +38,9 @@ class ReadBuffers:
         self._buffers: list[bytearray] = []  # least recently handed out first
         self._lock = threading.Lock()
 
-    def __call__(self, size: int) -> bytearray:
-        """A buffer of ``size`` bytes that nothing else refers to (contents undefined)."""
+    def __call__(self, size: int) -> bytearray | None:
+        """A buffer of ``size`` bytes that nothing else refers to (contents undefined),
+        or None when the pool is full and every buffer in use."""
         with self._lock:
             buffers = self._buffers
             for i in range(len(buffers)):
@@ -46,12 +48,12 @@ class ReadBuffers:
                     buffer = buffers.pop(i)
                     buffers.append(buffer)
                     return buffer
-            buffer = bytearray(size)
             if len(buffers) >= self.max_buffers:
                 unused = [i for i in range(len(buffers)) if _references(buffers, i) == _UNUSED]
                 if not unused:
-                    return buffer
+                    return None
                 del buffers[unused[0]]
+            buffer = bytearray(size)
             buffers.append(buffer)
             return buffer
 

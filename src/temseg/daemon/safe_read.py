@@ -118,7 +118,7 @@ def read_listed(
     deadline_s: float = 60.0,
     follow_symlinks: bool = False,
     identity: tuple[int, int] | None = None,
-    into: Callable[[int], bytearray] | None = None,
+    into: Callable[[int], bytearray | None] | None = None,
 ) -> tuple[bytes | bytearray, float]:
     """The bytes and modification time (POSIX s) of frame ``path`` below ``root``.
 
@@ -140,9 +140,9 @@ def read_listed(
         ``(st_dev, st_ino)`` of the file when it was listed: another file
         in its place is refused.
     into
-        Gives a buffer of the requested size to read the file into (see
-        :class:`~temseg.daemon.read_buffers.ReadBuffers`): returned as the
-        content unless the file's size changed since ``fstat``.
+        Gives a buffer of the requested size to read the file into, or None
+        (see :class:`~temseg.daemon.read_buffers.ReadBuffers`): returned as
+        the content unless the file's size changed since ``fstat``.
 
     Returns
     -------
@@ -183,9 +183,9 @@ def read_listed(
                 f"file of {info.st_size} bytes exceeds max_file_bytes ({max_bytes} bytes)",
             )
         deadline = _Deadline(path, deadline_s)
-        if into is None or info.st_size == 0:
+        buffer = None if into is None or info.st_size == 0 else into(info.st_size)
+        if buffer is None:
             return b"".join(_read_chunks(fd, path, 0, max_bytes, deadline)), info.st_mtime
-        buffer = into(info.st_size)
         total = 0
         with memoryview(buffer) as view:
             while total < info.st_size:

@@ -203,7 +203,7 @@ class Daemon:
                 read_again=self._intake.submit,
                 root=self.root,
                 check_db=self._check_db_or_raise,
-                frames_in_flight=s.queue_size + s.batch_size + self.readers + self.segmenters + 1,
+                read_buffers=self.readers + 2,
             )
             self._pipeline = Pipeline(
                 stages,

@@ -56,14 +56,13 @@ def build_stages(
     read_again: Callable[[Path], object] | None = None,
     root: Path,
     check_db: Callable[[], None] | None = None,
-    frames_in_flight: int = 1,
+    read_buffers: int = 1,
 ) -> Stages:
     """The stages for ``settings``: the one place where they are listed.
 
     ``root`` is the watched folder (resolved); ``check_db()`` raises when the
     database file is no longer the one opened (see :mod:`temseg.daemon.db_guard`);
-    ``frames_in_flight``, how many frames the threads and queues hold at most, is how
-    many read buffers are kept (:mod:`temseg.daemon.read_buffers`).
+    ``read_buffers`` is how many buffers the readers keep (:mod:`temseg.daemon.read_buffers`).
     """
     s = settings
     limits = ReadLimits(
@@ -93,7 +92,7 @@ def build_stages(
                 limits,
                 read_again=read_again,
                 stable_s=s.stable_s,
-                buffers=ReadBuffers(frames_in_flight),
+                buffers=ReadBuffers(read_buffers),
             ),
             PrepareStage(
                 lambda: models.current,
