@@ -495,6 +495,10 @@ def test_settings_that_would_write_into_the_watched_folder_are_refused(
         Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), tile=-1))
     with pytest.raises(ConfigError, match="instrument"):
         Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), instrument="x" * 65))
+    with pytest.raises(ConfigError, match="max_subscribers"):
+        Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), max_subscribers=0))
+    with pytest.raises(ConfigError, match="min_particle_nm"):
+        Daemon(Settings(watch=acq, db=str(tmp_path / "t.db"), min_particle_nm=-1.0))
     assert list(acq.iterdir()) == []
 
 
@@ -659,7 +663,7 @@ def test_parallel_segmenters_keep_each_frame_its_own_mask_and_the_arrival_order(
 def test_segmenter_processes_record_each_masks_own_particles(
     make_daemon, acq: Path, db_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from temseg.segment import find_particles
+    from temseg.segment import find_particles, min_particle_area_px
     from temseg.synth import simulate_frame
 
     paths = [acq / f"f_{i:02d}.tif" for i in range(6)]
@@ -687,7 +691,8 @@ def test_segmenter_processes_record_each_masks_own_particles(
             record = get_frame(engine, row["id"])
         assert record is not None and record.pixel_nm == 0.05
         mask = tifffile.imread(row["mask_path"])
-        expected = find_particles(mask, pixel_nm=0.05)
+        smallest = min_particle_area_px(0.05, Settings().min_particle_nm)
+        expected = find_particles(mask, pixel_nm=0.05, min_area_px=smallest)
         assert len(record.particles) == len(expected) == row["n_particles"]
         for got, want in zip(record.particles, expected, strict=True):
             assert (got.label, got.area_px, got.bbox) == (want.label, want.area_px, want.bbox)

@@ -17,6 +17,7 @@ from temseg.segment import (
     binarize,
     confusion,
     find_particles,
+    min_particle_area_px,
     scores,
     segment_mask,
     segment_probability,
@@ -309,3 +310,18 @@ def test_segment_mask_gives_what_segment_probability_gives() -> None:
     np.testing.assert_array_equal(given.mask, whole.mask)
     with pytest.raises(ValueError, match="uint8 0/1 or bool"):
         segment_mask(probability, 0.6)
+
+
+def test_components_below_the_smallest_diameter_are_not_particles() -> None:
+    mask = np.zeros((100, 100), np.uint8)
+    mask[10:12, 10:12] = 1  # 4 px
+    mask[40:70, 40:70] = 1  # 900 px
+    fine = segment_mask(mask, 0.5, 0.05, min_diameter_nm=1.0)  # 0.11 and 1.7 nm across
+    assert [p.area_px for p in fine.particles] == [900]
+    assert fine.area_fraction == 904 / mask.size  # the speck stays in the mask
+    assert np.array_equal(fine.mask, mask)
+    coarse = segment_mask(mask, 0.5, 0.5, min_diameter_nm=1.0)  # 1.1 and 17 nm across
+    assert [p.area_px for p in coarse.particles] == [4, 900]
+    unknown = segment_mask(mask, 0.5, None, min_diameter_nm=1.0)  # no pixel size: all count
+    assert len(unknown.particles) == 2
+    assert min_particle_area_px(0.05, 1.0) == 315 and min_particle_area_px(0.5, 0.0) == 1

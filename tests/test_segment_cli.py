@@ -64,7 +64,8 @@ def engine_flags(bundle_dir: Path) -> list[str | Path]:
 def test_two_frames_end_to_end(tmp_path: Path, frames: list[Path], bundle_dir: Path) -> None:
     before = [f.read_bytes() for f in frames]
     out = tmp_path / "masks"
-    code, lines, err = run(*frames, "--out", out, *engine_flags(bundle_dir))
+    every = ("--min-particle-nm", "0")  # every component is a particle
+    code, lines, err = run(*frames, "--out", out, *every, *engine_flags(bundle_dir))
     assert code == 0, err
     assert [line["file"] for line in lines] == [str(f) for f in frames]
     a, b = lines
@@ -270,3 +271,21 @@ def test_a_frame_without_contrast_has_no_particles(tmp_path: Path, value: int) -
     code, lines, err = run(path, "--backend", "torch", "--threads", "1")  # the bundled model
     assert code == 0, err
     assert lines[0]["n_particles"] == 0 and lines[0]["area_fraction"] == 0.0
+
+
+def test_components_narrower_than_min_particle_nm_are_not_counted(
+    frames: list[Path], bundle_dir: Path
+) -> None:
+    code, every, _ = run(*frames, "--min-particle-nm", "0", *engine_flags(bundle_dir))
+    assert code == 0
+    code, wide, _ = run(*frames, "--min-particle-nm", "0.8", *engine_flags(bundle_dir))
+    assert code == 0
+    for all_components, counted in zip(every, wide, strict=True):
+        smallest_px = np.pi / 4 * (0.8 / counted["pixel_nm"]) ** 2
+        expected = [p for p in all_components["particles"] if p["area_px"] >= smallest_px]
+        assert counted["particles"] == expected
+        assert counted["n_particles"] == len(expected)
+        assert counted["area_fraction"] == all_components["area_fraction"]
+    assert sum(len(line["particles"]) for line in every) > sum(
+        len(line["particles"]) for line in wide
+    )

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from temseg import __version__
+from temseg.config import Settings
 
 app = typer.Typer(
     name="temseg",
@@ -183,6 +184,12 @@ def segment(
         None, "--pixel-nm", min=0.0, help="Pixel size in nm, overriding the files' own."
     ),
     min_area: int = typer.Option(1, "--min-area", min=1, help="Smallest particle (pixels)."),
+    min_particle_nm: float = typer.Option(
+        Settings.min_particle_nm,
+        "--min-particle-nm",
+        min=0.0,
+        help="Smallest particle's equivalent diameter (nm; needs the pixel size; 0: none).",
+    ),
     save_probability: bool = typer.Option(
         False,
         "--save-probability",
@@ -269,6 +276,7 @@ def segment(
                     pixel_nm=pixel_nm,
                     material=material,
                     min_area=min_area,
+                    min_particle_nm=min_particle_nm,
                     tile=tile,
                     target=None if out_dir is None else target,
                     save_probability=save_probability,
@@ -297,6 +305,7 @@ def _segment_file(
     pixel_nm: float | None,
     material: str | None,
     min_area: int,
+    min_particle_nm: float,
     tile: int,
     target: Callable[[Any, str], Any] | None,
     save_probability: bool,
@@ -334,7 +343,14 @@ def _segment_file(
         used = material if material is not None else frame.material
         level, source = level_for(used)
         result = segment_frame(
-            frame, engine, bundle, threshold=level, min_area_px=min_area, material=used, tile=tile
+            frame,
+            engine,
+            bundle,
+            threshold=level,
+            min_area_px=min_area,
+            min_diameter_nm=min_particle_nm,
+            material=used,
+            tile=tile,
         )
         if mask_file is not None:
             write_mask_tiff(mask_file, result.segmentation.mask)

@@ -75,6 +75,9 @@ class Settings:
     follow_symlinks: bool = False
     masks: Path | None = None  # optional output folder for mask TIFFs
     folder_rules: dict[str, str] = field(default_factory=dict)
+    #: Equivalent diameter (nm) below which a component of the mask is not counted as a
+    #: particle (it stays in the mask); needs the frame's pixel size; 0 counts everything.
+    min_particle_nm: float = 1.0
     send_hwm: int = 100
     max_subscribers: int = 256  # stream connections kept at once; more are closed on arrival
     send_probability: bool = False

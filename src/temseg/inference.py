@@ -302,21 +302,26 @@ def segment_frame(
     *,
     threshold: float,
     min_area_px: int = 1,
+    min_diameter_nm: float = 0.0,
     tile: int = 2048,
     overlap: int = 64,
     material: str | None = None,
 ) -> FrameResult:
     """Probability, mask and particles of a frame.
 
-    ``material`` overrides the frame's own; ``timing_ms`` has "read" (from
-    the frame), "infer" (probability) and "total" (read + infer + particles).
+    ``min_area_px`` and ``min_diameter_nm`` (nm) are the smallest particle, as in
+    :func:`~temseg.segment.segment_mask`; ``material`` overrides the frame's own;
+    ``timing_ms`` has "read" (from the frame), "infer" (probability) and "total"
+    (read + infer + particles).
     """
     start = time.perf_counter()
     probability = predict_probability(
         frame.image, engine, bundle, pixel_nm=frame.pixel_nm_yx, tile=tile, overlap=overlap
     )
     inferred = time.perf_counter()
-    segmentation = segment_probability(probability, threshold, frame.pixel_nm, min_area_px)
+    segmentation = segment_probability(
+        probability, threshold, frame.pixel_nm, min_area_px, min_diameter_nm=min_diameter_nm
+    )
     infer_ms = (inferred - start) * 1e3
     segment_ms = (time.perf_counter() - inferred) * 1e3
     timing_ms = {

@@ -299,21 +299,44 @@ def measure_particles(
 Measure = Callable[[np.ndarray, float | None, int], tuple[list[Particle], int]]
 
 
+def min_particle_area_px(pixel_nm: float | None, min_diameter_nm: float) -> int:
+    """Smallest area, in pixels, of a component whose equivalent diameter is at least
+    ``min_diameter_nm`` (nm) at ``pixel_nm`` (nm per pixel); 1 when either is unknown or 0.
+
+    Examples
+    --------
+    >>> min_particle_area_px(0.05, 1.0)  # a 1 nm disc at 0.05 nm/px: 20 px across
+    315
+    >>> min_particle_area_px(None, 1.0)
+    1
+    """
+    if not pixel_nm or min_diameter_nm <= 0:
+        return 1
+    return max(1, math.ceil(math.pi / 4 * (min_diameter_nm / pixel_nm) ** 2))
+
+
 def segment_probability(
     probability: np.ndarray,
     threshold: float,
     pixel_nm: float | None = None,
     min_area_px: int = 1,
     *,
+    min_diameter_nm: float = 0.0,
     measure: Measure = measure_particles,
 ) -> Segmentation:
     """Threshold a probability map and measure its particles.
 
-    ``measure`` does the measuring, :func:`measure_particles` unless the
-    caller runs it elsewhere (the daemon can, in worker processes).
+    The arguments after ``threshold`` are :func:`segment_mask`'s; ``measure``
+    is :func:`measure_particles` unless the caller runs it elsewhere (the
+    daemon can, in worker processes).
     """
     return segment_mask(
-        binarize(probability, threshold), threshold, pixel_nm, min_area_px, measure=measure
+        binarize(probability, threshold),
+        threshold,
+        pixel_nm,
+        min_area_px,
+        min_diameter_nm=min_diameter_nm,
+        measure=measure,
     )
 
 
@@ -323,6 +346,7 @@ def segment_mask(
     pixel_nm: float | None = None,
     min_area_px: int = 1,
     *,
+    min_diameter_nm: float = 0.0,
     measure: Measure = measure_particles,
 ) -> Segmentation:
     """:func:`segment_probability` of a map thresholded already.
@@ -334,8 +358,16 @@ def segment_mask(
         them, or an engine that thresholds on its device); kept as the segmentation's mask.
     threshold : float
         The threshold it was made with, recorded with the result.
-    pixel_nm, min_area_px, measure
-        As for :func:`segment_probability` (nm per pixel; pixels).
+    pixel_nm : float, optional
+        nm per pixel; adds sizes in nm to the particles.
+    min_area_px : int
+        Components of fewer pixels are not particles.
+    min_diameter_nm : float
+        Components whose equivalent diameter is below this (nm; needs ``pixel_nm``)
+        are not particles either. Their pixels stay in the mask and in the area
+        fraction: the mask is the network's, the particles what is counted.
+    measure
+        Measures the particles (:func:`measure_particles`, or the same elsewhere).
 
     Returns
     -------
@@ -344,6 +376,7 @@ def segment_mask(
     mask = np.ascontiguousarray(mask)
     if mask.dtype not in (np.uint8, np.bool_):
         raise ValueError(f"mask must be uint8 0/1 or bool, got {mask.dtype}")
+    min_area_px = max(min_area_px, min_particle_area_px(pixel_nm, min_diameter_nm))
     particles, covered = measure(mask.view(bool), pixel_nm, min_area_px)
     fraction = covered / mask.size if mask.size else 0.0
     return Segmentation(mask.view(np.uint8), float(threshold), particles, fraction)

@@ -8,7 +8,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -131,44 +134,56 @@ def resident_mib() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+@contextmanager
+def flooding(pub: Any, count: int, size: int) -> Iterator[float]:
+    """Have another process send ``count`` random subscriptions of ``size`` bytes to ``pub``
+    while 100 masks are published; yield how much this process grew meanwhile (MiB)."""
+    import numpy as np
+
+    mask = np.zeros((8, 8), np.uint8)
+    pub.publish_error("warm", "up")  # allocate what the first send allocates
+    before = resident_mib()
+    flooder = subprocess.Popen(
+        [sys.executable, "-c", FLOOD_SCRIPT, pub.bound_url, str(count), str(size)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert flooder.stdout is not None and flooder.stdout.readline() == "sent\n"
+        for _ in range(100):
+            pub.publish_mask({"material": "Au", "source": "flood"}, mask)
+            time.sleep(0.01)
+        yield resident_mib() - before
+    finally:
+        flooder.kill()
+        flooder.wait()
+
+
+def assert_a_subscriber_still_receives(pub: Any) -> None:
+    import numpy as np
+
+    mask = np.zeros((8, 8), np.uint8)
+    with Subscriber(pub.bound_url, topics=("temseg.mask.Au",), timeout_ms=100) as sub:
+        got = None
+        for _ in range(100):
+            pub.publish_mask({"material": "Au", "source": "after"}, mask)
+            got = sub.receive()
+            if got is not None:
+                break
+        assert got is not None and got.header["source"] == "after"
+
+
 def test_oversized_subscriptions_are_refused_not_stored() -> None:
     """A peer subscribing to 400 random 16 KiB prefixes grew the publisher by
     hundreds of MiB (libzmq keeps every prefix); now such a peer is disconnected,
     memory stays flat and a well-behaved subscriber still gets masks."""
-    import numpy as np
-
     from temseg.stream import Publisher
 
-    mask = np.zeros((8, 8), np.uint8)
     with Publisher("tcp://127.0.0.1:0") as pub:
-        pub.publish_error("warm", "up")  # allocate what the first send allocates
-        before = resident_mib()
-        flooder = subprocess.Popen(
-            [sys.executable, "-c", FLOOD_SCRIPT, pub.bound_url, "400", str(16 * 1024)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert flooder.stdout is not None and flooder.stdout.readline() == "sent\n"
-            # Sending is what makes the socket take subscriptions into its table.
-            for _ in range(100):
-                pub.publish_mask({"material": "Au", "source": "flood"}, mask)
-                time.sleep(0.01)
-            grown = resident_mib() - before
+        with flooding(pub, 400, 16 * 1024) as grown:
             assert grown < 16, f"resident memory grew by {grown:.0f} MiB"
-
-            with Subscriber(pub.bound_url, topics=("temseg.mask.Au",), timeout_ms=100) as sub:
-                got = None
-                for _ in range(100):
-                    pub.publish_mask({"material": "Au", "source": "after"}, mask)
-                    got = sub.receive()
-                    if got is not None:
-                        break
-                assert got is not None and got.header["source"] == "after"
-        finally:
-            flooder.kill()
-            flooder.wait()
+            assert_a_subscriber_still_receives(pub)
 
 
 def test_a_flood_of_short_subscriptions_is_cut_off() -> None:
@@ -176,42 +191,15 @@ def test_a_flood_of_short_subscriptions_is_cut_off() -> None:
     the publisher by hundreds of MiB and held the sending thread inside libzmq; now the
     peer is disconnected once the table holds MAX_TOPICS prefixes, memory stays flat and
     a well-behaved subscriber still gets masks."""
-    import numpy as np
-
     from temseg.stream import Publisher
     from temseg.stream.outlet import MAX_TOPICS
 
-    mask = np.zeros((8, 8), np.uint8)
     with Publisher("tcp://127.0.0.1:0") as pub:
-        pub.publish_error("warm", "up")
-        before = resident_mib()
-        flooder = subprocess.Popen(
-            [sys.executable, "-c", FLOOD_SCRIPT, pub.bound_url, "100000", "64"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert flooder.stdout is not None and flooder.stdout.readline() == "sent\n"
-            for _ in range(100):
-                pub.publish_mask({"material": "Au", "source": "flood"}, mask)
-                time.sleep(0.01)
-            grown = resident_mib() - before
+        with flooding(pub, 100_000, 64) as grown:
             assert grown < 32, f"resident memory grew by {grown:.0f} MiB"
             assert pub.outlet is not None and pub.outlet.refused >= 1
             assert pub.outlet.topics <= 2 * MAX_TOPICS
-
-            with Subscriber(pub.bound_url, topics=("temseg.mask.Au",), timeout_ms=100) as sub:
-                got = None
-                for _ in range(100):
-                    pub.publish_mask({"material": "Au", "source": "after"}, mask)
-                    got = sub.receive()
-                    if got is not None:
-                        break
-                assert got is not None and got.header["source"] == "after"
-        finally:
-            flooder.kill()
-            flooder.wait()
+            assert_a_subscriber_still_receives(pub)
 
 
 def test_idle_subscribers_leave_descriptors_for_frames(tmp_path: Path) -> None:

@@ -113,6 +113,8 @@ def check_daemon_settings(settings: Settings) -> Path:
         )
     if settings.queue_size < 1 or settings.batch_size < 1:
         raise ConfigError("queue_size and batch_size must be at least 1")
+    if settings.min_particle_nm < 0:
+        raise ConfigError("min_particle_nm must be 0 (count every component) or more")
     if settings.max_subscribers < 1:
         raise ConfigError("max_subscribers must be at least 1")
     if settings.readers < 0 or settings.segmenters < 0:

@@ -29,8 +29,16 @@ class SegmentStage:
     """See the module docstring. ``measure`` measures a mask's particles: in this thread,
     or in a worker process (:class:`~temseg.daemon.segment_pool.SegmentPool`)."""
 
-    def __init__(self, measure: Measure, *, send_probability: bool, encoding: MaskEncoding) -> None:
+    def __init__(
+        self,
+        measure: Measure,
+        *,
+        send_probability: bool,
+        encoding: MaskEncoding,
+        min_particle_nm: float = 0.0,
+    ) -> None:
         self._measure = measure
+        self._min_particle_nm = min_particle_nm
         self._send_probability = send_probability
         self._encoding = encoding
 
@@ -44,14 +52,22 @@ class SegmentStage:
         try:
             if work.mask is not None:
                 work.segmentation = segment_mask(
-                    work.mask, work.threshold, work.frame.pixel_nm, measure=self._measure
+                    work.mask,
+                    work.threshold,
+                    work.frame.pixel_nm,
+                    min_diameter_nm=self._min_particle_nm,
+                    measure=self._measure,
                 )
                 work.mask = None  # the segmentation holds it now
             else:
                 assert work.probability is not None
                 work.probability = to_frame_grid(work.probability, work.frame_shape)
                 work.segmentation = segment_probability(
-                    work.probability, work.threshold, work.frame.pixel_nm, measure=self._measure
+                    work.probability,
+                    work.threshold,
+                    work.frame.pixel_nm,
+                    min_diameter_nm=self._min_particle_nm,
+                    measure=self._measure,
                 )
             segmented = time.perf_counter()
             probability, work.probability = work.probability, None

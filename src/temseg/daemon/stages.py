@@ -113,7 +113,12 @@ def build_stages(
             max_pixels=s.max_pixels,
         ),
         segment=[
-            SegmentStage(measure, send_probability=s.send_probability, encoding=s.mask_encoding),
+            SegmentStage(
+                measure,
+                send_probability=s.send_probability,
+                encoding=s.mask_encoding,
+                min_particle_nm=s.min_particle_nm,
+            ),
             *([MaskSink(Path(s.masks))] if s.masks is not None else []),
             *([PreviewStage(s.send_preview_px)] if s.send_preview_px > 0 else []),
         ],

@@ -317,6 +317,7 @@ def reprocess(
         folder_rules=dict(settings.folder_rules),
         default_material=settings.material,
         thresholds=latest_thresholds(db, model_id),
+        min_particle_nm=settings.min_particle_nm,
     )
     summary = Summary(model_id=model_id, workers=workers, found=len(frames))
     done_contents = recorded_contents(db, model_id)

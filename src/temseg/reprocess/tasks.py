@@ -52,6 +52,7 @@ class Rules:
     folder_rules: dict[str, str] = field(default_factory=dict)
     default_material: str = "Au"
     thresholds: dict[str, float] = field(default_factory=dict)
+    min_particle_nm: float = 0.0  # as the daemon's setting
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def segment_file(path: str, relative: str, spec: ModelSpec, rules: Rules) -> lis
                 engine,
                 bundle,
                 threshold=threshold,
+                min_diameter_nm=rules.min_particle_nm,
                 tile=tile,
                 overlap=spec.tile_overlap,
                 material=material,
