@@ -101,6 +101,9 @@ class Outlet(threading.Thread):
                     self._take_subscriptions()
                 if self._inbox in ready and not self._forward():
                     return
+        except Exception as exc:  # nothing is published from now on: say so
+            logger.error("the stream's thread stopped: %s; no more messages are sent", exc)
+            logger.debug("traceback of the failure", exc_info=True)
         finally:
             self._xpub.disable_monitor()
             self._monitor.close(linger=0)
