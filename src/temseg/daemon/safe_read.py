@@ -75,10 +75,10 @@ class _Deadline:
 
 
 def _read_chunks(
-    fd: int, path: Path, total: int, max_bytes: int, deadline: _Deadline
+    fd: int, path: Path, size: int, total: int, max_bytes: int, deadline: _Deadline
 ) -> list[bytes]:
-    """The rest of ``fd`` after ``total`` bytes, refused beyond ``max_bytes`` in all."""
-    size = os.fstat(fd).st_size
+    """The rest of ``fd`` (``size`` bytes by fstat) after ``total`` bytes, refused beyond
+    ``max_bytes`` in all."""
     chunks: list[bytes] = []
     while True:
         # Ask for the size fstat gave (and a byte more, to see growth): a read that
@@ -185,7 +185,8 @@ def read_listed(
         deadline = _Deadline(path, deadline_s)
         buffer = None if into is None or info.st_size == 0 else into(info.st_size)
         if buffer is None:
-            return b"".join(_read_chunks(fd, path, 0, max_bytes, deadline)), info.st_mtime
+            chunks = _read_chunks(fd, path, info.st_size, 0, max_bytes, deadline)
+            return b"".join(chunks), info.st_mtime
         total = 0
         with memoryview(buffer) as view:
             while total < info.st_size:
@@ -195,7 +196,7 @@ def read_listed(
                     return bytes(view[:total]), info.st_mtime
                 total += n
                 deadline.check()
-        more = _read_chunks(fd, path, total, max_bytes, deadline)
+        more = _read_chunks(fd, path, info.st_size, total, max_bytes, deadline)
         return (bytes(buffer) + b"".join(more) if more else buffer), info.st_mtime
     except OSError as exc:
         raise _failure(path, exc) from None

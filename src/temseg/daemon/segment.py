@@ -19,7 +19,7 @@ import time
 from temseg.daemon.work import FrameWork
 from temseg.inference import to_float16, to_frame_grid
 from temseg.options import MaskEncoding
-from temseg.segment import Measure, segment_mask, segment_probability
+from temseg.segment import Measure, binarize, segment_mask
 from temseg.stream.protocol import encode_mask
 
 logger = logging.getLogger("temseg.daemon")
@@ -51,24 +51,18 @@ class SegmentStage:
         segmented: float | None = None  # the timing covers thresholding and particles only
         try:
             if work.mask is not None:
-                work.segmentation = segment_mask(
-                    work.mask,
-                    work.threshold,
-                    work.frame.pixel_nm,
-                    min_diameter_nm=self._min_particle_nm,
-                    measure=self._measure,
-                )
-                work.mask = None  # the segmentation holds it now
+                mask, work.mask = work.mask, None  # the segmentation holds it now
             else:
                 assert work.probability is not None
                 work.probability = to_frame_grid(work.probability, work.frame_shape)
-                work.segmentation = segment_probability(
-                    work.probability,
-                    work.threshold,
-                    work.frame.pixel_nm,
-                    min_diameter_nm=self._min_particle_nm,
-                    measure=self._measure,
-                )
+                mask = binarize(work.probability, work.threshold)
+            work.segmentation = segment_mask(
+                mask,
+                work.threshold,
+                work.frame.pixel_nm,
+                min_diameter_nm=self._min_particle_nm,
+                measure=self._measure,
+            )
             segmented = time.perf_counter()
             probability, work.probability = work.probability, None
             if self._send_probability and probability is not None:

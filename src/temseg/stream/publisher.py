@@ -102,7 +102,6 @@ class Publisher:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
         self.encoding = encoding
         self.send_probability = send_probability
-        self.nodrop = nodrop
         self.run_id = uuid.uuid4().hex
         self.seq = 0
         self._not_queued = 0
