@@ -21,13 +21,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from format_files import WRITERS
 
+from temseg.bench.stats import median_ms
 from temseg.frames import read_frames
 
 # (label, imported first and not timed, module timed)
@@ -45,16 +45,6 @@ IMPORTS = [
     ("rosettasciio DM reader (GPL-3)", "numpy", "rsciio.digitalmicrograph"),
     ("rosettasciio TIA reader (GPL-3)", "numpy", "rsciio.tia"),
 ]
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm: first-use imports and caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def other_ms(read: Callable[[], np.ndarray], image: np.ndarray, repeats: int) -> str:

@@ -31,7 +31,6 @@ import importlib.util
 import io
 import itertools
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from temseg.bench.stats import median_ms
 from temseg.daemon.read_buffers import ReadBuffers
 from temseg.daemon.safe_read import read_listed
 from temseg.daemon.segment_pool import SegmentPool
@@ -54,16 +54,6 @@ from temseg.segment import segment_mask, segment_probability
 from temseg.store import connect, record_frame
 from temseg.stream.protocol import decode_message, encode_mask, encode_mask_message
 from temseg.synth import simulate_frame
-
-
-def median_ms(step: Callable[[], object], repeats: int) -> float:
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def frames_per_s(work: Callable[[], object], threads: int, frames: int) -> float:

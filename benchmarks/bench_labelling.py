@@ -14,23 +14,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
 
+from temseg.bench.stats import median_ms
 from temseg.segment import binarize, measure_particles
 from temseg.synth import frame_seed, simulate_frame
-
-
-def median_ms(step: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def main() -> None:

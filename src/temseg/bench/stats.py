@@ -6,7 +6,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,18 @@ def percentile_ms(samples_ms: list[float], q: float) -> float | None:
     if not samples_ms:
         return None
     return float(np.percentile(np.asarray(samples_ms, dtype=np.float64), q))
+
+
+def median_ms(step: Callable[[], object], repeats: int) -> float:
+    """Median wall-clock time of ``repeats`` calls of ``step``, ms, after one untimed call
+    (first-use imports and caches)."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
 
 
 def peak_rss_mb() -> float:
