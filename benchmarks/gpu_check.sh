@@ -10,12 +10,13 @@
 #          fp16 and compiled, with `temseg bench` (bare engine, naive loop, daemon burst, paced),
 #          then compiled again with particles measured in worker processes;
 # host     the host-side cost per 4096 px frame and its spread over 1, 4 and 8 threads
-#          (benchmarks/bench_host.py), then the whole daemon at 4096 px with a stand-in engine
-#          of 5.5 ms (benchmarks/bench_ceiling.py), with the daemon's GIL switch interval, with
-#          Python's default, with particles measured in worker processes, and with float maps
-#          thresholded on the host (--host-path) instead of masks from the device: the frames/s this
-#          host's CPUs allow; with py-spy on PATH, also
-#          the GIL each host step holds per frame;
+#          (benchmarks/bench_host.py), particle labelling on the host and, with CuPy, on the
+#          GPU (benchmarks/bench_labelling.py), then the whole daemon at 4096 px with a stand-in
+#          engine of 5.5 ms (benchmarks/bench_ceiling.py), with the daemon's GIL switch
+#          interval, with Python's default, with particles measured in worker processes, and
+#          with float maps thresholded on the host (--host-path) instead of masks from the
+#          device: the frames/s this host's CPUs allow; with py-spy on PATH, also the GIL each
+#          host step holds per frame;
 # tests    the gpu-marked engine tests (CUDA fp16 + channels_last, torch.compile, ONNX Runtime
 #          CUDA and TensorRT when installed) against PyTorch fp32 on the CPU, and masks made on
 #          the GPU (tests/test_device_frame.py) against the host path;
@@ -73,6 +74,8 @@ for step in $STEPS; do
     host)
         echo "== host-side cost per 4096 px frame =="
         timeout 120 "$PY" benchmarks/bench_host.py --size 4096 --threads 1 4 8 || status=1
+        echo "== particles of a 4096 px mask: temseg, OpenCV, cc3d, cupyx where installed =="
+        timeout 120 "$PY" benchmarks/bench_labelling.py --size 4096 --repeats 9 || status=1
         if command -v py-spy >/dev/null; then
             echo "== GIL held per step (py-spy) =="
             timeout 120 "$PY" benchmarks/bench_host.py --size 4096 --repeats 30 --gil || status=1

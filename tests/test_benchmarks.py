@@ -95,4 +95,7 @@ def test_bench_sched_idle_times_a_burst_at_each_priority() -> None:
 
 def test_bench_labelling_times_temsegs_labelling() -> None:
     out = run_script("bench_labelling.py", "--size", "256", "--repeats", "1")
-    assert re.search(r"temseg measure_particles \(scipy, windowed\)\s+\d+\.\d ms", out)
+    assert re.search(r"temseg measure_particles \(chooses: run by run\)\s+\d+\.\d ms", out)
+    assert re.search(r"temseg measure_particles, scipy.ndimage.label\s+\d+\.\d ms", out)
+    noisy = run_script("bench_labelling.py", "--size", "256", "--repeats", "1", "--noise", "0.5")
+    assert re.search(r"temseg measure_particles \(chooses: scipy\)\s+\d+\.\d ms", noisy)

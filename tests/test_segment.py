@@ -148,14 +148,16 @@ def test_scores_with_empty_masks() -> None:
 
 
 @pytest.mark.parametrize(
-    ("fill", "grow"), [(0.002, True), (0.05, True), (0.1, False)]
-)  # tens, hundreds and thousands of components: box walk and single pass
-def test_particles_match_a_pixel_by_pixel_count(fill: float, grow: bool) -> None:
+    ("fill", "grow", "by_runs"), [(0.002, True, True), (0.05, True, False), (0.1, False, False)]
+)  # tens, hundreds and thousands of components: run by run, scipy's box walk and single pass
+def test_particles_match_a_pixel_by_pixel_count(fill: float, grow: bool, by_runs: bool) -> None:
     rng = np.random.default_rng(int(fill * 1000))
     mask = rng.random((160, 200)) < fill
     mask = (ndimage.binary_dilation(mask) if grow else mask).astype(np.uint8)
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
     assert (n > BOX_WALK_MAX_COMPONENTS) == (not grow)
+    runs = segment._runs(mask > 0)[0].size
+    assert (runs <= mask.size * segment.RUNS_MAX_PER_PIXEL) == by_runs
     particles = find_particles(mask, min_area_px=3)
     expected = []
     for i in range(1, n + 1):
@@ -174,6 +176,7 @@ def test_box_walk_and_single_pass_agree(monkeypatch: pytest.MonkeyPatch) -> None
     mask = ndimage.binary_dilation(rng.random((256, 256)) < 0.01).astype(np.uint8)
     n = ndimage.label(mask, structure=np.ones((3, 3), bool))[1]
     assert 10 < n <= BOX_WALK_MAX_COMPONENTS
+    monkeypatch.setattr(segment, "RUNS_MAX_PER_PIXEL", 0)  # label with scipy
     by_box = find_particles(mask, pixel_nm=0.05)
     monkeypatch.setattr(segment, "BOX_WALK_MAX_COMPONENTS", 0)  # force the single pass
     by_pass = find_particles(mask, pixel_nm=0.05)
@@ -203,28 +206,26 @@ def _sparse_blobs(shape: tuple[int, int], seed: int, blobs: int = 150) -> np.nda
         ((1024, 1024), 2, 150, True),
         ((1024, 1024), 3, 150, False),
         ((512, 600), 4, 40, True),
+        ((37, 53), 5, 3, True),
     ],
 )
-def test_windowed_labelling_finds_the_same_particles(
+def test_labelling_run_by_run_finds_what_scipy_finds(
     shape: tuple[int, int],
     seed: int,
     blobs: int,
     box_walk: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    mask = _sparse_blobs(shape, seed, blobs)
-    occupied = segment._occupied_blocks(mask > 0, segment.WINDOW_BLOCK_PX)
-    assert mask.size >= segment.WINDOW_MIN_PIXELS
-    assert occupied.mean() <= segment.WINDOW_MAX_OCCUPIED  # the windowed path runs
-    groups, _, boxes = segment._label(occupied)
-    assert not segment._alone_in_box(groups, boxes).all()  # some windows mask a neighbour out
+    mask = _sparse_blobs(shape, seed, blobs) if shape[0] > 64 else _speckled(shape, seed)
+    starts, _, _ = segment._runs(mask > 0)
+    assert starts.size <= mask.size * segment.RUNS_MAX_PER_PIXEL  # labelled run by run
+    by_runs = find_particles(mask, pixel_nm=0.05, min_area_px=2)
+    monkeypatch.setattr(segment, "RUNS_MAX_PER_PIXEL", 0)  # label with scipy
     if not box_walk:
         monkeypatch.setattr(segment, "BOX_WALK_MAX_COMPONENTS", 0)  # measure in one pass
-    windowed = find_particles(mask, pixel_nm=0.05, min_area_px=2)
-    monkeypatch.setattr(segment, "WINDOW_MIN_PIXELS", mask.size + 1)  # label the whole frame
-    whole = find_particles(mask, pixel_nm=0.05, min_area_px=2)
-    assert len(windowed) == len(whole) > blobs
-    for a, b in zip(windowed, whole, strict=True):
+    by_scipy = find_particles(mask, pixel_nm=0.05, min_area_px=2)
+    assert len(by_runs) == len(by_scipy) > blobs
+    for a, b in zip(by_runs, by_scipy, strict=True):
         assert (a.label, a.area_px, a.bbox, a.touches_border) == (
             b.label,
             b.area_px,
@@ -232,6 +233,62 @@ def test_windowed_labelling_finds_the_same_particles(
             b.touches_border,
         )
         assert a.centroid == pytest.approx(b.centroid, abs=1e-9)
+
+
+def _speckled(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """A small 0/1 mask of single pixels and pairs, a few on each border."""
+    rng = np.random.default_rng(seed)
+    mask = (rng.random(shape) < 0.03).astype(np.uint8)
+    mask[0, ::9] = mask[-1, ::7] = mask[::5, 0] = mask[::6, -1] = 1
+    return mask
+
+
+@pytest.mark.parametrize("band_rows", [1, 7, 256, 5000])
+def test_runs_found_band_by_band_are_the_runs_of_the_whole_mask(
+    band_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    binary = _sparse_blobs((700, 650), 6) > 0
+    monkeypatch.setattr(segment, "RUN_BAND_ROWS", band_rows)
+    starts, stops, padded_width = segment._runs(binary)
+    rows, col0 = np.divmod(starts, padded_width)
+    expected = []  # (row, first column, column after the last) of each run, row by row
+    for y, row in enumerate(binary):
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], row.astype(int), [0]])))
+        expected += [(y, int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2], strict=True)]
+    col1 = stops - rows * padded_width - 1
+    got = list(zip(rows.tolist(), (col0 - 1).tolist(), col1.tolist(), strict=True))
+    assert got == expected
+    assert int((stops - starts).sum()) == int(binary.sum())
+
+
+def test_a_run_ending_a_row_does_not_join_the_next_rows_first_run() -> None:
+    mask = np.zeros((4, 6), np.uint8)
+    mask[0, 4:] = mask[1, :2] = 1  # consecutive in memory, apart in the image
+    mask[3, 5] = 1
+    particles = find_particles(mask)
+    assert [(p.area_px, p.bbox) for p in particles] == [
+        (2, (0, 4, 1, 6)),
+        (2, (1, 0, 2, 2)),
+        (1, (3, 5, 4, 6)),
+    ]
+
+
+def test_masks_of_many_runs_are_labelled_by_scipy_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    holes = np.ones((300, 320), np.uint8)
+    holes[1::2, 1::2] = 0  # one component cut into many runs
+    noise = (np.random.default_rng(9).random((300, 320)) < 0.5).astype(np.uint8)
+    for mask in (holes, noise):
+        assert segment._runs(mask > 0)[0].size > mask.size * segment.RUNS_MAX_PER_PIXEL
+        by_scipy = find_particles(mask)
+        monkeypatch.setattr(segment, "RUNS_MAX_PER_PIXEL", 1.0)  # label run by run
+        by_runs = find_particles(mask)
+        monkeypatch.undo()
+        assert [(p.label, p.area_px, p.bbox) for p in by_runs] == [
+            (p.label, p.area_px, p.bbox) for p in by_scipy
+        ]
+        for a, b in zip(by_runs, by_scipy, strict=True):
+            assert a.centroid == pytest.approx(b.centroid, abs=1e-9)
+    assert len(find_particles(holes)) == 1
 
 
 def test_large_empty_and_single_pixel_masks() -> None:
@@ -244,34 +301,6 @@ def test_large_empty_and_single_pixel_masks() -> None:
         1,
         True,
     )
-
-
-@pytest.mark.parametrize("shape", [(64, 64), (70, 90), (33, 200)])
-def test_occupied_blocks_match_a_block_maximum(shape: tuple[int, int]) -> None:
-    rng = np.random.default_rng(shape[1])
-    binary = rng.random(shape) < 0.002
-    block = 32
-    padded = np.pad(binary, ((0, -shape[0] % block), (0, -shape[1] % block)))
-    hb, wb = padded.shape[0] // block, padded.shape[1] // block
-    expected = padded.reshape(hb, block, wb, block).any(axis=(1, 3))
-    np.testing.assert_array_equal(segment._occupied_blocks(binary, block), expected)
-
-
-def test_alone_in_box_matches_a_look_inside_each_box() -> None:
-    occupied = np.zeros((12, 12), bool)
-    occupied[1:8, 1] = occupied[7, 1:8] = True  # an L around ...
-    occupied[3, 4] = True  # ... a block of its own
-    occupied[10, 10:12] = True  # and one far away
-    rng = np.random.default_rng(5)
-    sprinkled = rng.random((40, 50)) < 0.15
-    for blocks in (occupied, sprinkled):
-        groups, _, boxes = segment._label(blocks)
-        expected = [
-            not np.any((groups[box] > 0) & (groups[box] != g))
-            for g, box in enumerate(boxes, start=1)
-        ]
-        assert segment._alone_in_box(groups, boxes).tolist() == expected
-        assert False in expected and True in expected
 
 
 @pytest.mark.parametrize("shape", [(1100, 1050), (37, 53)])  # sides not multiples of 8

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -73,35 +74,29 @@ def _above(probability: np.ndarray, threshold: float) -> np.ndarray:
 #: when a noisy map has thousands of specks (``benchmarks/RESULTS.md``).
 BOX_WALK_MAX_COMPONENTS = 1024
 
-#: Masks of at least this many pixels whose particles occupy at most
-#: ``WINDOW_MAX_OCCUPIED`` of the ``WINDOW_BLOCK_PX`` blocks are labelled window
-#: by window: each group of touching occupied blocks is labelled on its own,
-#: so the labelling skips the empty background; the particles are the same.
-#: Windows stop paying from about a third of the blocks occupied, so they run
-#: up to a quarter, and not on frames under 256 x 256 px (measured in
-#: ``benchmarks/RESULTS.md``, "Windowed labelling from 512 px frames").
-WINDOW_MIN_PIXELS = 256 * 256
-WINDOW_BLOCK_PX = 16  # a multiple of 8: blocks are tested 8 pixels per 64-bit word
-WINDOW_MAX_OCCUPIED = 0.25
+#: Masks with at most this many runs (maximal stretches of particle pixels along
+#: a row) per pixel are labelled run by run: particles a few pixels or more
+#: across make few runs, and the work after finding them grows with their
+#: number, not the frame's. A mask cut into more runs than that (fine noise, or
+#: a few large components full of holes) is labelled by ``scipy.ndimage.label``,
+#: faster there (``benchmarks/RESULTS.md``, "Particles labelled run by run").
+RUNS_MAX_PER_PIXEL = 1 / 16
 
 #: (areas, centroid rows, centroid columns, boxes (y0, x0, y1, x1)) of the components,
 #: numbered as ``scipy.ndimage.label`` numbers them (raster order of their first pixel).
 _Components = tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int, int]]]
 
-#: (areas, centroid rows, centroid columns, column of each component's first pixel)
-#: of labels 1..n; the first pixel is the leftmost one on the component's top row.
-_Stats = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-
-def _stats_in_boxes(labels: np.ndarray, slices: list[tuple[slice, slice]]) -> _Stats:
-    """:data:`_Stats` of labels 1..n, counted inside each label's bounding box.
+def _stats_in_boxes(
+    labels: np.ndarray, slices: list[tuple[slice, slice]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(areas, centroid rows, centroid columns) of labels 1..n, counted inside each label's box.
 
     A few direct numpy calls per label: each call holds Python's GIL for its
     overhead, and the daemon's other threads want it too.
     """
     n = len(slices)
-    areas, first_cols = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    rows, cols = np.zeros(n), np.zeros(n)
+    areas, rows, cols = np.zeros(n, np.int64), np.zeros(n), np.zeros(n)
     ramp = np.arange(max(labels.shape))
     add, dot = np.add.reduce, np.dot
     for i, (sy, sx) in enumerate(slices):
@@ -111,145 +106,105 @@ def _stats_in_boxes(labels: np.ndarray, slices: list[tuple[slice, slice]]) -> _S
         areas[i] = area
         rows[i] = sy.start + int(dot(per_row, ramp[: per_row.size])) / area
         cols[i] = sx.start + int(dot(per_col, ramp[: per_col.size])) / area
-        first_cols[i] = sx.start + int(own[0].argmax())
-    return areas, rows, cols, first_cols
+    return areas, rows, cols
 
 
-def _stats_in_one_pass(labels: np.ndarray, n: int) -> _Stats:
-    """:data:`_Stats` of labels 1..n, binning only particle pixels."""
+def _stats_in_one_pass(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(areas, centroid rows, centroid columns) of labels 1..n, binning only particle pixels."""
     inside = np.flatnonzero(labels)
     owner = labels.ravel()[inside]
     rows, cols = np.divmod(inside, labels.shape[1])
     areas = np.bincount(owner, minlength=n + 1)[1:]
     centroid_rows = np.bincount(owner, weights=rows, minlength=n + 1)[1:] / areas
     centroid_cols = np.bincount(owner, weights=cols, minlength=n + 1)[1:] / areas
-    first = np.full(n + 1, labels.size)
-    np.minimum.at(first, owner, inside)  # pixels in raster order: the first is the smallest
-    return areas, centroid_rows, centroid_cols, first[1:] % labels.shape[1]
+    return areas, centroid_rows, centroid_cols
 
 
-def _label(binary: np.ndarray) -> tuple[np.ndarray, int, list[tuple[slice, slice]]]:
-    """8-connected labels of a boolean image, their count and bounding slices."""
+def _measure_labelled(binary: np.ndarray) -> _Components:
+    """:data:`_Components` of a boolean image, labelled whole by scipy."""
     labels, n = ndimage.label(binary, structure=_EIGHT_CONNECTED)
-    return labels, n, [box for box in ndimage.find_objects(labels) if box is not None]
-
-
-def _stats(labels: np.ndarray, n: int, slices: list[tuple[slice, slice]]) -> _Stats:
-    """:data:`_Stats` of labels 1..n, by the cheaper walk for ``n``."""
+    slices = [box for box in ndimage.find_objects(labels) if box is not None]
     if n <= BOX_WALK_MAX_COMPONENTS:
-        return _stats_in_boxes(labels, slices)
-    return _stats_in_one_pass(labels, n)
-
-
-def _measure(binary: np.ndarray) -> _Components:
-    """Areas, centroids and boxes of the components of a boolean image, labelled whole."""
-    labels, n, slices = _label(binary)
-    areas, rows, cols, _ = _stats(labels, n, slices)
+        areas, rows, cols = _stats_in_boxes(labels, slices)
+    else:
+        areas, rows, cols = _stats_in_one_pass(labels, n)
     boxes = [(b[0].start, b[1].start, b[0].stop, b[1].stop) for b in slices]
     return areas, rows, cols, boxes
 
 
-def _occupied_blocks(binary: np.ndarray, block: int) -> np.ndarray:
-    """Which ``block`` x ``block`` px blocks of a boolean image hold a True pixel."""
-    pad_h, pad_w = -binary.shape[0] % block, -binary.shape[1] % block
-    if pad_h or pad_w:
-        binary = np.pad(binary, ((0, pad_h), (0, pad_w)))
-    words = np.ascontiguousarray(binary).view(np.uint64)  # 8 pixels per word
-    rows_of_blocks = np.bitwise_or.reduce(words.reshape(-1, block, words.shape[1]), axis=1)
-    return rows_of_blocks.reshape(rows_of_blocks.shape[0], -1, block // 8).any(axis=2)
+#: Rows whose runs are found at a time: a band of a 4096 px wide mask is 1 MiB, which
+#: stays in the cache and is allocated once per mask instead of 32 MiB of fresh memory.
+RUN_BAND_ROWS = 256
 
 
-def _measure_in_windows(binary: np.ndarray, occupied: np.ndarray) -> _Components:
-    """:func:`_measure` of each group of touching occupied blocks, all labelled in one go.
+def _runs(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The runs of a boolean image: (first pixel, pixel after the last, row width).
 
-    Each group's window (the bounding box of its blocks, other groups' blocks
-    masked out) is copied onto one canvas, shelf by shelf and one pixel
-    apart, and the canvas is labelled and measured at once: a few calls per
-    window instead of a dozen, which matters because each call into numpy
-    or scipy gives Python's GIL back and has to take it again, and the
-    daemon's other threads want it too.
+    Pixels are numbered in raster order on the image with one empty column on
+    either side (the row width returned), so that no run crosses a row end.
     """
-    block = WINDOW_BLOCK_PX
-    groups, _, group_boxes = _label(occupied)
-    if not group_boxes:
+    height, width = binary.shape
+    padded_width = width + 2
+    band = np.zeros((min(RUN_BAND_ROWS, height), padded_width), np.uint8)
+    change = np.empty(band.size - 1, bool)
+    edges = []  # each run's first pixel, then the pixel after its end
+    for top in range(0, height, RUN_BAND_ROWS):
+        rows = min(RUN_BAND_ROWS, height - top)
+        band[:rows, 1:-1] = binary[top : top + rows]
+        flat = band[:rows].ravel()
+        changed = change[: flat.size - 1]
+        np.not_equal(flat[1:], flat[:-1], out=changed)
+        edges.append(np.flatnonzero(changed) + (1 + top * padded_width))
+    found = np.concatenate(edges) if edges else np.zeros(0, np.intp)
+    return found[0::2], found[1::2], padded_width
+
+
+def _measure_runs(starts: np.ndarray, stops: np.ndarray, padded_width: int) -> _Components:
+    """:data:`_Components` of the runs :func:`_runs` found.
+
+    Two runs in neighbouring rows touch (8-connected) when each begins before
+    the pixel after the other's end; the runs of the row above that touch a
+    run are consecutive, so two binary searches find them. Components are the
+    connected parts of that graph of runs.
+    """
+    n = starts.size
+    if n == 0:
         return np.zeros(0, np.int64), np.zeros(0), np.zeros(0), []
-    alone = _alone_in_box(groups, group_boxes)
-    windows = []  # (y0, x0, height, width, group's blocks when other groups' lie in its box)
-    for g, ((gy, gx), clean) in enumerate(zip(group_boxes, alone, strict=True), start=1):
-        y0, x0 = gy.start * block, gx.start * block
-        height = min(gy.stop * block, binary.shape[0]) - y0
-        width = min(gx.stop * block, binary.shape[1]) - x0
-        windows.append((y0, x0, height, width, None if clean else groups[gy, gx] == g))
-    canvas, placed = _pack(binary, windows)
-    labels, n, slices = _label(canvas)
-    areas, rows, cols, first_cols = _stats(labels, n, slices)
-    # Each component lies in one window: the one whose place holds its top-left corner.
-    top, left = (np.array(v) for v in zip(*placed, strict=True))
-    y0, x0, height, width = (np.array(v) for v in zip(*[w[:4] for w in windows], strict=True))
-    box = np.array([(sy.start, sx.start, sy.stop, sx.stop) for sy, sx in slices]).reshape(-1, 4)
-    y, x = box[:, :1], box[:, 1:2]
-    inside = (top <= y) & (y < top + height) & (left <= x) & (x < left + width)
-    owner = inside.argmax(axis=1)
-    shift = np.stack([y0 - top, x0 - left] * 2, axis=1)[owner]
-    box += shift
-    order = np.lexsort((first_cols + shift[:, 1], box[:, 0]))  # scipy's numbering: raster order
-    return (
-        areas[order],
-        rows[order] + shift[order, 0],
-        cols[order] + shift[order, 1],
-        list(map(tuple, box[order].tolist())),
-    )
+    above_starts, above_stops = starts - padded_width, stops - padded_width
+    first = np.searchsorted(stops, above_starts, side="left")  # first run above ending late
+    last = np.searchsorted(starts, above_stops, side="right")  # past the last starting early
+    touching = np.maximum(last - first, 0)
+    below = np.repeat(np.arange(n), touching)
+    above = np.arange(below.size) - np.repeat(np.cumsum(touching) - touching, touching)
+    above += np.repeat(first, touching)
+    graph = sparse.csr_matrix((np.ones(below.size, np.int8), (above, below)), shape=(n, n))
+    # Components come numbered in the order of their first run, which is raster
+    # order: scipy.ndimage.label's numbering (the tests hold the two to it).
+    count, component = csgraph.connected_components(graph, directed=False)
 
-
-def _alone_in_box(groups: np.ndarray, boxes: list[tuple[slice, slice]]) -> np.ndarray:
-    """For each labelled group, whether its bounding box holds no other group's pixel.
-
-    One count of labelled pixels per box from a summed-area table, against the
-    group's own count: no per-group pass over its box.
-    """
-    table = np.pad(np.cumsum(np.cumsum(groups > 0, axis=0), axis=1), ((1, 0), (1, 0)))
-    y0, x0, y1, x1 = np.array([(sy.start, sx.start, sy.stop, sx.stop) for sy, sx in boxes]).T
-    in_box = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-    own = np.bincount(groups.ravel(), minlength=len(boxes) + 1)[1:]
-    return in_box == own
-
-
-def _pack(
-    binary: np.ndarray, windows: list[tuple[int, int, int, int, np.ndarray | None]]
-) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Windows of ``binary`` on one canvas, one pixel apart; the canvas and each (top, left).
-
-    Shelves of windows, tallest first, on a canvas about as wide as it is
-    high; a window's block mask, when given, keeps only those blocks' pixels.
-    """
-    block = WINDOW_BLOCK_PX
-    area = sum((h + 1) * (w + 1) for _, _, h, w, _ in windows)
-    width = max(max(w for _, _, _, w, _ in windows), int(np.sqrt(area)))
-    placed = [(0, 0)] * len(windows)
-    top = left = shelf_height = 0
-    for i in sorted(range(len(windows)), key=lambda i: -windows[i][2]):
-        h, w = windows[i][2], windows[i][3]
-        if left and left + w > width:
-            top, left, shelf_height = top + shelf_height + 1, 0, 0
-        placed[i] = (top, left)
-        left += w + 1
-        shelf_height = max(shelf_height, h)
-    canvas = np.zeros((top + shelf_height, width), dtype=bool)
-    for (y0, x0, h, w, own), (cy, cx) in zip(windows, placed, strict=True):
-        window = binary[y0 : y0 + h, x0 : x0 + w]
-        if own is not None:
-            window = window & np.repeat(np.repeat(own, block, 0), block, 1)[:h, :w]
-        canvas[cy : cy + h, cx : cx + w] = window
-    return canvas, placed
+    rows = starts // padded_width
+    col0 = starts - rows * padded_width - 1  # columns of the image without the empty ones
+    col1 = stops - rows * padded_width - 1
+    lengths = stops - starts
+    areas = np.bincount(component, lengths, minlength=count).astype(np.int64)
+    row_sums = np.bincount(component, lengths * rows, minlength=count)
+    col_sums = np.bincount(component, lengths * (col0 + col1 - 1) / 2, minlength=count)
+    by_component = np.argsort(component, kind="stable")  # each component's runs in raster order
+    begins = np.searchsorted(component[by_component], np.arange(count))
+    ends = np.append(begins[1:], n) - 1
+    y0, y1 = rows[by_component[begins]], rows[by_component[ends]] + 1
+    x0 = np.minimum.reduceat(col0[by_component], begins)
+    x1 = np.maximum.reduceat(col1[by_component], begins)
+    boxes = list(map(tuple, np.stack([y0, x0, y1, x1], axis=1).tolist()))
+    return areas, row_sums / areas, col_sums / areas, boxes
 
 
 def _components(binary: np.ndarray) -> _Components:
-    """:func:`_measure_in_windows` for large masks with sparse particles, else :func:`_measure`."""
-    if binary.size >= WINDOW_MIN_PIXELS:
-        occupied = _occupied_blocks(binary, WINDOW_BLOCK_PX)
-        if occupied.mean() <= WINDOW_MAX_OCCUPIED:
-            return _measure_in_windows(binary, occupied)
-    return _measure(binary)
+    """:func:`_measure_runs` for masks of few runs, else :func:`_measure_labelled`."""
+    starts, stops, padded_width = _runs(binary)
+    if starts.size <= binary.size * RUNS_MAX_PER_PIXEL:
+        return _measure_runs(starts, stops, padded_width)
+    return _measure_labelled(binary)
 
 
 def find_particles(
