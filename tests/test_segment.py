@@ -294,6 +294,7 @@ def test_masks_of_many_runs_are_labelled_by_scipy_alike(monkeypatch: pytest.Monk
 def test_large_empty_and_single_pixel_masks() -> None:
     mask = np.zeros((1024, 1100), np.uint8)
     assert find_particles(mask) == []
+    assert find_particles(np.zeros((0, 5), np.uint8)) == find_particles(np.zeros((5, 0))) == []
     mask[1023, 1099] = 1
     (corner,) = find_particles(mask)
     assert (corner.bbox, corner.area_px, corner.touches_border) == (

@@ -146,7 +146,7 @@ def _runs(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     height, width = binary.shape
     padded_width = width + 2
     band = np.zeros((min(RUN_BAND_ROWS, height), padded_width), np.uint8)
-    change = np.empty(band.size - 1, bool)
+    change = np.empty(max(band.size - 1, 0), bool)
     edges = []  # each run's first pixel, then the pixel after its end
     for top in range(0, height, RUN_BAND_ROWS):
         rows = min(RUN_BAND_ROWS, height - top)
