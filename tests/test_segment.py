@@ -8,6 +8,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from scipy import ndimage
 
 from temseg import segment
@@ -259,6 +262,34 @@ def test_runs_found_band_by_band_are_the_runs_of_the_whole_mask(
     got = list(zip(rows.tolist(), (col0 - 1).tolist(), col1.tolist(), strict=True))
     assert got == expected
     assert int((stops - starts).sum()) == int(binary.sum())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hnp.arrays(bool, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40)),
+    st.integers(1, 9),
+)
+def test_any_mask_labelled_run_by_run_is_labelled_as_scipy_labels_it(
+    binary: np.ndarray, band_rows: int
+) -> None:
+    labels, n = ndimage.label(binary, structure=np.ones((3, 3), bool))
+    original = segment.RUN_BAND_ROWS
+    segment.RUN_BAND_ROWS = band_rows
+    try:
+        starts, stops, padded_width = segment._runs(binary)
+    finally:
+        segment.RUN_BAND_ROWS = original
+    areas, rows, cols, boxes = segment._measure_runs(starts, stops, padded_width)
+    assert (
+        areas.tolist() == ndimage.sum_labels(binary, labels, range(1, n + 1)).astype(int).tolist()
+    )
+    expected_boxes = [
+        (b[0].start, b[1].start, b[0].stop, b[1].stop) for b in ndimage.find_objects(labels)
+    ]
+    assert boxes == expected_boxes
+    if n:
+        centroids = np.array(ndimage.center_of_mass(binary, labels, range(1, n + 1)))
+        np.testing.assert_allclose(np.stack([rows, cols], axis=1), centroids, atol=1e-9)
 
 
 def test_a_run_ending_a_row_does_not_join_the_next_rows_first_run() -> None:
