@@ -93,6 +93,18 @@ def rows_for(db: Path, path: Path) -> list[dict[str, Any]]:
     )
 
 
+def rows_when_recorded(
+    db: Path, path: Path, daemon: Any, count: int, timeout_s: float = 30.0
+) -> list[dict[str, Any]]:
+    """:func:`rows_for` once ``count`` rows are there (or ``timeout_s`` has passed) and the
+    daemon is idle."""
+    deadline = time.monotonic() + timeout_s
+    while len(rows_for(db, path)) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemon.wait_idle(20)
+    return rows_for(db, path)
+
+
 def test_stack_published_and_recorded_frame_by_frame(
     make_daemon: Any, acq: Path, db_path: Path
 ) -> None:
@@ -138,11 +150,7 @@ def test_stack_under_a_small_decode_budget_gets_one_mask_per_frame(
     data = mrc_bytes(3, seed=11)
     assert len(data) > 1024
     write_renamed(movie, data)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(rows_for(db_path, movie)) < 3:
-        time.sleep(0.1)
-    assert daemon.wait_idle(20)
-    rows = rows_for(db_path, movie)
+    rows = rows_when_recorded(db_path, movie, daemon, 3)
     assert [(r["frame_index"], r["status"]) for r in rows] == [
         (0, "done"),
         (1, "done"),
@@ -174,11 +182,7 @@ def test_stack_interrupted_half_way_is_finished_after_a_restart(
         )
     engine.dispose()
     daemon = make_daemon()
-    deadline = time.monotonic() + 30
-    while len(rows_for(db_path, movie)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert daemon.wait_idle(20)
-    rows = rows_for(db_path, movie)
+    rows = rows_when_recorded(db_path, movie, daemon, 3)
     assert [(r["frame_index"], r["status"]) for r in rows] == [
         (0, "done"),
         (1, "done"),
